@@ -1,0 +1,411 @@
+"""The engine: ``observe(event) -> Verdict``, ``tick(now)``, and the owner's decisions.
+
+Pure: no I/O, no clock. Time arrives with events and ``tick(now)``. What the store must write
+is collected in :class:`Changes` (structural: write at once) and in the graph's dirty edge list
+(counters: written behind, batched), taken by the caller with :meth:`Engine.take_changes`
+and :meth:`Engine.take_counters`.
+
+The hot path for a known, allowed edge is three dict lookups, one table probe and a few
+column updates; it returns a shared, immutable :class:`Verdict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from commgraph.alerts import Action, Alert, AlertBook, AlertKind, AlertState, Decision
+from commgraph.errors import DecisionError, UnknownItemError
+from commgraph.events import Event, VertexKind, endpoint_kinds
+from commgraph.graph import Graph, Label
+from commgraph.identity import AddressKind, Identity
+from commgraph.phases import LearningPhases, LearningSettings, Mode, Phase, PhaseChange
+
+__all__ = ["Changes", "Engine", "TimelineRow", "Verdict"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the engine says about one event. ``block`` is for proxies in protect mode."""
+
+    label: Label
+    block: bool = False
+    alert: int | None = None  # the id of the alert this event raised, if it raised one
+
+    @property
+    def anomalous(self) -> bool:
+        return self.label >= Label.PENDING
+
+
+_VERDICTS = {(label, block): Verdict(label, block) for label in Label for block in (False, True)}
+ALLOW_LEARNED = _VERDICTS[(Label.LEARNED, False)]
+ALLOW_APPROVED = _VERDICTS[(Label.APPROVED, False)]
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRow:
+    """The graph at the end of one minute of event time, and what changed during it."""
+
+    minute: int  # epoch minute: floor(ts / 60)
+    vertices: int
+    services: int
+    edges: int
+    learned: int  # edges learned during this minute
+    anomalies: int  # alerts raised during this minute
+    learning: int  # services in their learning phase at the end of the minute
+
+
+@dataclass(slots=True)
+class Changes:
+    """Structural changes since the last take; the store writes them synchronously."""
+
+    vertices: set[int] = field(default_factory=set)
+    relations: set[int] = field(default_factory=set)
+    edges: set[int] = field(default_factory=set)
+    services: set[int] = field(default_factory=set)
+    modes: set[int] = field(default_factory=set)  # services whose owner-set mode changed
+    alerts: set[int] = field(default_factory=set)
+    instances: list[tuple[int, str]] = field(default_factory=list)
+    phase_changes: list[PhaseChange] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    timeline: list[TimelineRow] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.vertices
+            or self.relations
+            or self.edges
+            or self.services
+            or self.modes
+            or self.alerts
+            or self.instances
+            or self.phase_changes
+            or self.decisions
+            or self.timeline
+        )
+
+
+_KIND_ADDRESS = {VertexKind.SERVICE: None, VertexKind.HOST: AddressKind.HOST}
+
+
+class Engine:
+    """One node's communication graph, learning phases and alerts."""
+
+    def __init__(
+        self,
+        settings: LearningSettings | None = None,
+        identity: Identity | None = None,
+        *,
+        node: str | None = None,
+    ) -> None:
+        self.settings = settings or LearningSettings()
+        self.identity = identity or Identity()
+        self.node = node
+        self.graph = Graph()
+        self.phases = LearningPhases(self.settings)
+        self.alerts = AlertBook()
+        self.instances: dict[int, set[str]] = {}
+        self.vcount: dict[int, int] = {}  # events per service (as the edge's subject)
+        self.changes = Changes()
+        self._bumped: set[int] = set()  # alerts whose counters moved
+        # address caches per slot kind: concrete address -> vertex id
+        self._caches: dict[VertexKind, dict[str, int]] = {kind: {} for kind in VertexKind}
+        # relation name -> (relation id, src cache, dst cache, src kind, dst kind, subject is dst)
+        self._relations: dict[
+            str, tuple[int, dict[str, int], dict[str, int], VertexKind, VertexKind, bool]
+        ] = {}
+        self._minute: int | None = None
+        self._minute_learned = 0
+        self._minute_anomalies = 0
+        self._last_row: TimelineRow | None = None
+
+    # -- observation ----------------------------------------------------------------------
+
+    def observe(self, event: Event) -> Verdict:
+        """Classify one event and account for it. Never does I/O; raises only on bugs."""
+        rel = self._relations.get(event.relation)
+        if rel is None:
+            rel = self._relation(event.relation)
+        s = rel[1].get(event.src)
+        if s is None:
+            s = self._vertex(rel[3], event.src, event.ts)
+        d = rel[2].get(event.dst)
+        if d is None:
+            d = self._vertex(rel[4], event.dst, event.ts)
+        subject = d if rel[5] else s
+        self.vcount[subject] += 1
+        e = self.graph.record(s, d, rel[0], event.ts, event.size)
+        if e < 0:
+            return self._new_edge(s, d, rel, event)
+        label = self.graph.label[e]
+        if label == Label.APPROVED:
+            return ALLOW_APPROVED
+        if label == Label.LEARNED:
+            return ALLOW_LEARNED
+        return self._flagged(e, subject, event)
+
+    def _relation(
+        self, name: str
+    ) -> tuple[int, dict[str, int], dict[str, int], VertexKind, VertexKind, bool]:
+        src_kind, dst_kind = endpoint_kinds(name)
+        rid = self.graph.relation_id(name)
+        self.changes.relations.add(rid)
+        rel = (
+            rid,
+            self._caches[src_kind],
+            self._caches[dst_kind],
+            src_kind,
+            dst_kind,
+            dst_kind is VertexKind.SERVICE,
+        )
+        self._relations[name] = rel
+        return rel
+
+    def _vertex(self, kind: VertexKind, address: str, ts: float) -> int:
+        """Resolve an address met in a ``kind`` slot to a vertex (cache miss path)."""
+        graph = self.graph
+        if kind in (VertexKind.SERVICE, VertexKind.HOST):
+            resolved = self.identity.resolve(address, _KIND_ADDRESS[kind])
+            name = resolved.service
+        else:
+            resolved, name = None, address
+        vid = graph.vertex(kind, name)
+        if vid is None:
+            vid = graph.add_vertex(kind, name, ts)
+            self.changes.vertices.add(vid)
+        if kind is VertexKind.SERVICE:
+            if graph.kind(vid) is not VertexKind.SERVICE:  # a host that starts talking
+                graph.set_kind(vid, VertexKind.SERVICE)
+                self.changes.vertices.add(vid)
+            self.vcount.setdefault(vid, 0)
+            change = self.phases.sighted(vid, name, ts, self.vcount[vid])
+            if change is not None:
+                self._phase_changed(vid, change)
+        if resolved is not None and resolved.instance is not None:
+            known = self.instances.setdefault(vid, set())
+            if resolved.instance not in known:
+                known.add(resolved.instance)
+                self.changes.instances.append((vid, resolved.instance))
+        self.vcount.setdefault(vid, 0)
+        self._caches[kind][address] = vid
+        return vid
+
+    def _learning(self, vid: int, ts: float) -> bool:
+        learning, change = self.phases.is_learning(vid, ts, self.vcount.get(vid, 0))
+        if change is not None:
+            self._phase_changed(vid, change)
+        return learning
+
+    def _owner(self, vid: int) -> int:
+        """The service a counterpart belongs to: itself, a topic's first publisher, or 0."""
+        kind = self.graph.kind(vid)
+        if kind is VertexKind.SERVICE:
+            return vid
+        if kind is VertexKind.TOPIC:
+            return self.graph.owner[vid]
+        return 0
+
+    def _new_edge(
+        self,
+        s: int,
+        d: int,
+        rel: tuple[int, dict[str, int], dict[str, int], VertexKind, VertexKind, bool],
+        event: Event,
+    ) -> Verdict:
+        ts = event.ts
+        self._at_minute(ts)
+        subject, counterpart = (d, s) if rel[5] else (s, d)
+        learning = self._learning(subject, ts)
+        if not learning:
+            owner = self._owner(counterpart)
+            learning = owner != 0 and owner != subject and self._learning(owner, ts)
+        if rel[4] is VertexKind.TOPIC and event.relation == "publish" and not self.graph.owner[d]:
+            self.graph.owner[d] = s
+            self.changes.vertices.add(d)
+        if learning or self.phases.mode(subject) is Mode.LEARN:
+            e = self.graph.add_edge(s, d, rel[0], Label.LEARNED, ts, event.size)
+            self.changes.edges.add(e)
+            self._minute_learned += 1
+            return ALLOW_LEARNED
+        e = self.graph.add_edge(s, d, rel[0], Label.PENDING, ts, event.size)
+        self.changes.edges.add(e)
+        alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, event.node or self.node)
+        self.changes.alerts.add(alert.id)
+        self._minute_anomalies += 1
+        return Verdict(Label.PENDING, self._blocks(subject, Label.PENDING), alert.id)
+
+    def _flagged(self, e: int, subject: int, event: Event) -> Verdict:
+        label = Label(self.graph.label[e])
+        if label is Label.PENDING:
+            alert, is_new = self.alerts.raise_or_repeat(
+                e, AlertKind.NEW_EDGE, event.ts, event.node or self.node
+            )
+            if is_new:  # cannot happen while the edge is pending, kept for safety
+                self.changes.alerts.add(alert.id)
+            else:
+                self._bumped.add(alert.id)
+        return _VERDICTS[(label, self._blocks(subject, label))]
+
+    def _blocks(self, subject: int, label: Label) -> bool:
+        if self.phases.mode(subject) is not Mode.PROTECT:
+            return False
+        return label is Label.DENIED or (label is Label.PENDING and self.settings.block_pending)
+
+    # -- time -----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Let time pass to ``now``: end learning phases that are due, close timeline minutes."""
+        self._at_minute(now)
+        self._end_phases(now)
+
+    def _end_phases(self, now: float) -> None:
+        for change in self.phases.due(now, self.vcount):
+            vid = self.graph.vertex(VertexKind.SERVICE, change.service)
+            assert vid is not None
+            self._phase_changed(vid, change)
+
+    def _at_minute(self, ts: float) -> None:
+        minute = int(ts // 60)
+        if self._minute is None:
+            self._minute = minute
+        elif minute > self._minute:
+            # The row shows the minute's end, whenever we happen to notice it has passed.
+            self._end_phases(self._minute * 60 + 59.999999)
+            self._close_minute()
+            self._minute = minute
+
+    def _close_minute(self) -> None:
+        """Emit the timeline row of the current minute if anything changed."""
+        if self._minute is None:
+            return
+        row = TimelineRow(
+            minute=self._minute,
+            vertices=self.graph.vertex_count,
+            services=len(self.phases.states),
+            edges=self.graph.edge_count,
+            learned=self._minute_learned,
+            anomalies=self._minute_anomalies,
+            learning=sum(1 for s in self.phases.states.values() if s.phase is Phase.LEARNING),
+        )
+        last = self._last_row
+        if (
+            last is None
+            or row.learned
+            or row.anomalies
+            or (row.vertices, row.services, row.edges, row.learning)
+            != (last.vertices, last.services, last.edges, last.learning)
+            or last.minute == row.minute
+        ):
+            self.changes.timeline.append(row)
+            self._last_row = row
+        self._minute_learned = self._minute_anomalies = 0
+
+    def _phase_changed(self, vid: int, change: PhaseChange) -> None:
+        self.changes.services.add(vid)
+        self.changes.phase_changes.append(change)
+
+    # -- the owner's decisions ------------------------------------------------------------
+
+    def decide(
+        self, alert_id: int, action: Action, *, by: str, at: float, reason: str = ""
+    ) -> Decision:
+        """Approve or deny an alert: relabels its edge. Raises DecisionError if it cannot."""
+        if action not in (Action.APPROVE, Action.DENY):
+            raise DecisionError(f"an alert is approved or denied, not {action}")
+        alert = self.alerts.decide(alert_id, action)
+        label = Label.APPROVED if alert.state is AlertState.APPROVED else Label.DENIED
+        self.graph.set_label(alert.edge, label)
+        self.changes.alerts.add(alert.id)
+        self.changes.edges.add(alert.edge)
+        return self._audit(
+            Decision(
+                action=action,
+                by=by,
+                at=at,
+                reason=reason,
+                alert=alert.id,
+                edge=self._edge_names(alert.edge),
+            )
+        )
+
+    def set_mode(
+        self, service: str, mode: Mode | None, *, by: str, at: float, reason: str = ""
+    ) -> Decision:
+        """Set a service's mode (None: back to the configured one)."""
+        vid = self._service(service)
+        self.phases.states[vid].mode = mode
+        self.changes.modes.add(vid)
+        detail = mode.value if mode is not None else f"config ({self.phases.mode(vid).value})"
+        return self._audit(
+            Decision(
+                action=Action.MODE, by=by, at=at, reason=reason, service=service, detail=detail
+            )
+        )
+
+    def reset_learning(self, service: str, *, by: str, at: float, reason: str = "") -> Decision:
+        """Restart a service's learning phase; its clock starts at its next event."""
+        vid = self._service(service)
+        self._phase_changed(vid, self.phases.reset(vid, at))
+        # Forget the addresses so the next event of the service passes through sighting.
+        for cache in (self._caches[VertexKind.SERVICE], self._caches[VertexKind.HOST]):
+            for address in [a for a, v in cache.items() if v == vid]:
+                del cache[address]
+        return self._audit(
+            Decision(action=Action.RESET, by=by, at=at, reason=reason, service=service)
+        )
+
+    def _service(self, name: str) -> int:
+        vid = self.graph.vertex(VertexKind.SERVICE, name)
+        if vid is None or vid not in self.phases.states:
+            raise UnknownItemError(f"there is no service '{name}'")
+        return vid
+
+    def _audit(self, decision: Decision) -> Decision:
+        self.changes.decisions.append(decision)
+        return decision
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _edge_names(self, edge: int) -> tuple[str, str, str]:
+        src, dst, rid = self.graph.endpoints(edge)
+        return self.graph.names[src], self.graph.names[dst], self.graph.relations[rid]
+
+    def alert_edge(self, alert: Alert) -> tuple[str, str, str]:
+        """``(src, dst, relation)`` of the edge an alert is about."""
+        return self._edge_names(alert.edge)
+
+    def mode_of(self, vid: int) -> Mode:
+        return self.phases.mode(vid)
+
+    # -- persistence hand-off -------------------------------------------------------------
+
+    def take_changes(self) -> Changes:
+        """Structural changes since the last call (the caller writes them at once)."""
+        taken, self.changes = self.changes, Changes()
+        return taken
+
+    def take_counters(self) -> tuple[list[int], list[int]]:
+        """Edges and alerts whose counters moved since the last call (written behind)."""
+        edges = self.graph.take_dirty()
+        alerts, self._bumped = sorted(self._bumped), set()
+        return edges, alerts
+
+    def flush_minute(self) -> None:
+        """Emit the row of the minute in progress (before a shutdown); it is re-emitted later."""
+        if self._minute is not None:
+            learned, anomalies = self._minute_learned, self._minute_anomalies
+            self._close_minute()
+            # The minute is still open: keep counting into it.
+            self._minute_learned, self._minute_anomalies = learned, anomalies
+
+    def restore_minute(self, row: TimelineRow) -> None:
+        """Continue the last stored minute after a restart."""
+        self._minute = row.minute
+        self._minute_learned = row.learned
+        self._minute_anomalies = row.anomalies
+        self._last_row = row
+
+    def restored(self, services: Iterable[int]) -> None:
+        """Hook for the store after loading: make sure every service has an event counter."""
+        for vid in services:
+            self.vcount.setdefault(vid, 0)

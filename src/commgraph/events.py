@@ -1,0 +1,157 @@
+"""Event and relation names: the one currency between adapters and the engine.
+
+An :class:`Event` is one observed communication. Its ``relation`` says what kind of
+counterpart ``src`` and ``dst`` are (see :func:`endpoint_kinds`): for ``publish`` the
+destination is an MQTT topic, for ``deliver`` the source is a topic and the destination the
+receiving service, for ``tcp/443`` both are network endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from commgraph.errors import EventDecodeError
+
+__all__ = [
+    "Event",
+    "VertexKind",
+    "endpoint_kinds",
+    "iter_event_lines",
+    "parse_event_line",
+]
+
+
+class VertexKind(StrEnum):
+    """What a vertex of the communication graph stands for."""
+
+    SERVICE = "service"
+    HOST = "host"
+    TOPIC = "topic"
+    ROUTE = "route"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One observed communication; validates itself, immutable."""
+
+    ts: float
+    src: str
+    dst: str
+    relation: str
+    size: int | None = None
+    node: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = _problem(self.ts, self.src, self.dst, self.relation, self.size, self.node)
+        if problem:
+            raise EventDecodeError(problem)
+
+    def to_json(self) -> str:
+        """The event as one JSON line (without newline), optional fields only when set."""
+        record: dict[str, Any] = {
+            "ts": self.ts,
+            "src": self.src,
+            "dst": self.dst,
+            "relation": self.relation,
+        }
+        if self.size is not None:
+            record["size"] = self.size
+        if self.node is not None:
+            record["node"] = self.node
+        return json.dumps(record, separators=(",", ":"))
+
+
+def _problem(
+    ts: object, src: object, dst: object, relation: object, size: object, node: object
+) -> str:
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return f"'ts' must be a number of epoch seconds, not {type(ts).__name__}"
+    if not math.isfinite(ts) or ts < 0:
+        return f"'ts' must be a finite, non-negative number, not {ts!r}"
+    for name, value in (("src", src), ("dst", dst), ("relation", relation)):
+        if not isinstance(value, str):
+            return f"'{name}' must be a string, not {type(value).__name__}"
+        if not value or value.isspace():
+            return f"'{name}' must not be empty"
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        return f"'size' must be a non-negative integer, not {size!r}"
+    if node is not None and not isinstance(node, str):
+        return f"'node' must be a string, not {type(node).__name__}"
+    return ""
+
+
+# Relation -> (kind of src, kind of dst). Exact names first, then prefixes; anything else is
+# network-like: an initiating service towards a host.
+_EXACT_KINDS: dict[str, tuple[VertexKind, VertexKind]] = {
+    "publish": (VertexKind.SERVICE, VertexKind.TOPIC),
+    "subscribe": (VertexKind.SERVICE, VertexKind.TOPIC),
+    "deliver": (VertexKind.TOPIC, VertexKind.SERVICE),
+    "http": (VertexKind.SERVICE, VertexKind.ROUTE),
+}
+_DEFAULT_KINDS = (VertexKind.SERVICE, VertexKind.HOST)
+
+
+def endpoint_kinds(relation: str) -> tuple[VertexKind, VertexKind]:
+    """What ``src`` and ``dst`` of an event with this relation are.
+
+    ``publish``/``subscribe``: service -> topic (or filter); ``deliver``: topic -> service;
+    ``http``: service -> route; everything else (``tcp/443``, ``udp/123``, ``icmp``,
+    ``http:GET /rooms/{id}``): service -> host.
+    """
+    return _EXACT_KINDS.get(relation, _DEFAULT_KINDS)
+
+
+def parse_event_line(line: str | bytes, *, line_no: int | None = None) -> Event:
+    """Parse one JSON-lines record; raises :class:`EventDecodeError` only."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise EventDecodeError(f"not valid JSON ({_short(exc)})", line=line_no) from None
+    if not isinstance(record, dict):
+        raise EventDecodeError(f"expected a JSON object, got {type(record).__name__}", line=line_no)
+    missing = [name for name in ("ts", "src", "dst", "relation") if name not in record]
+    if missing:
+        raise EventDecodeError(f"missing field {', '.join(map(repr, missing))}", line=line_no)
+    ts, size = record["ts"], record.get("size")
+    if isinstance(size, float) and size.is_integer():
+        size = int(size)
+    problem = _problem(
+        ts, record["src"], record["dst"], record["relation"], size, record.get("node")
+    )
+    if problem:
+        raise EventDecodeError(problem, line=line_no)
+    return Event(
+        ts=float(ts),
+        src=record["src"],
+        dst=record["dst"],
+        relation=record["relation"],
+        size=size,
+        node=record.get("node"),
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def iter_event_lines(
+    lines: Iterable[str | bytes],
+) -> Iterator[tuple[int, Event | EventDecodeError]]:
+    """Yield ``(line_no, event or error)`` for each non-blank line; never raises for bad data.
+
+    The caller decides whether a bad record stops the run (``--strict``) or is skipped and
+    counted; either way it knows the 1-based line number.
+    """
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, parse_event_line(line, line_no=line_no)
+        except EventDecodeError as exc:
+            yield line_no, exc
