@@ -1,0 +1,684 @@
+"""The ``commgraph`` command.
+
+Contracts (DESIGN.md): ``commgraph [--db PATH] COMMAND``; ``--db`` defaults to
+``$COMMGRAPH_DB``, else a file under the user's state directory. Listings take ``--json`` and
+then print one JSON array of objects. Exit status 0 on success, 1 on a user error with one
+line on stderr, never a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from commgraph import __version__
+from commgraph.alerts import Action
+from commgraph.config import Config, format_duration, load_config, parse_duration
+from commgraph.errors import CommgraphError
+from commgraph.export import to_dot, to_graphml, to_json
+from commgraph.identity import Identity
+from commgraph.phases import LearningSettings, Mode
+from commgraph.store import Store
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def default_db() -> Path:
+    """``$COMMGRAPH_DB``, else ``$XDG_STATE_HOME/commgraph/commgraph.db`` (~/.local/state)."""
+    env = os.environ.get("COMMGRAPH_DB")
+    if env:
+        return Path(env)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "commgraph" / "commgraph.db"
+
+
+def _fail(message: str) -> NoReturn:
+    raise click.ClickException(message)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _emit_json(rows: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
+    click.echo(json.dumps(rows, indent=None if isinstance(rows, list) else 2, default=str))
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "owner"
+    return f"{user}@{socket.gethostname()}"
+
+
+class Context:
+    def __init__(self, db: Path | None) -> None:
+        self.db_path = db or default_db()
+
+    def store(self, *, must_exist: bool = True) -> Store:
+        if must_exist and not self.db_path.exists():
+            _fail(
+                f"no database at {self.db_path}: replay some traffic first "
+                "(commgraph replay FILE) or pass --db"
+            )
+        return Store(self.db_path)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Database file (default: $COMMGRAPH_DB, else ~/.local/state/commgraph/commgraph.db).",
+)
+@click.version_option(__version__, prog_name="commgraph")
+@click.pass_context
+def cli(ctx: click.Context, db: Path | None) -> None:
+    """commgraph learns who talks to whom between the services of an IoT site and asks
+    you about anything new."""
+    ctx.obj = Context(db)
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+def _settings(
+    store: Store,
+    config: Config | None,
+    learning: str | None,
+    min_events: int | None,
+    mode: str | None,
+) -> LearningSettings:
+    base = config.learning if config else (store.settings() or LearningSettings())
+    changes: dict[str, Any] = {}
+    if learning is not None:
+        try:
+            changes["duration"] = parse_duration(learning)
+        except ValueError as exc:
+            _fail(f"--learning: {exc}")
+    if min_events is not None:
+        changes["min_events"] = min_events
+    if mode is not None:
+        changes["mode"] = Mode(mode)
+    if not changes:
+        return base
+    return LearningSettings(
+        duration=changes.get("duration", base.duration),
+        durations=base.durations,
+        min_events=changes.get("min_events", base.min_events),
+        mode=changes.get("mode", base.mode),
+        modes=base.modes,
+        block_pending=base.block_pending,
+    )
+
+
+class _Progress:
+    """A progress bar over the bytes of the input when stderr is a terminal."""
+
+    def __init__(self, stream: IO[bytes], total: int | None) -> None:
+        self.stream, self.total = stream, total
+        self.bar: Any = None
+        self.task: Any = None
+        if total and err.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("replaying"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[lines]:,} lines"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.task = self.bar.add_task("replay", total=total, lines=0)
+            self.bar.start()
+
+    def lines(self) -> Iterator[bytes]:
+        yield from self.stream
+
+    def __call__(self, line_no: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.stream.tell(), lines=line_no)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--learning", metavar="DURATION", help="Learning phase per service, e.g. 10m, 1h.")
+@click.option("--min-events", type=click.IntRange(min=0), help="Also learn until N events.")
+@click.option("--mode", type=click.Choice([m.value for m in Mode]), help="Site default mode.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--node", help="Name of the observing node.")
+@click.option("--strict", is_flag=True, help="Stop at the first malformed line.")
+@json_option
+@click.pass_obj
+def replay(
+    ctx: Context,
+    file: Path,
+    learning: str | None,
+    min_events: int | None,
+    mode: str | None,
+    config_path: Path | None,
+    node: str | None,
+    strict: bool,
+    as_json: bool,
+) -> None:
+    """Run recorded JSON-lines events through the engine, in event time.
+
+    One event per line: {"ts": 1700000000.0, "src": "thermo-1", "dst": "home/kitchen/temp",
+    "relation": "publish", "size": 12}. The database keeps what was learned: a second replay
+    continues where the first stopped.
+    """
+    from commgraph.daemon import replay as run_replay
+
+    config = load_config(config_path) if config_path else None
+    if config and config.db and ctx.db_path == default_db():
+        ctx.db_path = config.db
+    with ctx.store(must_exist=False) as store:
+        settings = _settings(store, config, learning, min_events, mode)
+        store.save_settings(settings)
+        identity = Identity(config.identity) if config else None
+        engine = store.load_engine(
+            settings, identity, node=node or (config.node if config else None)
+        )
+        before = len(engine.alerts.by_id)
+        if str(file) == "-":
+            stream: IO[bytes] = sys.stdin.buffer
+            total = None
+        else:
+            try:
+                stream = file.open("rb")
+            except OSError as exc:
+                _fail(f"cannot read {file}: {exc.strerror}")
+            total = file.stat().st_size
+        progress = _Progress(stream, total)
+        try:
+            summary = run_replay(progress.lines(), engine, store, strict=strict, progress=progress)
+        finally:
+            progress.close()
+            if stream is not sys.stdin.buffer:
+                stream.close()
+        pending = store.alerts(state="pending")
+        report = {
+            "file": str(file),
+            "events": summary.events,
+            "skipped": summary.skipped,
+            "seconds": round(summary.seconds, 3),
+            "events_per_s": round(summary.events_per_s),
+            "services": len(engine.phases.states),
+            "edges": engine.graph.edge_count,
+            "new_alerts": len(engine.alerts.by_id) - before,
+            "pending_alerts": len(pending),
+            "first_event": summary.first_ts,
+            "last_event": summary.last_ts,
+            "errors": [str(e) for e in summary.errors],
+        }
+    if as_json:
+        _emit_json(report)
+        return
+    for error in summary.errors:
+        err.print(f"[yellow]skipped[/] {file}:{error}")
+    if summary.skipped > len(summary.errors):
+        err.print(f"[yellow]... and {summary.skipped - len(summary.errors)} more skipped lines[/]")
+    out.print(
+        f"Replayed [bold]{summary.events:,}[/] events "
+        f"({_when(summary.first_ts)} to {_when(summary.last_ts)}) "
+        f"in {summary.seconds:.2f} s ({summary.events_per_s:,.0f} events/s)"
+        + (f", skipped {summary.skipped} malformed lines" if summary.skipped else "")
+    )
+    out.print(
+        f"{report['services']} services, {report['edges']} edges, "
+        f"{report['new_alerts']} new alerts; {len(pending)} waiting for you."
+    )
+    _print_alerts(pending[:10])
+    if pending:
+        out.print(
+            f"\nApprove one with [bold]commgraph --db {ctx.db_path} approve ID[/], "
+            f"block it with [bold]deny ID[/]."
+        )
+
+
+# -- listings -----------------------------------------------------------------------------
+
+
+def _table(title: str, columns: Sequence[str]) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+_ARROW = {"publish": "->", "subscribe": "->", "deliver": "->"}
+
+
+def _describe(alert: dict[str, Any]) -> str:
+    """An alert in words a site owner understands."""
+    verbs = {
+        "publish": "publishes to",
+        "subscribe": "subscribes to",
+        "deliver": "is delivered to",
+    }
+    verb = verbs.get(alert["relation"], f"talks {alert['relation']} to")
+    return f"{alert['src']} {verb} {alert['dst']}"
+
+
+def _print_alerts(alerts: Sequence[dict[str, Any]]) -> None:
+    if not alerts:
+        return
+    table = _table("Alerts", ["id", "state", "what", "count", "first seen", "last seen"])
+    for a in alerts:
+        colour = {"pending": "red", "approved": "green", "denied": "bright_black"}[a["state"]]
+        table.add_row(
+            str(a["id"]),
+            f"[{colour}]{a['state']}[/]",
+            f"{_describe(a)} ({a['kind']})",
+            str(a["count"]),
+            _when(a["first_seen"]),
+            _when(a["last_seen"]),
+        )
+    out.print(table)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def status(ctx: Context, as_json: bool) -> None:
+    """What the database holds: services, edges by label, alerts by state."""
+    with ctx.store() as store:
+        info = store.status()
+    if as_json:
+        _emit_json(info)
+        return
+    labels = info["edges_by_label"]
+    states = info["alerts_by_state"]
+    out.print(f"[bold]{info['db']}[/] (schema {info['schema']})")
+    out.print(
+        f"{info['events']:,} events from {_when(info['first_event'])} to "
+        f"{_when(info['last_event'])}"
+    )
+    out.print(
+        f"{info['services']} services ({info['services_learning']} learning), "
+        f"{info['vertices']} vertices, {info['edges']} edges: "
+        + ", ".join(f"{n} {label}" for label, n in labels.items())
+    )
+    out.print(
+        "alerts: "
+        + ", ".join(f"{n} {state}" for state, n in states.items())
+        + f"; {info['decisions']} decisions in the audit log"
+    )
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def services(ctx: Context, as_json: bool) -> None:
+    """Services with their learning phase and mode."""
+    with ctx.store() as store:
+        rows = store.services()
+    if as_json:
+        _emit_json(rows)
+        return
+    table = _table(
+        "Services", ["name", "phase", "mode", "learning ends", "events", "edges", "pending"]
+    )
+    for r in rows:
+        phase = "[yellow]learning[/]" if r["phase"] == "learning" else r["phase"]
+        ends = (
+            "at next event"
+            if r["phase"] == "learning" and r["learning_ends_at"] is None
+            else _when(r["learning_ends_at"])
+        )
+        table.add_row(
+            r["name"],
+            phase,
+            f"{r['mode']} ({r['mode_source']})",
+            ends,
+            f"{r['events']:,}",
+            str(r["edges"]),
+            f"[red]{r['pending_alerts']}[/]" if r["pending_alerts"] else "0",
+        )
+    out.print(table)
+
+
+@cli.command()
+@click.option("--service", help="Only edges from or to this service.")
+@click.option("--label", type=click.Choice(["learned", "approved", "pending", "denied"]))
+@json_option
+@click.pass_obj
+def edges(ctx: Context, service: str | None, label: str | None, as_json: bool) -> None:
+    """Edges of the communication graph with their statistics."""
+    with ctx.store() as store:
+        rows = store.edges(service=service, label=label)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = _table(
+        "Edges", ["src", "relation", "dst", "label", "count", "bytes", "every", "last seen"]
+    )
+    colours = {"pending": "red", "denied": "bright_black", "approved": "green"}
+    for r in rows:
+        mean = r["interval_mean_s"]
+        table.add_row(
+            r["src"],
+            r["relation"],
+            r["dst"],
+            f"[{colours.get(r['label'], 'default')}]{r['label']}[/]",
+            f"{r['count']:,}",
+            f"{r['bytes']:,}",
+            format_duration(mean) if mean else "-",
+            _when(r["last_seen"]),
+        )
+    out.print(table)
+
+
+@cli.command()
+@click.option("--state", type=click.Choice(["pending", "approved", "denied"]))
+@json_option
+@click.pass_obj
+def alerts(ctx: Context, state: str | None, as_json: bool) -> None:
+    """Anomalies found: pending ones wait for your approve or deny."""
+    with ctx.store() as store:
+        rows = store.alerts(state=state)
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        out.print("No alerts" + (f" in state {state}." if state else "."))
+        return
+    _print_alerts(rows)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def decisions(ctx: Context, as_json: bool) -> None:
+    """The audit log: every approve, deny, mode change and learning reset."""
+    with ctx.store() as store:
+        rows = store.decisions()
+    if as_json:
+        _emit_json(rows)
+        return
+    table = _table("Decisions", ["id", "when", "who", "action", "about", "reason"])
+    for r in rows:
+        about = (
+            f"alert {r['alert']}: {r['src']} {r['relation']} {r['dst']}"
+            if r["alert"]
+            else f"{r['service']} {r['detail']}".strip()
+        )
+        table.add_row(str(r["id"]), _when(r["at"]), r["by"], r["action"], about, r["reason"])
+    out.print(table)
+
+
+# -- the owner's actions ------------------------------------------------------------------
+
+
+def _change(ctx: Context, act: Callable[[Any], Any]) -> Any:
+    """Load the engine, apply one owner action, commit it durably before returning."""
+    with ctx.store() as store:
+        engine = store.load_engine()
+        result = act(engine)
+        store.write_changes(engine, engine.take_changes())
+    return result
+
+
+def _decide(ctx: Context, alert_id: int, action: Action, reason: str, by: str | None) -> None:
+    decision = _change(
+        ctx,
+        lambda engine: engine.decide(
+            alert_id, action, by=by or _who(), at=time.time(), reason=reason
+        ),
+    )
+    src, dst, relation = decision.edge
+    what = _describe({"src": src, "dst": dst, "relation": relation})
+    if action is Action.APPROVE:
+        out.print(f"Approved alert {alert_id}: {what} is normal from now on.")
+    else:
+        out.print(f"Denied alert {alert_id}: {what} is blocked in protect mode.")
+
+
+@cli.command()
+@click.argument("alert_id", metavar="ID", type=int)
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--by", help="Who decides (default: user@host).")
+@click.pass_obj
+def approve(ctx: Context, alert_id: int, reason: str, by: str | None) -> None:
+    """Approve an alert: the relationship becomes normal."""
+    _decide(ctx, alert_id, Action.APPROVE, reason, by)
+
+
+@cli.command()
+@click.argument("alert_id", metavar="ID", type=int)
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--by", help="Who decides (default: user@host).")
+@click.pass_obj
+def deny(ctx: Context, alert_id: int, reason: str, by: str | None) -> None:
+    """Deny an alert: the relationship is blocked in protect mode."""
+    _decide(ctx, alert_id, Action.DENY, reason, by)
+
+
+@cli.command()
+@click.argument("service")
+@click.argument("mode", type=click.Choice([*[m.value for m in Mode], "default"]))
+@click.option("--reason", default="")
+@click.option("--by", help="Who decides (default: user@host).")
+@click.pass_obj
+def mode(ctx: Context, service: str, mode: str, reason: str, by: str | None) -> None:
+    """Set a service's mode: learn, monitor, protect, or default (the configured one)."""
+    chosen = None if mode == "default" else Mode(mode)
+    _change(
+        ctx,
+        lambda engine: engine.set_mode(
+            service, chosen, by=by or _who(), at=time.time(), reason=reason
+        ),
+    )
+    out.print(f"{service} is now in {mode} mode.")
+
+
+@cli.group()
+def learn() -> None:
+    """Learning phases."""
+
+
+@learn.command("reset")
+@click.argument("service")
+@click.option("--reason", default="")
+@click.option("--by", help="Who decides (default: user@host).")
+@click.pass_obj
+def learn_reset(ctx: Context, service: str, reason: str, by: str | None) -> None:
+    """Restart a service's learning phase; it starts at the service's next message."""
+    _change(
+        ctx,
+        lambda engine: engine.reset_learning(
+            service, by=by or _who(), at=time.time(), reason=reason
+        ),
+    )
+    out.print(f"{service} learns again, starting with its next message.")
+
+
+# -- pictures -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["dot", "graphml", "json"]),
+    default="dot",
+    show_default=True,
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file."
+)
+@click.pass_obj
+def graph(ctx: Context, fmt: str, output: Path | None) -> None:
+    """The communication graph (render DOT with: dot -Tsvg -o graph.svg)."""
+    with ctx.store() as store:
+        vertices, edge_rows = store.vertices(), store.edges()
+    text = {"dot": to_dot, "graphml": to_graphml, "json": to_json}[fmt](vertices, edge_rows)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        out.print(f"Wrote {len(vertices)} vertices and {len(edge_rows)} edges to {output}")
+
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def _spark(values: Sequence[int]) -> str:
+    top = max(values, default=0)
+    if top == 0:
+        return " " * len(values)
+    return "".join(_BARS[min(8, -(-v * 8 // top))] for v in values)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def timeline(ctx: Context, as_json: bool) -> None:
+    """How the graph changed over time, minute by minute (the paper's figure)."""
+    with ctx.store() as store:
+        rows = store.timeline()
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        out.print("The timeline is empty: replay some traffic first.")
+        return
+    table = _table(
+        "Graph changes over time",
+        [
+            "minute",
+            "vertices",
+            "services",
+            "learning",
+            "edges",
+            "learned",
+            "anomalies",
+            "decisions",
+        ],
+    )
+    for r in rows:
+        table.add_row(
+            _when(r["ts"])[:-3],
+            str(r["vertices"]),
+            str(r["services"]),
+            str(r["learning"]),
+            str(r["edges"]),
+            f"+{r['learned']}" if r["learned"] else "",
+            f"[red]{r['anomalies']}[/]" if r["anomalies"] else "",
+            str(r["decisions"]) if r["decisions"] else "",
+        )
+    out.print(table)
+    out.print(f"edges     {_spark([r['edges'] for r in rows])}")
+    out.print(f"learned   {_spark([r['learned'] for r in rows])}")
+    out.print(f"anomalies [red]{_spark([r['anomalies'] for r in rows])}[/]")
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-out"),
+    show_default=True,
+)
+@click.pass_obj
+def demo(ctx: Context, out_dir: Path) -> None:
+    """Generate a small heating site, replay it, and show the anomaly it raises."""
+    from commgraph.daemon import replay as run_replay
+    from commgraph.demo import heating_site
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    events_file = out_dir / "heating.jsonl"
+    db_path = out_dir / "demo.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    events = list(heating_site())
+    events_file.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+    out.print(f"[bold]1.[/] Generated {len(events)} events of a heating site in {events_file}:")
+    out.print("   2 sensors, a heating controller, 2 valves; a bedroom sensor added at minute 15;")
+    out.print("   the kitchen sensor starts commanding the kitchen valve at minute 25.")
+    settings = LearningSettings(duration=600.0)
+    with Store(db_path) as store:
+        store.save_settings(settings)
+        engine = store.load_engine(settings)
+        with events_file.open("rb") as stream:
+            summary = run_replay(stream, engine, store)
+        rows = store.services()
+        pending = store.alerts(state="pending")
+    out.print(
+        f"[bold]2.[/] Replayed them with a 10 minute learning phase: {summary.events} events, "
+        f"{len(rows)} services, {engine.graph.edge_count} edges."
+    )
+    bedroom = next((r for r in rows if r["name"] == "thermo-bedroom"), None)
+    if bedroom:
+        out.print(
+            f"[bold]3.[/] thermo-bedroom appeared at {_when(bedroom['first_seen'])} and learned on "
+            f"its own until {_when(bedroom['learned_at'])}: nothing to approve."
+        )
+    out.print(f"[bold]4.[/] {len(pending)} anomaly waits for you:")
+    _print_alerts(pending)
+    db = str(db_path)
+    out.print("\nWhat you can do next:")
+    if pending:
+        out.print(f"  commgraph --db {db} approve {pending[0]['id']} --reason 'new valve logic'")
+        out.print(
+            f"  commgraph --db {db} deny {pending[0]['id']} --reason 'sensor must not drive valves'"
+        )
+    out.print(f"  commgraph --db {db} services | edges | timeline | graph --format dot")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: user errors are one line on stderr and exit status 1."""
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="commgraph",
+            standalone_mode=False,
+        )
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("commgraph: aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        err.print(f"commgraph: error: {exc.format_message()}", markup=False)
+        sys.exit(1)
+    except CommgraphError as exc:
+        err.print(f"commgraph: error: {exc}", markup=False)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(0)

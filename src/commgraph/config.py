@@ -1,0 +1,322 @@
+"""TOML site configuration -> frozen settings, validated with messages that name the key.
+
+Sections (see DESIGN.md): ``[node]``, ``[learning]`` (+ ``[learning.services]``), ``[modes]``
+(+ ``[modes.services]``), ``[protect]``, ``[[identity.rules]]``, and the network parts
+``[mqtt]``, ``[api]``, ``[notify]``, ``[sync]``, ``[keys]`` which later parts read. Unknown
+keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from commgraph.errors import ConfigError
+from commgraph.identity import AddressKind, IdentityRule
+from commgraph.phases import LearningSettings, Mode
+
+__all__ = ["Config", "format_duration", "load_config", "parse_config", "parse_duration"]
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """``"90s"``, ``"10m"``, ``"1h30m"``, ``"2d"`` or a number of seconds -> seconds.
+
+    Raises ValueError with a message fit for the user.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a duration")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        compact = text.strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", compact):
+            seconds = float(compact)
+        else:
+            parts = _DURATION.findall(compact)
+            if not parts or "".join(n + u for n, u in parts) != compact:
+                raise ValueError(f"{text!r} is not a duration (use e.g. 90s, 10m, 1h30m, 2d)")
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a duration")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a short human duration: ``3600`` -> ``1h``, ``5400`` -> ``1h30m``."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    rest = round(seconds)
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(out[:2])
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole site configuration of one node."""
+
+    source: str = "<defaults>"
+    node: str = "node"
+    db: Path | None = None
+    learning: LearningSettings = field(default_factory=LearningSettings)
+    identity: tuple[IdentityRule, ...] = ()
+    mqtt_listen: Address | None = None
+    mqtt_upstream: Address | None = None
+    api_listen: Address | None = None
+    notify_urls: tuple[str, ...] = ()
+    sync_broker: Address | None = None
+    private_key: Path | None = None
+    trusted_keys: tuple[Path, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _Reader:
+    """Walks one table, remembering which keys were used, naming keys in errors."""
+
+    def __init__(self, source: str, prefix: str, table: Mapping[str, Any]) -> None:
+        self.source, self.prefix, self.table = source, prefix, table
+        self.used: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        name = f"{self.prefix}.{key}" if self.prefix else key
+        return ConfigError(f"{self.source}: {name}: {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(key, f"expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
+        return value
+
+    def sub(self, key: str) -> _Reader:
+        value = self.get(key, dict, {})
+        return _Reader(self.source, f"{self.prefix}.{key}" if self.prefix else key, value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key (check the spelling)")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        dict: "a table",
+        list: "a list",
+        bool: "true or false",
+    }
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _duration(reader: _Reader, key: str, default: float) -> float:
+    value = reader.get(key, (str, int, float))
+    if value is None:
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise reader.error(key, str(exc)) from None
+
+
+def _mode(reader: _Reader, key: str, default: Mode) -> Mode:
+    value = reader.get(key, str)
+    if value is None:
+        return default
+    try:
+        return Mode(value)
+    except ValueError:
+        raise reader.error(key, f"{value!r} is not a mode (learn, monitor or protect)") from None
+
+
+def _address(reader: _Reader, key: str) -> Address | None:
+    value = reader.get(key, str)
+    if value is None:
+        return None
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise reader.error(key, str(exc)) from None
+
+
+def parse_address(text: str) -> Address:
+    """``host:port`` or ``[v6]:port`` -> Address; raises ValueError."""
+    found = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not found:
+        raise ValueError(f"{text!r} is not host:port")
+    host = found.group(1) or found.group(3)
+    port = int(found.group(2) or found.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return Address(host, port)
+
+
+def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(
+            f"{source}: identity.rules: expected a list of tables ([[identity.rules]])"
+        )
+    rules = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: identity.rules[{i}]: expected a table")
+        r = _Reader(source, f"identity.rules[{i}]", item)
+        match_text = r.get("match", str, "any")
+        try:
+            match = AddressKind(match_text)
+        except ValueError:
+            kinds = ", ".join(k.value for k in AddressKind)
+            raise r.error("match", f"{match_text!r} is not one of {kinds}") from None
+        pattern_text = r.get("pattern", str)
+        pattern = None
+        if pattern_text is not None:
+            try:
+                pattern = re.compile(pattern_text)
+            except re.error as exc:
+                raise r.error("pattern", f"not a valid regular expression ({exc})") from None
+        cidr_text = r.get("cidr", str)
+        cidr = None
+        if cidr_text is not None:
+            try:
+                cidr = ipaddress.ip_network(cidr_text, strict=False)
+            except ValueError as exc:
+                raise r.error("cidr", str(exc)) from None
+        try:
+            rule = IdentityRule(
+                match=match,
+                equals=r.get("equals", str),
+                pattern=pattern,
+                cidr=cidr,
+                service=r.get("service", str),
+                instance=r.get("instance", str),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{source}: identity.rules[{i}]: {exc}") from None
+        r.finish()
+        rules.append(rule)
+    return tuple(rules)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<config>", base: Path | None = None
+) -> Config:
+    """Validate a parsed TOML document; relative paths are taken from ``base``."""
+    top = _Reader(source, "", data)
+    base = base or Path.cwd()
+
+    node = top.sub("node")
+    name = node.get("name", str, "node")
+    db_text = node.get("db", str)
+    node.finish()
+
+    learning = top.sub("learning")
+    duration = _duration(learning, "duration", 3600.0)
+    min_events = learning.get("min_events", int, 0)
+    if min_events < 0:
+        raise learning.error("min_events", "must not be negative")
+    per_service = learning.sub("services")
+    durations = {svc: _duration(per_service, svc, duration) for svc in per_service.table}
+    per_service.finish()
+    learning.finish()
+
+    modes = top.sub("modes")
+    default_mode = _mode(modes, "default", Mode.MONITOR)
+    mode_services = modes.sub("services")
+    overrides = {svc: _mode(mode_services, svc, default_mode) for svc in mode_services.table}
+    mode_services.finish()
+    modes.finish()
+
+    protect = top.sub("protect")
+    pending = protect.get("pending", str, "block")
+    if pending not in ("block", "allow"):
+        raise protect.error("pending", f'{pending!r} must be "block" or "allow"')
+    protect.finish()
+
+    identity = top.sub("identity")
+    rules = _rules(source, identity.get("rules", list, []))
+    identity.finish()
+
+    mqtt = top.sub("mqtt")
+    mqtt_listen, mqtt_upstream = _address(mqtt, "listen"), _address(mqtt, "upstream")
+    api = top.sub("api")
+    api_listen = _address(api, "listen")
+    notify = top.sub("notify")
+    urls = notify.get("urls", list, [])
+    if not all(isinstance(u, str) for u in urls):
+        raise notify.error("urls", "expected a list of strings")
+    sync = top.sub("sync")
+    sync_broker = _address(sync, "broker")
+    keys = top.sub("keys")
+    private = keys.get("private", str)
+    trusted = keys.get("trusted", list, [])
+    if not all(isinstance(t, str) for t in trusted):
+        raise keys.error("trusted", "expected a list of file names")
+    # Later parts add keys to these sections; until then only the listed ones are known.
+    for section in (mqtt, api, notify, sync, keys):
+        section.finish()
+    top.finish()
+
+    return Config(
+        source=source,
+        node=name,
+        db=(base / db_text) if db_text else None,
+        learning=LearningSettings(
+            duration=duration,
+            durations=durations,
+            min_events=min_events,
+            mode=default_mode,
+            modes=overrides,
+            block_pending=pending == "block",
+        ),
+        identity=rules,
+        mqtt_listen=mqtt_listen,
+        mqtt_upstream=mqtt_upstream,
+        api_listen=api_listen,
+        notify_urls=tuple(urls),
+        sync_broker=sync_broker,
+        private_key=(base / private) if private else None,
+        trusted_keys=tuple(base / t for t in trusted),
+        raw=data,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; every problem is a ConfigError naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the configuration is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_config(data, str(path), path.parent)

@@ -1,0 +1,107 @@
+"""The communication graph in formats other tools read: Graphviz DOT, GraphML, JSON.
+
+Pure functions over the rows the store lists (vertices, edges); nothing here reads a file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+__all__ = ["LABEL_COLOURS", "to_dot", "to_graphml", "to_json"]
+
+Row = Mapping[str, Any]
+
+# Edge colours by label: pending in red, denied dark, learned/approved calm.
+LABEL_COLOURS = {
+    "learned": "#4a7ab5",
+    "approved": "#2e8b57",
+    "pending": "#d62728",
+    "denied": "#555555",
+}
+_SHAPES = {"service": "box", "host": "ellipse", "topic": "note", "route": "cds"}
+
+
+def to_json(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
+    """``{"vertices": [...], "edges": [...]}``, vertices by name and kind."""
+    return json.dumps(
+        {
+            "vertices": [
+                {"id": v["id"], "name": v["name"], "kind": v["kind"], "owner": v["owner"]}
+                for v in vertices
+            ],
+            "edges": [
+                {
+                    "src": e["src"],
+                    "dst": e["dst"],
+                    "relation": e["relation"],
+                    "label": e["label"],
+                    "count": e["count"],
+                }
+                for e in edges
+            ],
+        },
+        indent=2,
+    )
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
+    """A Graphviz digraph: shapes by vertex kind, edge colour by label.
+
+    Edge rows carry ``src_id``/``dst_id`` (names alone are ambiguous: a topic and a service
+    may share one).
+    """
+    lines = [
+        "digraph commgraph {",
+        "  rankdir=LR;",
+        '  node [fontname="Helvetica", fontsize=10];',
+        '  edge [fontname="Helvetica", fontsize=9];',
+    ]
+    for v in vertices:
+        key = f"v{v['id']}"
+        shape = _SHAPES.get(v["kind"], "ellipse")
+        lines.append(f"  {key} [label={_dot_id(v['name'])}, shape={shape}];")
+    for e in edges:
+        src, dst = e["src_id"], e["dst_id"]
+        colour = LABEL_COLOURS.get(e["label"], "#000000")
+        style = ", style=bold" if e["label"] == "pending" else ""
+        style += ", style=dashed" if e["label"] == "denied" else ""
+        lines.append(
+            f"  v{src} -> v{dst} [label={_dot_id(e['relation'])}, color={_dot_id(colour)}{style}];"
+        )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def to_graphml(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
+    """GraphML with vertex kind and edge relation, label and count as data keys."""
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">',
+        '  <key id="name" for="node" attr.name="name" attr.type="string"/>',
+        '  <key id="kind" for="node" attr.name="kind" attr.type="string"/>',
+        '  <key id="relation" for="edge" attr.name="relation" attr.type="string"/>',
+        '  <key id="label" for="edge" attr.name="label" attr.type="string"/>',
+        '  <key id="count" for="edge" attr.name="count" attr.type="long"/>',
+        '  <graph id="commgraph" edgedefault="directed">',
+    ]
+    for v in vertices:
+        out.append(f'    <node id="v{v["id"]}">')
+        out.append(f'      <data key="name">{escape(v["name"])}</data>')
+        out.append(f'      <data key="kind">{escape(v["kind"])}</data>')
+        out.append("    </node>")
+    for e in edges:
+        src, dst = e["src_id"], e["dst_id"]
+        out.append(f'    <edge id={quoteattr("e" + str(e["id"]))} source="v{src}" target="v{dst}">')
+        out.append(f'      <data key="relation">{escape(e["relation"])}</data>')
+        out.append(f'      <data key="label">{escape(e["label"])}</data>')
+        out.append(f'      <data key="count">{int(e["count"])}</data>')
+        out.append("    </edge>")
+    out += ["  </graph>", "</graphml>"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,584 @@
+"""SQLite persistence: the only module that imports sqlite3.
+
+One file per node, WAL mode, ``synchronous=FULL`` so a committed decision survives a power
+cut. The schema is versioned with ``PRAGMA user_version`` and upgraded by :data:`MIGRATIONS`.
+
+Two write paths, as the engine hands them over:
+- :meth:`Store.write_changes`: structure (vertices, edges and their labels, phases, alerts,
+  decisions, timeline), committed before the caller goes on;
+- :meth:`Store.write_counters`: edge and alert counters, written behind in batches (the caller
+  does it about once a second, so a crash loses at most that much statistics).
+
+Counters never touch labels or modes, and modes are written only when the owner changes one,
+so a writer never puts back state that another process changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from commgraph.alerts import Alert, AlertKind, AlertState
+from commgraph.engine import Changes, Engine, TimelineRow
+from commgraph.errors import StoreError
+from commgraph.events import VertexKind
+from commgraph.graph import SIZE_UNKNOWN, Label
+from commgraph.identity import Identity
+from commgraph.phases import LearningSettings, Mode, Phase, ServicePhase
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store"]
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE vertices (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL,
+        owner INTEGER, first_seen REAL NOT NULL, events INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE relations (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    CREATE TABLE instances (
+        service INTEGER NOT NULL, instance TEXT NOT NULL, PRIMARY KEY (service, instance));
+    CREATE TABLE edges (
+        id INTEGER PRIMARY KEY, src INTEGER NOT NULL, dst INTEGER NOT NULL,
+        relation INTEGER NOT NULL, label TEXT NOT NULL,
+        count INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+        ia_mean REAL NOT NULL, ia_m2 REAL NOT NULL, size_min INTEGER, size_max INTEGER,
+        UNIQUE (src, dst, relation));
+    CREATE INDEX edges_by_label ON edges (label);
+    CREATE TABLE services (
+        vertex INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, phase TEXT NOT NULL,
+        started_at REAL, ends_at REAL, learned_at REAL,
+        events_at_start INTEGER NOT NULL DEFAULT 0, mode TEXT);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY, edge INTEGER NOT NULL, kind TEXT NOT NULL,
+        state TEXT NOT NULL, count INTEGER NOT NULL,
+        first_seen REAL NOT NULL, last_seen REAL NOT NULL, node TEXT);
+    CREATE INDEX alerts_by_state ON alerts (state);
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY, action TEXT NOT NULL, by TEXT NOT NULL, at REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT '', alert INTEGER, service TEXT,
+        src TEXT, dst TEXT, relation TEXT, detail TEXT NOT NULL DEFAULT '');
+    CREATE TABLE phase_log (
+        id INTEGER PRIMARY KEY, service TEXT NOT NULL, before TEXT, after TEXT NOT NULL,
+        at REAL NOT NULL, why TEXT NOT NULL);
+    CREATE TABLE timeline (
+        minute INTEGER PRIMARY KEY, vertices INTEGER NOT NULL, services INTEGER NOT NULL,
+        edges INTEGER NOT NULL, learned INTEGER NOT NULL, anomalies INTEGER NOT NULL,
+        learning INTEGER NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """An open commgraph database. Not thread-safe: one Store per thread or process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch the database to WAL mode")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable commgraph database ({exc})") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open the database ({exc.strerror})") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: made by a newer commgraph (schema {version}, "
+                f"this one knows {SCHEMA_VERSION})"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            with self._transaction() as db:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- settings -------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def save_settings(self, settings: LearningSettings) -> None:
+        """Remember the learning settings, so later commands on this database use them."""
+        self.set_meta(
+            "learning",
+            json.dumps(
+                {
+                    "duration": settings.duration,
+                    "durations": dict(settings.durations),
+                    "min_events": settings.min_events,
+                    "mode": settings.mode.value,
+                    "modes": {k: v.value for k, v in settings.modes.items()},
+                    "block_pending": settings.block_pending,
+                },
+                sort_keys=True,
+            ),
+        )
+
+    def settings(self) -> LearningSettings | None:
+        text = self.meta("learning")
+        if text is None:
+            return None
+        data = json.loads(text)
+        return LearningSettings(
+            duration=float(data["duration"]),
+            durations={k: float(v) for k, v in data["durations"].items()},
+            min_events=int(data["min_events"]),
+            mode=Mode(data["mode"]),
+            modes={k: Mode(v) for k, v in data["modes"].items()},
+            block_pending=bool(data["block_pending"]),
+        )
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load_engine(
+        self,
+        settings: LearningSettings | None = None,
+        identity: Identity | None = None,
+        *,
+        node: str | None = None,
+    ) -> Engine:
+        """An engine resumed exactly where the stored one stopped."""
+        engine = Engine(settings or self.settings() or LearningSettings(), identity, node=node)
+        graph, db = engine.graph, self._db
+        for vid, name, kind, owner, first_seen, events in db.execute(
+            "SELECT id, name, kind, owner, first_seen, events FROM vertices ORDER BY id"
+        ):
+            if graph.add_vertex(VertexKind(kind), name, first_seen) != vid:
+                raise StoreError(f"{self.path}: vertex ids are not contiguous at {vid}")
+            graph.owner[vid] = owner or 0
+            engine.vcount[vid] = events
+        for rid, name in db.execute("SELECT id, name FROM relations ORDER BY id"):
+            if graph.relation_id(name) != rid:
+                raise StoreError(f"{self.path}: relation ids are not contiguous at {rid}")
+        for row in db.execute(
+            "SELECT id, src, dst, relation, label, count, bytes, first_seen, last_seen,"
+            " ia_mean, ia_m2, size_min, size_max FROM edges ORDER BY id"
+        ):
+            eid, src, dst, rid, label, count, nbytes, first, last, mean, m2, smin, smax = row
+            edge = graph.restore_edge(
+                src,
+                dst,
+                rid,
+                label=Label.parse(label),
+                count=count,
+                nbytes=nbytes,
+                first=first,
+                last=last,
+                ia_mean=mean,
+                ia_m2=m2,
+                size_min=smin,
+                size_max=smax,
+            )
+            if edge + 1 != eid:
+                raise StoreError(f"{self.path}: edge ids are not contiguous at {eid}")
+        graph.take_dirty()
+        for vid, name, phase, started, ends, learned, at_start, mode in db.execute(
+            "SELECT vertex, name, phase, started_at, ends_at, learned_at, events_at_start, mode"
+            " FROM services"
+        ):
+            engine.phases.states[vid] = ServicePhase(
+                service=name,
+                phase=Phase(phase),
+                started_at=started,
+                ends_at=ends,
+                learned_at=learned,
+                events_at_start=at_start,
+                mode=Mode(mode) if mode else None,
+            )
+        for aid, edge, kind, state, count, first, last, node_name in db.execute(
+            "SELECT id, edge, kind, state, count, first_seen, last_seen, node FROM alerts"
+            " ORDER BY id"
+        ):
+            engine.alerts.add(
+                Alert(
+                    id=aid,
+                    edge=edge - 1,
+                    kind=AlertKind(kind),
+                    state=AlertState(state),
+                    count=count,
+                    first_seen=first,
+                    last_seen=last,
+                    node=node_name,
+                )
+            )
+        for vid, instance in db.execute("SELECT service, instance FROM instances"):
+            engine.instances.setdefault(vid, set()).add(instance)
+        last_row = db.execute(
+            "SELECT minute, vertices, services, edges, learned, anomalies, learning"
+            " FROM timeline ORDER BY minute DESC LIMIT 1"
+        ).fetchone()
+        if last_row is not None:
+            engine.restore_minute(TimelineRow(*last_row))
+        engine.take_changes()
+        return engine
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write_changes(self, engine: Engine, changes: Changes) -> None:
+        """Commit structural changes (one transaction) before the caller goes on."""
+        if not changes:
+            return
+        graph = engine.graph
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO relations (id, name) VALUES (?, ?)",
+                [(rid, graph.relations[rid]) for rid in sorted(changes.relations)],
+            )
+            db.executemany(
+                "INSERT INTO vertices (id, name, kind, owner, first_seen, events)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET kind = excluded.kind, owner = excluded.owner",
+                [
+                    (
+                        vid,
+                        graph.names[vid],
+                        graph.kind(vid).value,
+                        graph.owner[vid] or None,
+                        graph.first_seen[vid],
+                        engine.vcount.get(vid, 0),
+                    )
+                    for vid in sorted(changes.vertices)
+                ],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO instances (service, instance) VALUES (?, ?)",
+                changes.instances,
+            )
+            db.executemany(
+                "INSERT INTO edges (id, src, dst, relation, label, count, bytes, first_seen,"
+                " last_seen, ia_mean, ia_m2, size_min, size_max)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET label = excluded.label",
+                [
+                    (e + 1, *graph.endpoints(e), Label(graph.label[e]).text, *_counters(engine, e))
+                    for e in sorted(changes.edges)
+                ],
+            )
+            states = engine.phases.states
+            db.executemany(
+                "INSERT INTO services (vertex, name, phase, started_at, ends_at, learned_at,"
+                " events_at_start, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (vertex) DO UPDATE SET phase = excluded.phase,"
+                " started_at = excluded.started_at, ends_at = excluded.ends_at,"
+                " learned_at = excluded.learned_at, events_at_start = excluded.events_at_start",
+                [
+                    (
+                        vid,
+                        states[vid].service,
+                        states[vid].phase.value,
+                        states[vid].started_at,
+                        states[vid].ends_at,
+                        states[vid].learned_at,
+                        states[vid].events_at_start,
+                        _mode_text(states[vid].mode),
+                    )
+                    for vid in sorted(changes.services | changes.modes)
+                ],
+            )
+            db.executemany(
+                "UPDATE services SET mode = ? WHERE vertex = ?",
+                [(_mode_text(states[vid].mode), vid) for vid in sorted(changes.modes)],
+            )
+            alerts = engine.alerts.by_id
+            db.executemany(
+                "INSERT INTO alerts (id, edge, kind, state, count, first_seen, last_seen, node)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET state = excluded.state, count = excluded.count,"
+                " last_seen = excluded.last_seen",
+                [
+                    (
+                        a.id,
+                        a.edge + 1,
+                        a.kind.value,
+                        a.state.value,
+                        a.count,
+                        a.first_seen,
+                        a.last_seen,
+                        a.node,
+                    )
+                    for a in (alerts[i] for i in sorted(changes.alerts))
+                ],
+            )
+            db.executemany(
+                "INSERT INTO decisions (action, by, at, reason, alert, service, src, dst,"
+                " relation, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        d.action.value,
+                        d.by,
+                        d.at,
+                        d.reason,
+                        d.alert,
+                        d.service,
+                        *(d.edge or (None, None, None)),
+                        d.detail,
+                    )
+                    for d in changes.decisions
+                ],
+            )
+            db.executemany(
+                "INSERT INTO phase_log (service, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        c.service,
+                        c.before.value if c.before else None,
+                        c.after.value,
+                        c.at,
+                        c.why.value,
+                    )
+                    for c in changes.phase_changes
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO timeline (minute, vertices, services, edges, learned,"
+                " anomalies, learning) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.minute, r.vertices, r.services, r.edges, r.learned, r.anomalies, r.learning)
+                    for r in changes.timeline
+                ],
+            )
+
+    def write_counters(self, engine: Engine, edges: list[int], alerts: list[int]) -> None:
+        """Write edge and alert counters behind (never labels or states)."""
+        if not edges and not alerts:
+            return
+        graph = engine.graph
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE edges SET count = ?, bytes = ?, first_seen = ?, last_seen = ?,"
+                " ia_mean = ?, ia_m2 = ?, size_min = ?, size_max = ? WHERE id = ?",
+                [(*_counters(engine, e), e + 1) for e in edges],
+            )
+            subjects = {graph.endpoints(e)[0] for e in edges} | {
+                graph.endpoints(e)[1] for e in edges
+            }
+            db.executemany(
+                "UPDATE vertices SET events = ? WHERE id = ?",
+                [(engine.vcount.get(v, 0), v) for v in sorted(subjects)],
+            )
+            by_id = engine.alerts.by_id
+            db.executemany(
+                "UPDATE alerts SET count = ?, last_seen = ? WHERE id = ?",
+                [(by_id[a].count, by_id[a].last_seen, a) for a in alerts],
+            )
+
+    def flush(self, engine: Engine) -> None:
+        """Write everything the engine holds back: structure first, then counters."""
+        self.write_changes(engine, engine.take_changes())
+        self.write_counters(engine, *engine.take_counters())
+
+    # -- reading for people ---------------------------------------------------------------
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        cursor = self._db.execute(sql, params)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def services(self, settings: LearningSettings | None = None) -> list[dict[str, Any]]:
+        """Services with phase, mode (and where it comes from), learning progress, counts."""
+        settings = settings or self.settings() or LearningSettings()
+        rows = self._rows(
+            "SELECT s.name, s.phase, s.mode AS owner_mode, s.started_at AS learning_started_at,"
+            " s.ends_at AS learning_ends_at, s.learned_at, v.events, v.first_seen,"
+            " (SELECT COUNT(*) FROM edges e WHERE e.src = s.vertex OR e.dst = s.vertex) AS edges,"
+            " (SELECT COUNT(*) FROM alerts a JOIN edges e ON e.id = a.edge"
+            "   WHERE a.state = 'pending' AND (e.src = s.vertex OR e.dst = s.vertex))"
+            "   AS pending_alerts,"
+            " (SELECT group_concat(instance, ' ') FROM instances i WHERE i.service = s.vertex)"
+            "   AS instances"
+            " FROM services s JOIN vertices v ON v.id = s.vertex ORDER BY s.name"
+        )
+        for row in rows:
+            owner_mode = row.pop("owner_mode")
+            if owner_mode:
+                row["mode"], row["mode_source"] = owner_mode, "owner"
+            elif row["name"] in settings.modes:
+                row["mode"], row["mode_source"] = settings.modes[row["name"]].value, "config"
+            else:
+                row["mode"], row["mode_source"] = settings.mode.value, "default"
+            row["instances"] = sorted((row["instances"] or "").split())
+        return rows
+
+    def edges(
+        self, *, service: str | None = None, label: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if service is not None:
+            where.append("(vs.name = ? OR vd.name = ?)")
+            params += [service, service]
+        if label is not None:
+            where.append("e.label = ?")
+            params.append(label)
+        rows = self._rows(
+            "SELECT e.id, vs.name AS src, vd.name AS dst, r.name AS relation, e.label,"
+            " e.count, e.bytes, e.first_seen, e.last_seen, e.ia_mean, e.ia_m2,"
+            " e.size_min, e.size_max, e.src AS src_id, e.dst AS dst_id,"
+            " vs.kind AS src_kind, vd.kind AS dst_kind"
+            " FROM edges e JOIN vertices vs ON vs.id = e.src JOIN vertices vd ON vd.id = e.dst"
+            " JOIN relations r ON r.id = e.relation"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY e.id",
+            tuple(params),
+        )
+        for row in rows:
+            intervals = row["count"] - 1
+            mean, m2 = row.pop("ia_mean"), row.pop("ia_m2")
+            row["interval_mean_s"] = mean if intervals >= 1 else None
+            row["interval_stdev_s"] = (m2 / intervals) ** 0.5 if intervals >= 2 else None
+            if row["size_min"] == SIZE_UNKNOWN:
+                row["size_min"] = row["size_max"] = None
+        return rows
+
+    def alerts(self, *, state: str | None = None) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT a.id, a.kind, vs.name AS src, vd.name AS dst, r.name AS relation,"
+            " a.state, a.count, a.first_seen, a.last_seen, a.node, a.edge,"
+            " (SELECT d.by FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
+            "   AS decided_by,"
+            " (SELECT d.at FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
+            "   AS decided_at,"
+            " (SELECT d.reason FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
+            "   AS reason"
+            " FROM alerts a JOIN edges e ON e.id = a.edge"
+            " JOIN vertices vs ON vs.id = e.src JOIN vertices vd ON vd.id = e.dst"
+            " JOIN relations r ON r.id = e.relation"
+            + (" WHERE a.state = ?" if state else "")
+            + " ORDER BY a.id",
+            (state,) if state else (),
+        )
+        return rows
+
+    def decisions(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT id, action, by, at, reason, alert, service, src, dst, relation, detail"
+            " FROM decisions ORDER BY id"
+        )
+
+    def vertices(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT v.id, v.name, v.kind, o.name AS owner, v.first_seen, v.events"
+            " FROM vertices v LEFT JOIN vertices o ON o.id = v.owner ORDER BY v.id"
+        )
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Per-minute rows (``ts`` = start of the minute) with the decisions made in it."""
+        rows = self._rows(
+            "SELECT minute * 60.0 AS ts, vertices, services, edges, learned, anomalies,"
+            " learning, 0 AS decisions FROM timeline ORDER BY minute"
+        )
+        decided: dict[float, int] = {}
+        for minute, count in self._db.execute(
+            "SELECT CAST(at / 60 AS INTEGER), COUNT(*) FROM decisions GROUP BY 1"
+        ):
+            decided[minute * 60.0] = count
+        by_ts = {row["ts"]: row for row in rows}
+        last: dict[str, Any] | None = None
+        for ts in sorted(set(by_ts) | set(decided)):
+            row = by_ts.get(ts)
+            if row is None:  # a minute with decisions only: the graph as it last was
+                row = {**(last or _EMPTY_ROW), "ts": ts, "learned": 0, "anomalies": 0}
+                by_ts[ts] = row
+            row["decisions"] = decided.get(ts, 0)
+            last = row
+        return [by_ts[ts] for ts in sorted(by_ts)]
+
+    def status(self) -> dict[str, Any]:
+        db = self._db
+        labels = dict(db.execute("SELECT label, COUNT(*) FROM edges GROUP BY label").fetchall())
+        states = dict(db.execute("SELECT state, COUNT(*) FROM alerts GROUP BY state").fetchall())
+        phases = dict(db.execute("SELECT phase, COUNT(*) FROM services GROUP BY phase").fetchall())
+        events, first, last = db.execute(
+            "SELECT COALESCE(SUM(count), 0), MIN(first_seen), MAX(last_seen) FROM edges"
+        ).fetchone()
+        return {
+            "db": str(self.path),
+            "schema": self.schema_version,
+            "events": events,
+            "first_event": first,
+            "last_event": last,
+            "services": sum(phases.values()),
+            "services_learning": phases.get("learning", 0),
+            "vertices": db.execute("SELECT COUNT(*) FROM vertices").fetchone()[0],
+            "edges": sum(labels.values()),
+            "edges_by_label": {label.text: labels.get(label.text, 0) for label in Label},
+            "alerts_by_state": {s.value: states.get(s.value, 0) for s in AlertState},
+            "decisions": db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0],
+        }
+
+
+_EMPTY_ROW: Mapping[str, Any] = {
+    "vertices": 0,
+    "services": 0,
+    "edges": 0,
+    "learned": 0,
+    "anomalies": 0,
+    "learning": 0,
+}
+
+
+def _mode_text(mode: Mode | None) -> str | None:
+    return None if mode is None else mode.value
+
+
+def _counters(engine: Engine, e: int) -> tuple[Any, ...]:
+    g = engine.graph
+    smin = g.size_min[e]
+    return (
+        g.count[e],
+        g.bytes[e],
+        g.first[e],
+        g.last[e],
+        g.ia_mean[e],
+        g.ia_m2[e],
+        smin,
+        g.size_max[e],
+    )

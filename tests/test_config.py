@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from commgraph.config import format_duration, load_config, parse_address, parse_duration
+from commgraph.errors import ConfigError
+from commgraph.identity import AddressKind, Identity
+from commgraph.phases import Mode
+
+SITE = """
+[node]
+name = "node-a"
+db = "node-a.db"
+[learning]
+duration = "1h"
+min_events = 10
+[learning.services]
+thermo = "2h"
+[modes]
+default = "monitor"
+[modes.services]
+valve = "protect"
+[protect]
+pending = "allow"
+[[identity.rules]]
+match = "client_id"
+pattern = '^(?P<service>thermo)-(?P<instance>.+)$'
+[[identity.rules]]
+match = "ip"
+cidr = "192.168.1.0/24"
+service = "lan"
+[[identity.rules]]
+equals = "47.89.226.20"
+service = "lock-cloud"
+[mqtt]
+listen = "127.0.0.1:1883"
+upstream = "127.0.0.1:1884"
+[api]
+listen = "127.0.0.1:8080"
+[notify]
+urls = ["ntfy://127.0.0.1:8090/commgraph"]
+[sync]
+broker = "127.0.0.1:1884"
+[keys]
+private = "site.key"
+trusted = ["site.pub"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_site_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, SITE))
+    assert config.node == "node-a"
+    assert config.db == tmp_path / "node-a.db"
+    assert config.learning.duration == 3600
+    assert config.learning.duration_for("thermo") == 7200
+    assert config.learning.min_events == 10
+    assert config.learning.mode_for("valve") is Mode.PROTECT
+    assert config.learning.mode_for("other") is Mode.MONITOR
+    assert config.learning.block_pending is False
+    identity = Identity(config.identity)
+    assert identity.resolve("thermo-kitchen-7", AddressKind.CLIENT_ID).service == "thermo"
+    assert identity.resolve("thermo-kitchen-7").instance == "kitchen-7"
+    assert identity.resolve("192.168.1.128").service == "lan"
+    assert identity.resolve("47.89.226.20").service == "lock-cloud"
+    assert str(config.mqtt_listen) == "127.0.0.1:1883"
+    assert config.trusted_keys == (tmp_path / "site.pub",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[learning]\nduraton = "1h"\n', "learning.duraton: unknown key"),
+        ('[learning]\nduration = "soon"\n', "learning.duration: 'soon' is not a duration"),
+        ("[learning]\nduration = true\n", "learning.duration: expected"),
+        ('[modes]\ndefault = "panic"\n', "modes.default: 'panic' is not a mode"),
+        ('[modes.services]\nvalve = "x"\n', "modes.services.valve"),
+        ('[protect]\npending = "maybe"\n', "protect.pending"),
+        ('[mqtt]\nlisten = "localhost"\n', "mqtt.listen: 'localhost' is not host:port"),
+        ("[[identity.rules]]\npattern = '^(x'\n", "identity.rules[0].pattern: not a valid"),
+        ("[[identity.rules]]\npattern = '^x$'\n", "identity.rules[0]: 'pattern' needs"),
+        ('[[identity.rules]]\nmatch = "mac"\nequals = "x"\nservice = "y"\n', "rules[0].match"),
+        ('[[identity.rules]]\ncidr = "10.0.0.0/33"\nservice = "y"\n', "identity.rules[0].cidr"),
+        ('[[identity.rules]]\nequals = "a"\nservice = "b"\ncolour = "red"\n', "rules[0].colour"),
+        ("[node]\nname = 3\n", "node.name: expected a string, got int"),
+        ("wat = 1\n", "wat: unknown key"),
+        ("[learning\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value)
+    assert str(info.value).startswith(str(tmp_path / "site.toml"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("10m", 600),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("45", 45),
+        (30, 30),
+        ("1.5h", 5400),
+        ("1w", 604800),
+    ],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "h", "1h-", "-5m", "m10"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (5, 60, 3600, 5400, 90061)] == [
+        "5s",
+        "1m",
+        "1h",
+        "1h30m",
+        "1d1h",
+    ]
+
+
+def test_addresses() -> None:
+    assert str(parse_address("[::1]:1883")) == "[::1]:1883"
+    with pytest.raises(ValueError):
+        parse_address("127.0.0.1:70000")

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from commgraph.daemon import replay
+from commgraph.demo import heating_site
+from commgraph.export import LABEL_COLOURS, to_dot, to_graphml, to_json
+from commgraph.phases import LearningSettings
+from commgraph.store import Store
+
+
+def demo_rows(tmp_path: Path) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    with Store(tmp_path / "x.db") as store:
+        replay(
+            (e.to_json() for e in heating_site()),
+            store.load_engine(LearningSettings(duration=600.0)),
+            store,
+        )
+        return store.vertices(), store.edges()
+
+
+def test_graphml_has_every_vertex_and_edge(tmp_path: Path) -> None:
+    vertices, edges = demo_rows(tmp_path)
+    root = ET.fromstring(to_graphml(vertices, edges))
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    assert len(root.findall(".//g:node", ns)) == len(vertices)
+    found = root.findall(".//g:edge", ns)
+    assert len(found) == len(edges)
+    labels = [e.find("g:data[@key='label']", ns).text for e in found]  # type: ignore[union-attr]
+    assert labels.count("pending") == 1
+
+
+def test_dot_colours_pending_red_and_json_roundtrips(tmp_path: Path) -> None:
+    vertices, edges = demo_rows(tmp_path)
+    dot = to_dot(vertices, edges)
+    assert dot.startswith("digraph commgraph {")
+    assert dot.count(LABEL_COLOURS["pending"]) == 1
+    assert dot.count(" -> ") == len(edges)
+    data = json.loads(to_json(vertices, edges))
+    assert len(data["vertices"]) == len(vertices) and len(data["edges"]) == len(edges)
+
+
+def test_names_with_quotes_are_escaped() -> None:
+    vertices = [
+        {"id": 1, "name": 'a"b', "kind": "service", "owner": None},
+        {"id": 2, "name": "<t&>", "kind": "topic", "owner": None},
+    ]
+    edges = [
+        {
+            "id": 1,
+            "src": 'a"b',
+            "dst": "<t&>",
+            "relation": "publish",
+            "label": "learned",
+            "count": 1,
+            "src_id": 1,
+            "dst_id": 2,
+        }
+    ]
+    assert 'label="a\\"b"' in to_dot(vertices, edges)
+    ET.fromstring(to_graphml(vertices, edges))
