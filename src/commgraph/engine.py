@@ -11,7 +11,6 @@ column updates; it returns a shared, immutable :class:`Verdict`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from commgraph.alerts import Action, Alert, AlertBook, AlertKind, AlertState, Decision
@@ -37,6 +36,7 @@ class Verdict:
         return self.label >= Label.PENDING
 
 
+_LEARNED, _APPROVED = int(Label.LEARNED), int(Label.APPROVED)  # ints: cheaper than enums
 _VERDICTS = {(label, block): Verdict(label, block) for label in Label for block in (False, True)}
 ALLOW_LEARNED = _VERDICTS[(Label.LEARNED, False)]
 ALLOW_APPROVED = _VERDICTS[(Label.APPROVED, False)]
@@ -105,11 +105,16 @@ class Engine:
         self.phases = LearningPhases(self.settings)
         self.alerts = AlertBook()
         self.instances: dict[int, set[str]] = {}
-        self.vcount: dict[int, int] = {}  # events per service (as the edge's subject)
         self.changes = Changes()
         self._bumped: set[int] = set()  # alerts whose counters moved
-        # address caches per slot kind: concrete address -> vertex id
-        self._caches: dict[VertexKind, dict[str, int]] = {kind: {} for kind in VertexKind}
+        # address caches per slot kind: concrete address -> vertex id. Topics and routes are
+        # their own names, so their cache is the graph's name index itself.
+        self._caches: dict[VertexKind, dict[str, int]] = {
+            VertexKind.SERVICE: {},
+            VertexKind.HOST: {},
+            VertexKind.TOPIC: self.graph.name_index(VertexKind.TOPIC),
+            VertexKind.ROUTE: self.graph.name_index(VertexKind.ROUTE),
+        }
         # relation name -> (relation id, src cache, dst cache, src kind, dst kind, subject is dst)
         self._relations: dict[
             str, tuple[int, dict[str, int], dict[str, int], VertexKind, VertexKind, bool]
@@ -132,16 +137,17 @@ class Engine:
         d = rel[2].get(event.dst)
         if d is None:
             d = self._vertex(rel[4], event.dst, event.ts)
-        subject = d if rel[5] else s
-        self.vcount[subject] += 1
-        e = self.graph.record(s, d, rel[0], event.ts, event.size)
+        graph = self.graph
+        e = graph.record(s, d, rel[0], event.ts, event.size)
         if e < 0:
             return self._new_edge(s, d, rel, event)
-        label = self.graph.label[e]
-        if label == Label.APPROVED:
-            return ALLOW_APPROVED
-        if label == Label.LEARNED:
+        subject = d if rel[5] else s
+        graph.events[subject] += 1
+        label = graph.label[e]
+        if label == _LEARNED:
             return ALLOW_LEARNED
+        if label == _APPROVED:
+            return ALLOW_APPROVED
         return self._flagged(e, subject, event)
 
     def _relation(
@@ -177,8 +183,7 @@ class Engine:
             if graph.kind(vid) is not VertexKind.SERVICE:  # a host that starts talking
                 graph.set_kind(vid, VertexKind.SERVICE)
                 self.changes.vertices.add(vid)
-            self.vcount.setdefault(vid, 0)
-            change = self.phases.sighted(vid, name, ts, self.vcount[vid])
+            change = self.phases.sighted(vid, name, ts, graph.events[vid])
             if change is not None:
                 self._phase_changed(vid, change)
         if resolved is not None and resolved.instance is not None:
@@ -186,12 +191,11 @@ class Engine:
             if resolved.instance not in known:
                 known.add(resolved.instance)
                 self.changes.instances.append((vid, resolved.instance))
-        self.vcount.setdefault(vid, 0)
         self._caches[kind][address] = vid
         return vid
 
     def _learning(self, vid: int, ts: float) -> bool:
-        learning, change = self.phases.is_learning(vid, ts, self.vcount.get(vid, 0))
+        learning, change = self.phases.is_learning(vid, ts, self.graph.events[vid])
         if change is not None:
             self._phase_changed(vid, change)
         return learning
@@ -215,10 +219,12 @@ class Engine:
         ts = event.ts
         self._at_minute(ts)
         subject, counterpart = (d, s) if rel[5] else (s, d)
+        # Decided on the events before this one; then this one is counted.
         learning = self._learning(subject, ts)
         if not learning:
             owner = self._owner(counterpart)
             learning = owner != 0 and owner != subject and self._learning(owner, ts)
+        self.graph.events[subject] += 1
         if rel[4] is VertexKind.TOPIC and event.relation == "publish" and not self.graph.owner[d]:
             self.graph.owner[d] = s
             self.changes.vertices.add(d)
@@ -259,7 +265,7 @@ class Engine:
         self._end_phases(now)
 
     def _end_phases(self, now: float) -> None:
-        for change in self.phases.due(now, self.vcount):
+        for change in self.phases.due(now, self.graph.events):
             vid = self.graph.vertex(VertexKind.SERVICE, change.service)
             assert vid is not None
             self._phase_changed(vid, change)
@@ -404,8 +410,3 @@ class Engine:
         self._minute_learned = row.learned
         self._minute_anomalies = row.anomalies
         self._last_row = row
-
-    def restored(self, services: Iterable[int]) -> None:
-        """Hook for the store after loading: make sure every service has an event counter."""
-        for vid in services:
-            self.vcount.setdefault(vid, 0)

@@ -66,20 +66,36 @@ class Event:
         return json.dumps(record, separators=(",", ":"))
 
 
+# Bounds that keep every column of the graph valid: year 5138, and 1 TiB per event.
+MAX_TS = 1e11
+MAX_SIZE = 1 << 40
+
+
+def _clip(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _problem(
     ts: object, src: object, dst: object, relation: object, size: object, node: object
 ) -> str:
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         return f"'ts' must be a number of epoch seconds, not {type(ts).__name__}"
-    if not math.isfinite(ts) or ts < 0:
-        return f"'ts' must be a finite, non-negative number, not {ts!r}"
+    try:
+        finite = math.isfinite(ts)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite or ts < 0 or ts > MAX_TS:
+        return f"'ts' must be epoch seconds between 0 and {MAX_TS:g}, not {_clip(ts)}"
     for name, value in (("src", src), ("dst", dst), ("relation", relation)):
         if not isinstance(value, str):
             return f"'{name}' must be a string, not {type(value).__name__}"
         if not value or value.isspace():
             return f"'{name}' must not be empty"
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        return f"'size' must be a non-negative integer, not {size!r}"
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE
+    ):
+        return f"'size' must be an integer from 0 to {MAX_SIZE} bytes, not {_clip(size)}"
     if node is not None and not isinstance(node, str):
         return f"'node' must be a string, not {type(node).__name__}"
     return ""
@@ -118,7 +134,7 @@ def parse_event_line(line: str | bytes, *, line_no: int | None = None) -> Event:
     if missing:
         raise EventDecodeError(f"missing field {', '.join(map(repr, missing))}", line=line_no)
     ts, size = record["ts"], record.get("size")
-    if isinstance(size, float) and size.is_integer():
+    if isinstance(size, float) and size.is_integer() and abs(size) <= MAX_SIZE:
         size = int(size)
     problem = _problem(
         ts, record["src"], record["dst"], record["relation"], size, record.get("node")

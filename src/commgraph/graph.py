@@ -35,10 +35,11 @@ _VERTEX_LIMIT = 1 << 23
 _RELATION_LIMIT = 1 << 18
 _DST_MASK = _VERTEX_LIMIT - 1
 _REL_MASK = _RELATION_LIMIT - 1
-_HASH_MUL = 0x9E3779B97F4A7C15
-_HASH_SHIFT = 20
+_HASH_MUL = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of key * MUL mod 2**64
+_M64 = (1 << 64) - 1
 SIZE_UNKNOWN = 0xFFFFFFFF
 _SIZE_CAP = 0xFFFFFFFE
+_BYTES_CAP = (1 << 64) - 1  # the byte counter saturates rather than wrapping
 
 
 class GraphFullError(CommgraphError):
@@ -115,6 +116,7 @@ class Graph:
         self.kinds = bytearray(b"\xff")
         self.owner = array("I", [0])  # topic -> the service that first published to it
         self.first_seen = array("d", [0.0])
+        self.events = array("Q", [0])  # events per service, as the subject of an edge
         self._index: dict[str, dict[str, int]] = {"endpoint": {}, "topic": {}, "route": {}}
         self.relations: list[str] = []
         self._relation_ids: dict[str, int] = {}
@@ -132,10 +134,12 @@ class Graph:
         # edges whose counters moved since the last take (written behind by the store)
         self._dirty = bytearray()
         self._dirty_list: list[int] = []
-        # open addressing: slot -> packed key (0 = empty) and slot -> edge id
+        # open addressing, linear probing: slot -> edge id + 1 (0 = empty); the key column
+        # tells whether a probed edge is the one sought
         self._bits = 10
-        self._slot_key = array("Q", bytes(8 << self._bits))
-        self._slot_edge = array("I", bytes(4 << self._bits))
+        self._shift = 64 - self._bits
+        self._mask = (1 << self._bits) - 1
+        self._slots = array("I", bytes(4 << self._bits))
 
     # -- vertices -------------------------------------------------------------------------
 
@@ -156,8 +160,13 @@ class Graph:
         self.kinds.append(_KIND_CODES[kind])
         self.owner.append(0)
         self.first_seen.append(ts)
+        self.events.append(0)
         self._index[namespace_of(kind)][name] = vid
         return vid
+
+    def name_index(self, kind: VertexKind) -> dict[str, int]:
+        """The live name -> id dict of a kind's namespace (shared, not a copy)."""
+        return self._index[namespace_of(kind)]
 
     def kind(self, vid: int) -> VertexKind:
         return _KINDS[self.kinds[vid]]
@@ -201,16 +210,15 @@ class Graph:
     def find(self, src: int, dst: int, rid: int) -> int:
         """The edge id, or -1."""
         key = (src << _SRC_SHIFT) | (dst << _DST_SHIFT) | rid
-        mask = (1 << self._bits) - 1
-        slot = ((key * _HASH_MUL) >> _HASH_SHIFT) & mask
-        slot_key = self._slot_key
-        found = slot_key[slot]
-        while found != key:
-            if not found:
-                return -1
-            slot = (slot + 1) & mask
-            found = slot_key[slot]
-        return self._slot_edge[slot]
+        slot = ((key * _HASH_MUL) & _M64) >> self._shift
+        slots, keys = self._slots, self.key
+        e = slots[slot]
+        while e:
+            if keys[e - 1] == key:
+                return e - 1
+            slot = (slot + 1) & self._mask
+            e = slots[slot]
+        return -1
 
     def record(self, src: int, dst: int, rid: int, ts: float, size: int | None) -> int:
         """Count one event on a known edge and return its id; -1 if the edge is new.
@@ -219,16 +227,17 @@ class Graph:
         running mean and M2 of inter-arrival times, size range).
         """
         key = (src << _SRC_SHIFT) | (dst << _DST_SHIFT) | rid
-        mask = (1 << self._bits) - 1
-        slot = ((key * _HASH_MUL) >> _HASH_SHIFT) & mask
-        slot_key = self._slot_key
-        found = slot_key[slot]
-        while found != key:
-            if not found:
-                return -1
-            slot = (slot + 1) & mask
-            found = slot_key[slot]
-        e = self._slot_edge[slot]
+        slot = ((key * _HASH_MUL) & _M64) >> self._shift
+        slots, keys = self._slots, self.key
+        e = slots[slot]
+        while e:
+            if keys[e - 1] == key:
+                break
+            slot = (slot + 1) & self._mask
+            e = slots[slot]
+        else:
+            return -1
+        e -= 1
         if not self._dirty[e]:
             self._dirty[e] = 1
             self._dirty_list.append(e)
@@ -246,7 +255,8 @@ class Graph:
         self.ia_mean[e] = mean
         self.ia_m2[e] += delta * (gap - mean)
         if size is not None:
-            self.bytes[e] += size
+            total = self.bytes[e] + size
+            self.bytes[e] = total if total <= _BYTES_CAP else _BYTES_CAP
             if size > _SIZE_CAP:
                 size = _SIZE_CAP
             if size < self.size_min[e]:
@@ -263,7 +273,7 @@ class Graph:
         key = (src << _SRC_SHIFT) | (dst << _DST_SHIFT) | rid
         self.key.append(key)
         self.count.append(1)
-        self.bytes.append(size or 0)
+        self.bytes.append(min(size or 0, _BYTES_CAP))
         self.first.append(ts)
         self.last.append(ts)
         self.ia_mean.append(0.0)
@@ -340,27 +350,23 @@ class Graph:
         )
 
     def _insert(self, key: int, edge: int) -> None:
-        if (len(self.key) + 1) * 2 > (1 << self._bits):
+        # Kept at most 2/3 full: probes stay short (about 2 on a miss), 6 bytes/edge or less.
+        if len(self.key) * 3 > (2 << self._bits):
             self._grow()
-        mask = (1 << self._bits) - 1
-        slot = ((key * _HASH_MUL) >> _HASH_SHIFT) & mask
-        slot_key = self._slot_key
-        while slot_key[slot]:
-            slot = (slot + 1) & mask
-        slot_key[slot] = key
-        self._slot_edge[slot] = edge
+        else:
+            self._place(self._slots, key, edge)
+
+    def _place(self, slots: array[int], key: int, edge: int) -> None:
+        slot = ((key * _HASH_MUL) & _M64) >> self._shift
+        while slots[slot]:
+            slot = (slot + 1) & self._mask
+        slots[slot] = edge + 1
 
     def _grow(self) -> None:
         self._bits += 1
-        size = 1 << self._bits
-        mask = size - 1
-        slot_key = array("Q", bytes(8 * size))
-        slot_edge = array("I", bytes(4 * size))
+        self._shift = 64 - self._bits
+        self._mask = (1 << self._bits) - 1
+        slots = array("I", bytes(4 << self._bits))
         for edge, key in enumerate(self.key):
-            slot = ((key * _HASH_MUL) >> _HASH_SHIFT) & mask
-            while slot_key[slot]:
-                slot = (slot + 1) & mask
-            slot_key[slot] = key
-            slot_edge[slot] = edge
-        self._slot_key = slot_key
-        self._slot_edge = slot_edge
+            self._place(slots, key, edge)
+        self._slots = slots

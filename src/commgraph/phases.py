@@ -2,7 +2,8 @@
 
 Rules:
 - A service's phase starts at its first sighting and lasts its learning duration; with
-  ``min_events`` set it also lasts until that many events of the service were seen.
+  ``min_events`` set it also lasts until that many events of the service were seen (the
+  event that completes the count is still learned; the phase ends at the next check).
 - While a service learns, its new edges are learned; afterwards they are anomalies.
 - ``reset`` restarts the phase at the service's next sighting (time comes with the data).
 - Modes are independent of phases: ``learn`` keeps learning silently after the phase,
@@ -14,7 +15,7 @@ Every change of phase goes through :data:`TRANSITIONS`; anything else is a bug.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -119,6 +120,7 @@ class LearningPhases:
         state = self.states.get(vid)
         if state is not None and state.started_at is not None:
             return None
+        before = None if state is None else state.phase
         after = self._move(state, PhaseEvent.SIGHTED)
         ends = ts + self.settings.duration_for(service)
         if state is None:
@@ -127,7 +129,7 @@ class LearningPhases:
         else:
             state.phase, state.started_at, state.ends_at = after, ts, ends
         state.events_at_start = events
-        return PhaseChange(service, None, after, ts, PhaseEvent.SIGHTED)
+        return PhaseChange(service, before, after, ts, PhaseEvent.SIGHTED)
 
     def is_learning(self, vid: int, ts: float, events: int) -> tuple[bool, PhaseChange | None]:
         """Whether the service learns at ``ts``; ends its phase when due (returns the change)."""
@@ -143,12 +145,12 @@ class LearningPhases:
         at = state.ends_at if self.settings.min_events == 0 else ts
         return False, self._end(state, at)
 
-    def due(self, now: float, events_of: Mapping[int, int]) -> list[PhaseChange]:
-        """End every phase that is over at ``now``; ``events_of`` gives event counts."""
+    def due(self, now: float, events_of: Sequence[int]) -> list[PhaseChange]:
+        """End every phase that is over at ``now``; ``events_of[vid]`` is a service's count."""
         changes = []
         for vid, state in self.states.items():
             if state.phase is Phase.LEARNING and state.ends_at is not None and now >= state.ends_at:
-                _, change = self.is_learning(vid, now, events_of.get(vid, 0))
+                _, change = self.is_learning(vid, now, events_of[vid])
                 if change is not None:
                     changes.append(change)
         return changes

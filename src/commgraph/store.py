@@ -195,7 +195,7 @@ class Store:
             if graph.add_vertex(VertexKind(kind), name, first_seen) != vid:
                 raise StoreError(f"{self.path}: vertex ids are not contiguous at {vid}")
             graph.owner[vid] = owner or 0
-            engine.vcount[vid] = events
+            graph.events[vid] = events
         for rid, name in db.execute("SELECT id, name FROM relations ORDER BY id"):
             if graph.relation_id(name) != rid:
                 raise StoreError(f"{self.path}: relation ids are not contiguous at {rid}")
@@ -284,7 +284,7 @@ class Store:
                         graph.kind(vid).value,
                         graph.owner[vid] or None,
                         graph.first_seen[vid],
-                        engine.vcount.get(vid, 0),
+                        graph.events[vid],
                     )
                     for vid in sorted(changes.vertices)
                 ],
@@ -403,7 +403,7 @@ class Store:
             }
             db.executemany(
                 "UPDATE vertices SET events = ? WHERE id = ?",
-                [(engine.vcount.get(v, 0), v) for v in sorted(subjects)],
+                [(graph.events[v], v) for v in sorted(subjects)],
             )
             by_id = engine.alerts.by_id
             db.executemany(
