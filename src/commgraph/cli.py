@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape as esc
 from rich.table import Table
 
 from commgraph import __version__
@@ -245,7 +246,7 @@ def replay(
         _emit_json(report)
         return
     for error in summary.errors:
-        err.print(f"[yellow]skipped[/] {file}:{error}")
+        err.print(f"[yellow]skipped[/] {esc(str(file))}:{esc(str(error))}")
     if summary.skipped > len(summary.errors):
         err.print(f"[yellow]... and {summary.skipped - len(summary.errors)} more skipped lines[/]")
     out.print(
@@ -261,7 +262,7 @@ def replay(
     _print_alerts(pending[:10])
     if pending:
         out.print(
-            f"\nApprove one with [bold]commgraph --db {ctx.db_path} approve ID[/], "
+            f"\nApprove one with [bold]commgraph --db {esc(str(ctx.db_path))} approve ID[/], "
             f"block it with [bold]deny ID[/]."
         )
 
@@ -272,7 +273,7 @@ def replay(
 def _table(title: str, columns: Sequence[str]) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     return table
 
 
@@ -287,7 +288,7 @@ def _describe(alert: dict[str, Any]) -> str:
         "deliver": "is delivered to",
     }
     verb = verbs.get(alert["relation"], f"talks {alert['relation']} to")
-    return f"{alert['src']} {verb} {alert['dst']}"
+    return f"{esc(alert['src'])} {esc(verb)} {esc(alert['dst'])}"
 
 
 def _print_alerts(alerts: Sequence[dict[str, Any]]) -> None:
@@ -319,7 +320,7 @@ def status(ctx: Context, as_json: bool) -> None:
         return
     labels = info["edges_by_label"]
     states = info["alerts_by_state"]
-    out.print(f"[bold]{info['db']}[/] (schema {info['schema']})")
+    out.print(f"[bold]{esc(info['db'])}[/] (schema {info['schema']})")
     out.print(
         f"{info['events']:,} events from {_when(info['first_event'])} to "
         f"{_when(info['last_event'])}"
@@ -357,7 +358,7 @@ def services(ctx: Context, as_json: bool) -> None:
             else _when(r["learning_ends_at"])
         )
         table.add_row(
-            r["name"],
+            esc(r["name"]),
             phase,
             f"{r['mode']} ({r['mode_source']})",
             ends,
@@ -387,9 +388,9 @@ def edges(ctx: Context, service: str | None, label: str | None, as_json: bool) -
     for r in rows:
         mean = r["interval_mean_s"]
         table.add_row(
-            r["src"],
-            r["relation"],
-            r["dst"],
+            esc(r["src"]),
+            esc(r["relation"]),
+            esc(r["dst"]),
             f"[{colours.get(r['label'], 'default')}]{r['label']}[/]",
             f"{r['count']:,}",
             f"{r['bytes']:,}",
@@ -433,7 +434,9 @@ def decisions(ctx: Context, as_json: bool) -> None:
             if r["alert"]
             else f"{r['service']} {r['detail']}".strip()
         )
-        table.add_row(str(r["id"]), _when(r["at"]), r["by"], r["action"], about, r["reason"])
+        table.add_row(
+            str(r["id"]), _when(r["at"]), esc(r["by"]), r["action"], esc(about), esc(r["reason"])
+        )
     out.print(table)
 
 
@@ -499,7 +502,7 @@ def mode(ctx: Context, service: str, mode: str, reason: str, by: str | None) -> 
             service, chosen, by=by or _who(), at=time.time(), reason=reason
         ),
     )
-    out.print(f"{service} is now in {mode} mode.")
+    out.print(f"{esc(service)} is now in {mode} mode.")
 
 
 @cli.group()
@@ -520,7 +523,7 @@ def learn_reset(ctx: Context, service: str, reason: str, by: str | None) -> None
             service, by=by or _who(), at=time.time(), reason=reason
         ),
     )
-    out.print(f"{service} learns again, starting with its next message.")
+    out.print(f"{esc(service)} learns again, starting with its next message.")
 
 
 # -- pictures -----------------------------------------------------------------------------
@@ -547,7 +550,9 @@ def graph(ctx: Context, fmt: str, output: Path | None) -> None:
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
-        out.print(f"Wrote {len(vertices)} vertices and {len(edge_rows)} edges to {output}")
+        out.print(
+            f"Wrote {len(vertices)} vertices and {len(edge_rows)} edges to {esc(str(output))}"
+        )
 
 
 _BARS = " ▁▂▃▄▅▆▇█"
@@ -627,7 +632,9 @@ def demo(ctx: Context, out_dir: Path) -> None:
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     events = list(heating_site())
     events_file.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
-    out.print(f"[bold]1.[/] Generated {len(events)} events of a heating site in {events_file}:")
+    out.print(
+        f"[bold]1.[/] Generated {len(events)} events of a heating site in {esc(str(events_file))}:"
+    )
     out.print("   2 sensors, a heating controller, 2 valves; a bedroom sensor added at minute 15;")
     out.print("   the kitchen sensor starts commanding the kitchen valve at minute 25.")
     settings = LearningSettings(duration=600.0)
@@ -650,7 +657,7 @@ def demo(ctx: Context, out_dir: Path) -> None:
         )
     out.print(f"[bold]4.[/] {len(pending)} anomaly waits for you:")
     _print_alerts(pending)
-    db = str(db_path)
+    db = esc(str(db_path))
     out.print("\nWhat you can do next:")
     if pending:
         out.print(f"  commgraph --db {db} approve {pending[0]['id']} --reason 'new valve logic'")

@@ -6,9 +6,11 @@ Pure functions over the rows the store lists (vertices, edges); nothing here rea
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape as _xml_escape
+from xml.sax.saxutils import quoteattr
 
 __all__ = ["LABEL_COLOURS", "to_dot", "to_graphml", "to_json"]
 
@@ -22,6 +24,15 @@ LABEL_COLOURS = {
     "denied": "#555555",
 }
 _SHAPES = {"service": "box", "host": "ellipse", "topic": "note", "route": "cds"}
+
+
+# XML 1.0 cannot carry these at all, escaped or not: they are written as \xNN text instead.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def escape(text: str) -> str:
+    """Text for an XML element: markup escaped, characters XML cannot hold spelled out."""
+    return _xml_escape(_NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def to_json(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
