@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+from commgraph.identity import AddressKind, Identity, IdentityRule, Resolved
+
+THERMO = re.compile(r"^(?P<service>thermo)-(?P<instance>.+)$")
+
+
+def exact(value: str, service: str, match: AddressKind = AddressKind.ANY) -> IdentityRule:
+    return IdentityRule(match=match, equals=value, service=service)
+
+
+def regex(pattern: str | re.Pattern[str], match: AddressKind = AddressKind.ANY) -> IdentityRule:
+    return IdentityRule(match=match, pattern=re.compile(pattern))
+
+
+def cidr(network: str, service: str, match: AddressKind = AddressKind.IP) -> IdentityRule:
+    return IdentityRule(match=match, cidr=ipaddress.ip_network(network), service=service)
+
+
+# -- the three forms ------------------------------------------------------------------------
+
+
+def test_exact_rule() -> None:
+    identity = Identity([exact("192.168.1.128", "lock-hub")])
+    assert identity.resolve("192.168.1.128") == Resolved("lock-hub")
+    assert identity.resolve("192.168.1.129") == Resolved("192.168.1.129")
+
+
+def test_exact_rule_with_instance() -> None:
+    rule = IdentityRule(equals="hub-1", service="lock-hub", instance="front")
+    assert Identity([rule]).resolve("hub-1") == Resolved("lock-hub", "front")
+
+
+def test_regex_rule_with_service_and_instance() -> None:
+    identity = Identity([regex(THERMO, AddressKind.CLIENT_ID)])
+    assert identity.resolve("thermo-kitchen-7") == Resolved("thermo", "kitchen-7")
+    assert identity.resolve("thermo-living-2", AddressKind.CLIENT_ID) == Resolved(
+        "thermo", "living-2"
+    )
+    assert identity.resolve("valve-kitchen") == Resolved("valve-kitchen")
+
+
+def test_regex_rule_without_instance_group_uses_rule_instance() -> None:
+    rule = IdentityRule(pattern=re.compile(r"^(?P<service>cam)\d+$"), instance="fixed")
+    assert Identity([rule]).resolve("cam12") == Resolved("cam", "fixed")
+    plain = IdentityRule(pattern=re.compile(r"^(?P<service>cam)\d+$"))
+    assert Identity([plain]).resolve("cam12") == Resolved("cam", None)
+
+
+def test_regex_rule_with_empty_service_group_does_not_match() -> None:
+    identity = Identity([regex(r"^(?P<service>x*)-(?P<instance>.+)$")])
+    assert identity.resolve("-abc") == Resolved("-abc")
+
+
+def test_cidr_rule_ipv4() -> None:
+    identity = Identity([cidr("10.0.3.0/24", "cameras")])
+    assert identity.resolve("10.0.3.17") == Resolved("cameras", "10.0.3.17")
+    assert identity.resolve("10.0.4.17") == Resolved("10.0.4.17")
+
+
+def test_cidr_rule_ipv6() -> None:
+    identity = Identity([cidr("fd00:1::/64", "cameras")])
+    assert identity.resolve("fd00:1::42") == Resolved("cameras", "fd00:1::42")
+    assert identity.resolve("fd00:2::42") == Resolved("fd00:2::42")
+
+
+def test_cidr_rule_does_not_mix_ip_versions() -> None:
+    identity = Identity([cidr("0.0.0.0/0", "v4"), cidr("::/0", "v6")])
+    assert identity.resolve("1.2.3.4").service == "v4"
+    assert identity.resolve("::1").service == "v6"
+    assert identity.resolve("not-an-ip") == Resolved("not-an-ip")
+
+
+def test_cidr_rule_with_explicit_instance() -> None:
+    rule = IdentityRule(
+        match=AddressKind.IP,
+        cidr=ipaddress.ip_network("10.0.0.0/8"),
+        service="lan",
+        instance="any-host",
+    )
+    assert Identity([rule]).resolve("10.1.2.3") == Resolved("lan", "any-host")
+
+
+# -- order and kinds ------------------------------------------------------------------------
+
+
+def test_first_matching_rule_wins() -> None:
+    identity = Identity(
+        [
+            exact("thermo-kitchen-7", "special"),
+            regex(THERMO),
+            regex(r"^(?P<service>therm)o"),
+        ]
+    )
+    assert identity.resolve("thermo-kitchen-7") == Resolved("special")
+    assert identity.resolve("thermo-living-2") == Resolved("thermo", "living-2")
+
+
+def test_rule_order_reversed_changes_the_result() -> None:
+    rules = [regex(THERMO), exact("thermo-kitchen-7", "special")]
+    assert Identity(rules).resolve("thermo-kitchen-7") == Resolved("thermo", "kitchen-7")
+    assert Identity(rules[::-1]).resolve("thermo-kitchen-7") == Resolved("special")
+
+
+def test_cidr_before_exact_in_order() -> None:
+    identity = Identity([cidr("10.0.0.0/8", "lan"), exact("10.0.0.1", "router")])
+    assert identity.resolve("10.0.0.1").service == "lan"
+
+
+def test_ip_rule_never_applies_to_a_name() -> None:
+    identity = Identity([IdentityRule(match=AddressKind.IP, equals="gateway", service="gw")])
+    assert identity.resolve("gateway") == Resolved("gateway")
+    assert identity.resolve("gateway", AddressKind.HOST) == Resolved("gateway")
+    assert identity.resolve("gateway", AddressKind.CLIENT_ID) == Resolved("gateway")
+
+
+def test_ip_rule_applies_to_an_ip_literal() -> None:
+    identity = Identity([IdentityRule(match=AddressKind.IP, equals="10.0.0.1", service="gw")])
+    assert identity.resolve("10.0.0.1") == Resolved("gw")
+    assert identity.resolve("10.0.0.1", AddressKind.HOST) == Resolved("gw")
+
+
+def test_client_id_rule_never_applies_to_an_ip_literal_of_unknown_kind() -> None:
+    identity = Identity([regex(r"^(?P<service>10)\.", AddressKind.CLIENT_ID)])
+    assert identity.resolve("10.0.0.1") == Resolved("10.0.0.1")
+    assert identity.resolve("10.foo") == Resolved("10")
+    v6 = Identity([exact("::1", "loop", AddressKind.CLIENT_ID)])
+    assert v6.resolve("::1") == Resolved("::1")
+
+
+def test_client_id_rule_does_not_apply_to_a_host() -> None:
+    identity = Identity([regex(THERMO, AddressKind.CLIENT_ID)])
+    assert identity.resolve("thermo-kitchen-7", AddressKind.HOST) == Resolved("thermo-kitchen-7")
+    assert identity.resolve("thermo-kitchen-7", AddressKind.USERNAME) == Resolved(
+        "thermo-kitchen-7"
+    )
+    assert identity.resolve("thermo-kitchen-7", AddressKind.CLIENT_ID) == Resolved(
+        "thermo", "kitchen-7"
+    )
+
+
+@pytest.mark.parametrize(
+    "kind", [AddressKind.CLIENT_ID, AddressKind.USERNAME, AddressKind.CERT_CN, AddressKind.HOST]
+)
+def test_name_rules_apply_to_names_of_unknown_kind(kind: AddressKind) -> None:
+    identity = Identity([exact("box-1", "box", kind)])
+    assert identity.resolve("box-1") == Resolved("box")
+    assert identity.resolve("box-1", kind) == Resolved("box")
+
+
+def test_any_rule_applies_to_every_kind() -> None:
+    identity = Identity([regex(THERMO, AddressKind.ANY)])
+    for kind in [None, *AddressKind]:
+        assert identity.resolve("thermo-a", kind) == Resolved("thermo", "a")
+
+
+def test_name_that_only_looks_like_an_ip_is_a_name() -> None:
+    identity = Identity([exact("1-wire-bus", "bus", AddressKind.CLIENT_ID)])
+    assert identity.resolve("1-wire-bus") == Resolved("bus")
+
+
+# -- unmapped and invalid -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["thermo-1", "10.0.0.1", "::1", "home/kitchen/temp"])
+def test_unmapped_address_is_its_own_identity(address: str) -> None:
+    assert Identity().resolve(address) == Resolved(address)
+    assert Identity().resolve(address).instance is None
+
+
+def test_rule_needs_a_service_group() -> None:
+    with pytest.raises(ValueError, match="service"):
+        IdentityRule(pattern=re.compile(r"^(?P<name>thermo)-(?P<instance>.+)$"))
+
+
+def test_rule_needs_exactly_one_form() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        IdentityRule(equals="a", pattern=THERMO, service="x")
+    with pytest.raises(ValueError, match="exactly one"):
+        IdentityRule(equals="a", cidr=ipaddress.ip_network("10.0.0.0/8"), service="x")
+    with pytest.raises(ValueError, match="exactly one"):
+        IdentityRule(service="x")
+
+
+@pytest.mark.parametrize("match", [AddressKind.CLIENT_ID, AddressKind.HOST])
+def test_cidr_rule_must_match_ip(match: AddressKind) -> None:
+    with pytest.raises(ValueError, match="cidr"):
+        cidr("10.0.0.0/8", "lan", match=match)
+
+
+def test_cidr_rule_may_match_any() -> None:
+    rule = cidr("10.0.0.0/8", "lan", match=AddressKind.ANY)
+    assert Identity([rule]).resolve("10.9.9.9") == Resolved("lan", "10.9.9.9")
+
+
+@pytest.mark.parametrize("service", [None, ""])
+def test_exact_and_cidr_rules_need_a_service(service: str | None) -> None:
+    with pytest.raises(ValueError, match="service"):
+        IdentityRule(equals="a", service=service)
+    with pytest.raises(ValueError, match="service"):
+        IdentityRule(match=AddressKind.IP, cidr=ipaddress.ip_network("10.0.0.0/8"), service=service)
