@@ -79,6 +79,21 @@ def _clip(value: object) -> str:
 def _problem(
     ts: object, src: object, dst: object, relation: object, size: object, node: object
 ) -> str:
+    """What is wrong with these fields, or "" (the common, valid case is checked first)."""
+    if (
+        type(ts) is float
+        and 0.0 <= ts <= MAX_TS  # NaN fails every comparison
+        and type(src) is str
+        and type(dst) is str
+        and type(relation) is str
+        and src
+        and dst
+        and relation
+        and not (src.isspace() or dst.isspace() or relation.isspace())
+        and (size is None or (type(size) is int and 0 <= size <= MAX_SIZE))
+        and (node is None or type(node) is str)
+    ):
+        return ""
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         return f"'ts' must be a number of epoch seconds, not {type(ts).__name__}"
     try:
@@ -122,33 +137,33 @@ def endpoint_kinds(relation: str) -> tuple[VertexKind, VertexKind]:
     return _EXACT_KINDS.get(relation, _DEFAULT_KINDS)
 
 
+_decode = json.JSONDecoder().decode
+
+
 def parse_event_line(line: str | bytes, *, line_no: int | None = None) -> Event:
     """Parse one JSON-lines record; raises :class:`EventDecodeError` only."""
     try:
-        record = json.loads(line)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        record = _decode(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except (ValueError, RecursionError) as exc:  # bad JSON and bad UTF-8 are ValueErrors
         raise EventDecodeError(f"not valid JSON ({_short(exc)})", line=line_no) from None
-    if not isinstance(record, dict):
+    if type(record) is not dict:
         raise EventDecodeError(f"expected a JSON object, got {type(record).__name__}", line=line_no)
-    missing = [name for name in ("ts", "src", "dst", "relation") if name not in record]
-    if missing:
-        raise EventDecodeError(f"missing field {', '.join(map(repr, missing))}", line=line_no)
-    ts, size = record["ts"], record.get("size")
-    if isinstance(size, float) and size.is_integer() and abs(size) <= MAX_SIZE:
+    try:
+        ts, src, dst, relation = record["ts"], record["src"], record["dst"], record["relation"]
+    except KeyError:
+        missing = [name for name in ("ts", "src", "dst", "relation") if name not in record]
+        raise EventDecodeError(
+            f"missing field {', '.join(map(repr, missing))}", line=line_no
+        ) from None
+    size = record.get("size")
+    if type(size) is float and size.is_integer() and 0 <= size <= MAX_SIZE:
         size = int(size)
-    problem = _problem(
-        ts, record["src"], record["dst"], record["relation"], size, record.get("node")
-    )
-    if problem:
-        raise EventDecodeError(problem, line=line_no)
-    return Event(
-        ts=float(ts),
-        src=record["src"],
-        dst=record["dst"],
-        relation=record["relation"],
-        size=size,
-        node=record.get("node"),
-    )
+    if type(ts) is int and 0 <= ts <= MAX_TS:
+        ts = float(ts)
+    try:
+        return Event(ts=ts, src=src, dst=dst, relation=relation, size=size, node=record.get("node"))
+    except EventDecodeError as exc:
+        raise EventDecodeError(exc.reason, line=line_no) from None
 
 
 def _short(exc: BaseException) -> str:

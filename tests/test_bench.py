@@ -1,0 +1,37 @@
+"""The benchmarks stay runnable: each prints one JSON object with the keys its issue names.
+
+Only the shape is checked here; the figures belong in the README, not in timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.parametrize(
+    ("script", "keys"),
+    [
+        ("engine.py", {"events_per_s", "new_edges_per_s", "bytes_per_edge", "edges"}),
+        ("replay.py", {"events_per_s", "parse_per_s", "events"}),
+    ],
+)
+def test_benchmark_prints_one_json_object(script: str, keys: set[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert keys <= set(result)
+    assert all(result[key] > 0 for key in keys)
