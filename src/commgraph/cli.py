@@ -655,7 +655,8 @@ def demo(ctx: Context, out_dir: Path) -> None:
             f"[bold]3.[/] thermo-bedroom appeared at {_when(bedroom['first_seen'])} and learned on "
             f"its own until {_when(bedroom['learned_at'])}: nothing to approve."
         )
-    out.print(f"[bold]4.[/] {len(pending)} anomaly waits for you:")
+    waits = "anomaly waits" if len(pending) == 1 else "anomalies wait"
+    out.print(f"[bold]4.[/] {len(pending)} {waits} for you:")
     _print_alerts(pending)
     db = esc(str(db_path))
     out.print("\nWhat you can do next:")
