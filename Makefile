@@ -8,8 +8,8 @@ PYTEST_ARGS ?=
 LINT_PATHS = src tests bench
 
 # Debian packages needed by the project, installed by scripts/ensure-apt.
-# Empty for now; later issues add mosquitto (MQTT broker) and chromium.
-APT_PACKAGES ?=
+# mosquitto: the real broker the proxy tests run against (later: chromium for the dashboard).
+APT_PACKAGES ?= mosquitto
 
 .DEFAULT_GOAL := help
 
