@@ -1,0 +1,1 @@
+"""Adapters: bytes from the outside world -> Events."""
