@@ -70,7 +70,8 @@ def test_full_site_config(tmp_path: Path) -> None:
     assert identity.resolve("thermo-kitchen-7").instance == "kitchen-7"
     assert identity.resolve("192.168.1.128").service == "lan"
     assert identity.resolve("47.89.226.20").service == "lock-cloud"
-    assert str(config.mqtt_listen) == "127.0.0.1:1883"
+    assert str(config.mqtt.listen) == "127.0.0.1:1883"
+    assert config.mqtt.fail_open and config.mqtt.max_packet_size == 16 * 1024 * 1024
     assert config.trusted_keys == (tmp_path / "site.pub",)
 
 
@@ -90,6 +91,16 @@ def test_full_site_config(tmp_path: Path) -> None:
         ('[[identity.rules]]\ncidr = "10.0.0.0/33"\nservice = "y"\n', "identity.rules[0].cidr"),
         ('[[identity.rules]]\nequals = "a"\nservice = "b"\ncolour = "red"\n', "rules[0].colour"),
         ("[node]\nname = 3\n", "node.name: expected a string, got int"),
+        ('[mqtt]\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nfail = "x"\n', "mqtt.fail"),
+        ('[mqtt]\nlisten = "127.0.0.1:1"\n', "mqtt.upstream: listen and upstream go together"),
+        ('[mqtt]\nupstream = "127.0.0.1:1"\nmax_packet_size = 3\n', "mqtt.max_packet_size"),
+        ('[mqtt]\nupstream = "127.0.0.1:1"\n[mqtt.tls]\nlisten = "127.0.0.1:2"\n', "mqtt.tls.cert"),
+        (
+            '[mqtt]\nupstream = "127.0.0.1:1"\n[mqtt.tls]\nlisten = "127.0.0.1:2"\n'
+            'cert = "c"\nkey = "k"\nrequire_client_cert = true\n',
+            "mqtt.tls.ca: is required",
+        ),
+        ('[mqtt]\nupstream = "127.0.0.1:1"\nconnect_timeout = "soon"\n', "mqtt.connect_timeout"),
         ("wat = 1\n", "wat: unknown key"),
         ("[learning\n", "not valid TOML"),
     ],

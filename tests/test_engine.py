@@ -11,7 +11,7 @@ from commgraph.engine import Engine, Verdict
 from commgraph.errors import DecisionError, EventDecodeError, UnknownItemError
 from commgraph.events import MAX_SIZE, Event, VertexKind
 from commgraph.graph import Label
-from commgraph.identity import AddressKind, Identity, IdentityRule
+from commgraph.identity import AddressKind, Identity, IdentityRule, Resolved
 from commgraph.phases import LearningSettings, Mode, Phase, PhaseChange, PhaseEvent
 
 T0 = 1_700_000_000.0
@@ -575,3 +575,37 @@ def test_one_alert_per_pending_edge(script: list[tuple[float, str, str, str]], m
     for alert in engine.alerts.by_id.values():
         assert alert.count == engine.graph.stats(alert.edge).count
     assert sum(engine.graph.count) == len(script)
+
+
+def test_observe_fields_is_observe_without_an_event() -> None:
+    by_event, by_fields = make(), make()
+    script = [
+        (0, "thermo-1", "home/kitchen/temp", "publish"),
+        (1, "home/kitchen/temp", "controller", "deliver"),
+        (12, "thermo-1", "valves/kitchen/set", "publish"),
+        (13, "thermo-1", "valves/kitchen/set", "publish"),
+    ]
+    for minute, src, dst, relation in script:
+        event = ev(minute, src, dst, relation)
+        assert by_event.observe(event) == by_fields.observe_fields(
+            event.ts, src, dst, relation, event.size, event.node
+        )
+    assert by_event.graph.stats(2) == by_fields.graph.stats(2)
+    assert by_event.alerts.by_id.keys() == by_fields.alerts.by_id.keys() == {1}
+
+
+def test_bind_ties_a_connection_to_the_service_an_adapter_resolved() -> None:
+    engine = make()
+    engine.bind("mqtt:c-17", Resolved("thermo", "kitchen"), at(0))
+    assert engine.observe(ev(0, "mqtt:c-17", "home/kitchen/temp")) == LEARNED
+    vid = engine.graph.vertex(VertexKind.SERVICE, "thermo")
+    assert vid is not None and engine.instances[vid] == {"kitchen"}
+    assert phase_of(engine, "thermo") is Phase.LEARNING
+    # after a reset the binding still names the service (not the raw address)
+    engine.tick(at(20))
+    engine.reset_learning("thermo", by="owner", at=at(21))
+    assert engine.observe(ev(22, "mqtt:c-17", "home/new/temp")) == LEARNED
+    assert engine.graph.vertex(VertexKind.SERVICE, "mqtt:c-17") is None
+    engine.unbind("mqtt:c-17")
+    engine.observe(ev(23, "mqtt:c-17", "home/x"))
+    assert engine.graph.vertex(VertexKind.SERVICE, "mqtt:c-17") is not None

@@ -204,3 +204,23 @@ def test_exact_and_cidr_rules_need_a_service(service: str | None) -> None:
         IdentityRule(equals="a", service=service)
     with pytest.raises(ValueError, match="service"):
         IdentityRule(match=AddressKind.IP, cidr=ipaddress.ip_network("10.0.0.0/8"), service=service)
+
+
+def test_resolve_client_tries_each_rule_against_the_address_of_its_kind() -> None:
+    identity = Identity(
+        [
+            IdentityRule(match=AddressKind.CERT_CN, pattern=re.compile(r"^(?P<service>lock)-")),
+            IdentityRule(match=AddressKind.USERNAME, equals="hvac-user", service="hvac"),
+            IdentityRule(
+                match=AddressKind.CLIENT_ID,
+                pattern=re.compile(r"^(?P<service>thermo)-(?P<instance>.+)$"),
+            ),
+        ]
+    )
+    assert identity.resolve_client("x", None, "lock-hub-3").service == "lock"
+    assert identity.resolve_client("thermo-7", "hvac-user", None).service == "hvac"
+    assert identity.resolve_client("thermo-7", "someone", None) == Resolved("thermo", "7")
+    # a username never matches a client_id rule, and unmapped clients are their own identity
+    assert identity.resolve_client("other", "thermo-9", None) == Resolved("other")
+    # with a certificate and no rule, the certificate's name is the identity
+    assert identity.resolve_client("other", None, "cam-2") == Resolved("cam-2")

@@ -78,6 +78,7 @@ class Decision:
     service: str | None = None
     edge: tuple[str, str, str] | None = None  # (src, dst, relation)
     detail: str = ""  # e.g. the new mode
+    id: int | None = None  # its number in the audit log, once written
 
 
 class AlertBook:

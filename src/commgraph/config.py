@@ -20,7 +20,15 @@ from commgraph.errors import ConfigError
 from commgraph.identity import AddressKind, IdentityRule
 from commgraph.phases import LearningSettings, Mode
 
-__all__ = ["Config", "format_duration", "load_config", "parse_config", "parse_duration"]
+__all__ = [
+    "Config",
+    "MQTTSettings",
+    "TLSSettings",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -72,6 +80,29 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TLSSettings:
+    """A TLS listener of the proxy: it terminates TLS and may require client certificates."""
+
+    listen: Address
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MQTTSettings:
+    """The MQTT proxy: where clients connect, the real broker, and its limits."""
+
+    listen: Address | None = None
+    upstream: Address | None = None
+    fail_open: bool = True
+    connect_timeout: float = 10.0
+    max_packet_size: int = 16 * 1024 * 1024
+    tls: TLSSettings | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole site configuration of one node."""
 
@@ -80,8 +111,7 @@ class Config:
     db: Path | None = None
     learning: LearningSettings = field(default_factory=LearningSettings)
     identity: tuple[IdentityRule, ...] = ()
-    mqtt_listen: Address | None = None
-    mqtt_upstream: Address | None = None
+    mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     api_listen: Address | None = None
     notify_urls: tuple[str, ...] = ()
     sync_broker: Address | None = None
@@ -223,6 +253,54 @@ def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
     return tuple(rules)
 
 
+def _mqtt(mqtt: _Reader, base: Path) -> MQTTSettings:
+    listen, upstream = _address(mqtt, "listen"), _address(mqtt, "upstream")
+    fail = mqtt.get("fail", str, "open")
+    if fail not in ("open", "closed"):
+        raise mqtt.error("fail", f'{fail!r} must be "open" (forward) or "closed" (block)')
+    timeout = _duration(mqtt, "connect_timeout", 10.0)
+    max_size = mqtt.get("max_packet_size", int, 16 * 1024 * 1024)
+    if not 16 <= max_size <= 268_435_460:
+        raise mqtt.error("max_packet_size", "must be between 16 and 268435460 bytes")
+    tls = None
+    if "tls" in mqtt.table:
+        t = mqtt.sub("tls")
+        tls_listen = _address(t, "listen")
+        cert, key, ca = t.get("cert", str), t.get("key", str), t.get("ca", str)
+        require = t.get("require_client_cert", bool, False)
+        for name, value in (("listen", tls_listen), ("cert", cert), ("key", key)):
+            if value is None:
+                raise t.error(name, "is required for a TLS listener")
+        if require and ca is None:
+            raise t.error("ca", "is required when require_client_cert = true")
+        t.finish()
+        assert tls_listen is not None and cert is not None and key is not None
+        tls = TLSSettings(
+            listen=tls_listen,
+            cert=base / cert,
+            key=base / key,
+            ca=base / ca if ca else None,
+            require_client_cert=require,
+        )
+    else:
+        mqtt.used.add("tls")
+    if (listen is None) != (upstream is None):
+        raise mqtt.error(
+            "upstream" if upstream is None else "listen", "listen and upstream go together"
+        )
+    if tls is not None and upstream is None:
+        raise mqtt.error("upstream", "is required for the TLS listener")
+    mqtt.finish()
+    return MQTTSettings(
+        listen=listen,
+        upstream=upstream,
+        fail_open=fail == "open",
+        connect_timeout=timeout,
+        max_packet_size=max_size,
+        tls=tls,
+    )
+
+
 def parse_config(
     data: Mapping[str, Any], source: str = "<config>", base: Path | None = None
 ) -> Config:
@@ -262,8 +340,7 @@ def parse_config(
     rules = _rules(source, identity.get("rules", list, []))
     identity.finish()
 
-    mqtt = top.sub("mqtt")
-    mqtt_listen, mqtt_upstream = _address(mqtt, "listen"), _address(mqtt, "upstream")
+    mqtt_settings = _mqtt(top.sub("mqtt"), base)
     api = top.sub("api")
     api_listen = _address(api, "listen")
     notify = top.sub("notify")
@@ -278,7 +355,7 @@ def parse_config(
     if not all(isinstance(t, str) for t in trusted):
         raise keys.error("trusted", "expected a list of file names")
     # Later parts add keys to these sections; until then only the listed ones are known.
-    for section in (mqtt, api, notify, sync, keys):
+    for section in (api, notify, sync, keys):
         section.finish()
     top.finish()
 
@@ -295,8 +372,7 @@ def parse_config(
             block_pending=pending == "block",
         ),
         identity=rules,
-        mqtt_listen=mqtt_listen,
-        mqtt_upstream=mqtt_upstream,
+        mqtt=mqtt_settings,
         api_listen=api_listen,
         notify_urls=tuple(urls),
         sync_broker=sync_broker,

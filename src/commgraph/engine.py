@@ -17,7 +17,7 @@ from commgraph.alerts import Action, Alert, AlertBook, AlertKind, AlertState, De
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import Event, VertexKind, endpoint_kinds
 from commgraph.graph import Graph, Label
-from commgraph.identity import AddressKind, Identity
+from commgraph.identity import AddressKind, Identity, Resolved
 from commgraph.phases import LearningPhases, LearningSettings, Mode, Phase, PhaseChange
 
 __all__ = ["Changes", "Engine", "TimelineRow", "Verdict"]
@@ -105,6 +105,7 @@ class Engine:
         self.phases = LearningPhases(self.settings)
         self.alerts = AlertBook()
         self.instances: dict[int, set[str]] = {}
+        self._bindings: dict[str, Resolved] = {}  # address -> identity an adapter resolved
         self.changes = Changes()
         self._bumped: set[int] = set()  # alerts whose counters moved
         # address caches per slot kind: concrete address -> vertex id. Topics and routes are
@@ -128,19 +129,34 @@ class Engine:
 
     def observe(self, event: Event) -> Verdict:
         """Classify one event and account for it. Never does I/O; raises only on bugs."""
-        rel = self._relations.get(event.relation)
+        return self.observe_fields(
+            event.ts, event.src, event.dst, event.relation, event.size, event.node
+        )
+
+    def observe_fields(
+        self,
+        ts: float,
+        src: str,
+        dst: str,
+        relation: str,
+        size: int | None = None,
+        node: str | None = None,
+    ) -> Verdict:
+        """:meth:`observe` for an adapter that holds the fields of an event it has checked
+        (the MQTT proxy): the same, without building an :class:`Event` per message."""
+        rel = self._relations.get(relation)
         if rel is None:
-            rel = self._relation(event.relation)
-        s = rel[1].get(event.src)
+            rel = self._relation(relation)
+        s = rel[1].get(src)
         if s is None:
-            s = self._vertex(rel[3], event.src, event.ts)
-        d = rel[2].get(event.dst)
+            s = self._vertex(rel[3], src, ts)
+        d = rel[2].get(dst)
         if d is None:
-            d = self._vertex(rel[4], event.dst, event.ts)
+            d = self._vertex(rel[4], dst, ts)
         graph = self.graph
-        e = graph.record(s, d, rel[0], event.ts, event.size)
+        e = graph.record(s, d, rel[0], ts, size)
         if e < 0:
-            return self._new_edge(s, d, rel, event)
+            return self._new_edge(s, d, rel, ts, size, node)
         subject = d if rel[5] else s
         graph.events[subject] += 1
         label = graph.label[e]
@@ -148,7 +164,7 @@ class Engine:
             return ALLOW_LEARNED
         if label == _APPROVED:
             return ALLOW_APPROVED
-        return self._flagged(e, subject, event)
+        return self._flagged(e, subject, ts, node)
 
     def _relation(
         self, name: str
@@ -171,7 +187,8 @@ class Engine:
         """Resolve an address met in a ``kind`` slot to a vertex (cache miss path)."""
         graph = self.graph
         if kind in (VertexKind.SERVICE, VertexKind.HOST):
-            resolved = self.identity.resolve(address, _KIND_ADDRESS[kind])
+            bound = self._bindings.get(address) if kind is VertexKind.SERVICE else None
+            resolved = bound or self.identity.resolve(address, _KIND_ADDRESS[kind])
             name = resolved.service
         else:
             resolved, name = None, address
@@ -194,6 +211,36 @@ class Engine:
         self._caches[kind][address] = vid
         return vid
 
+    def bind(self, address: str, resolved: Resolved, ts: float) -> None:
+        """Tie a concrete address (an MQTT connection's key) to a service an adapter resolved.
+
+        Events with ``address`` as their service side then count for ``resolved.service``;
+        the service is sighted at ``ts`` (its learning phase starts if it is new).
+        """
+        graph = self.graph
+        vid = graph.vertex(VertexKind.SERVICE, resolved.service)
+        if vid is None:
+            vid = graph.add_vertex(VertexKind.SERVICE, resolved.service, ts)
+            self.changes.vertices.add(vid)
+        elif graph.kind(vid) is not VertexKind.SERVICE:
+            graph.set_kind(vid, VertexKind.SERVICE)
+            self.changes.vertices.add(vid)
+        change = self.phases.sighted(vid, resolved.service, ts, graph.events[vid])
+        if change is not None:
+            self._phase_changed(vid, change)
+        if resolved.instance is not None:
+            known = self.instances.setdefault(vid, set())
+            if resolved.instance not in known:
+                known.add(resolved.instance)
+                self.changes.instances.append((vid, resolved.instance))
+        self._caches[VertexKind.SERVICE][address] = vid
+        self._bindings[address] = resolved
+
+    def unbind(self, address: str) -> None:
+        """Forget an address (the connection closed); the service and its edges stay."""
+        self._bindings.pop(address, None)
+        self._caches[VertexKind.SERVICE].pop(address, None)
+
     def _learning(self, vid: int, ts: float) -> bool:
         learning, change = self.phases.is_learning(vid, ts, self.graph.events[vid])
         if change is not None:
@@ -214,9 +261,10 @@ class Engine:
         s: int,
         d: int,
         rel: tuple[int, dict[str, int], dict[str, int], VertexKind, VertexKind, bool],
-        event: Event,
+        ts: float,
+        size: int | None,
+        node: str | None,
     ) -> Verdict:
-        ts = event.ts
         self._at_minute(ts)
         subject, counterpart = (d, s) if rel[5] else (s, d)
         # Decided on the events before this one; then this one is counted.
@@ -225,26 +273,30 @@ class Engine:
             owner = self._owner(counterpart)
             learning = owner != 0 and owner != subject and self._learning(owner, ts)
         self.graph.events[subject] += 1
-        if rel[4] is VertexKind.TOPIC and event.relation == "publish" and not self.graph.owner[d]:
+        if (
+            rel[4] is VertexKind.TOPIC
+            and self.graph.relations[rel[0]] == "publish"
+            and not self.graph.owner[d]
+        ):
             self.graph.owner[d] = s
             self.changes.vertices.add(d)
         if learning or self.phases.mode(subject) is Mode.LEARN:
-            e = self.graph.add_edge(s, d, rel[0], Label.LEARNED, ts, event.size)
+            e = self.graph.add_edge(s, d, rel[0], Label.LEARNED, ts, size)
             self.changes.edges.add(e)
             self._minute_learned += 1
             return ALLOW_LEARNED
-        e = self.graph.add_edge(s, d, rel[0], Label.PENDING, ts, event.size)
+        e = self.graph.add_edge(s, d, rel[0], Label.PENDING, ts, size)
         self.changes.edges.add(e)
-        alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, event.node or self.node)
+        alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, node or self.node)
         self.changes.alerts.add(alert.id)
         self._minute_anomalies += 1
         return Verdict(Label.PENDING, self._blocks(subject, Label.PENDING), alert.id)
 
-    def _flagged(self, e: int, subject: int, event: Event) -> Verdict:
+    def _flagged(self, e: int, subject: int, ts: float, node: str | None) -> Verdict:
         label = Label(self.graph.label[e])
         if label is Label.PENDING:
             alert, is_new = self.alerts.raise_or_repeat(
-                e, AlertKind.NEW_EDGE, event.ts, event.node or self.node
+                e, AlertKind.NEW_EDGE, ts, node or self.node
             )
             if is_new:  # cannot happen while the edge is pending, kept for safety
                 self.changes.alerts.add(alert.id)
@@ -313,9 +365,19 @@ class Engine:
     # -- the owner's decisions ------------------------------------------------------------
 
     def decide(
-        self, alert_id: int, action: Action, *, by: str, at: float, reason: str = ""
+        self,
+        alert_id: int,
+        action: Action,
+        *,
+        by: str,
+        at: float,
+        reason: str = "",
+        audit: bool = True,
     ) -> Decision:
-        """Approve or deny an alert: relabels its edge. Raises DecisionError if it cannot."""
+        """Approve or deny an alert: relabels its edge. Raises DecisionError if it cannot.
+
+        ``audit=False`` applies a decision already in the audit log (made by another process).
+        """
         if action not in (Action.APPROVE, Action.DENY):
             raise DecisionError(f"an alert is approved or denied, not {action}")
         alert = self.alerts.decide(alert_id, action)
@@ -323,32 +385,39 @@ class Engine:
         self.graph.set_label(alert.edge, label)
         self.changes.alerts.add(alert.id)
         self.changes.edges.add(alert.edge)
-        return self._audit(
-            Decision(
-                action=action,
-                by=by,
-                at=at,
-                reason=reason,
-                alert=alert.id,
-                edge=self._edge_names(alert.edge),
-            )
+        decision = Decision(
+            action=action,
+            by=by,
+            at=at,
+            reason=reason,
+            alert=alert.id,
+            edge=self._edge_names(alert.edge),
         )
+        return self._audit(decision) if audit else decision
 
     def set_mode(
-        self, service: str, mode: Mode | None, *, by: str, at: float, reason: str = ""
+        self,
+        service: str,
+        mode: Mode | None,
+        *,
+        by: str,
+        at: float,
+        reason: str = "",
+        audit: bool = True,
     ) -> Decision:
         """Set a service's mode (None: back to the configured one)."""
         vid = self._service(service)
         self.phases.states[vid].mode = mode
         self.changes.modes.add(vid)
         detail = mode.value if mode is not None else f"config ({self.phases.mode(vid).value})"
-        return self._audit(
-            Decision(
-                action=Action.MODE, by=by, at=at, reason=reason, service=service, detail=detail
-            )
+        decision = Decision(
+            action=Action.MODE, by=by, at=at, reason=reason, service=service, detail=detail
         )
+        return self._audit(decision) if audit else decision
 
-    def reset_learning(self, service: str, *, by: str, at: float, reason: str = "") -> Decision:
+    def reset_learning(
+        self, service: str, *, by: str, at: float, reason: str = "", audit: bool = True
+    ) -> Decision:
         """Restart a service's learning phase; its clock starts at its next event."""
         vid = self._service(service)
         self._phase_changed(vid, self.phases.reset(vid, at))
@@ -356,9 +425,8 @@ class Engine:
         for cache in (self._caches[VertexKind.SERVICE], self._caches[VertexKind.HOST]):
             for address in [a for a, v in cache.items() if v == vid]:
                 del cache[address]
-        return self._audit(
-            Decision(action=Action.RESET, by=by, at=at, reason=reason, service=service)
-        )
+        decision = Decision(action=Action.RESET, by=by, at=at, reason=reason, service=service)
+        return self._audit(decision) if audit else decision
 
     def _service(self, name: str) -> int:
         vid = self.graph.vertex(VertexKind.SERVICE, name)

@@ -112,6 +112,28 @@ class Identity:
                 return resolved
         return Resolved(address)
 
+    def resolve_client(
+        self, client_id: str, username: str | None = None, cert_cn: str | None = None
+    ) -> Resolved:
+        """The identity of an MQTT client from everything the proxy knows about it.
+
+        Rules are tried in order, each against the address of its kind (``any`` rules against
+        the certificate name, then the username, then the client id). Unmapped, the TLS
+        certificate's name is the identity if there is one, else the client id.
+        """
+        candidates = [
+            (AddressKind.CERT_CN, cert_cn),
+            (AddressKind.USERNAME, username),
+            (AddressKind.CLIENT_ID, client_id),
+        ]
+        for rule in self.rules:
+            for kind, address in candidates:
+                if address and rule.match in (kind, AddressKind.ANY):
+                    resolved = rule.apply(address, None)
+                    if resolved is not None:
+                        return resolved
+        return Resolved(cert_cn or client_id)
+
 
 def _applies(rule_kind: AddressKind, kind: AddressKind | None, is_ip: bool) -> bool:
     if rule_kind is AddressKind.ANY:

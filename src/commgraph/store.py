@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from commgraph.alerts import Alert, AlertKind, AlertState
+from commgraph.alerts import Action, Alert, AlertKind, AlertState, Decision
 from commgraph.engine import Changes, Engine, TimelineRow
 from commgraph.errors import StoreError
 from commgraph.events import VertexKind
@@ -105,7 +105,10 @@ class Store:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``durable`` commits with an fsync (decisions), otherwise the
+        commit survives a crash of the process but maybe not a power cut (statistics)."""
+        self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -263,12 +266,16 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write_changes(self, engine: Engine, changes: Changes) -> None:
-        """Commit structural changes (one transaction) before the caller goes on."""
+    def write_changes(self, engine: Engine, changes: Changes) -> list[int]:
+        """Commit structural changes (one transaction) before the caller goes on.
+
+        Decisions are fsynced before this returns; returns the ids they got in the audit log.
+        """
         if not changes:
-            return
+            return []
         graph = engine.graph
-        with self._transaction() as db:
+        decision_ids: list[int] = []
+        with self._transaction(durable=bool(changes.decisions)) as db:
             db.executemany(
                 "INSERT OR IGNORE INTO relations (id, name) VALUES (?, ?)",
                 [(rid, graph.relations[rid]) for rid in sorted(changes.relations)],
@@ -348,10 +355,10 @@ class Store:
                     for a in (alerts[i] for i in sorted(changes.alerts))
                 ],
             )
-            db.executemany(
-                "INSERT INTO decisions (action, by, at, reason, alert, service, src, dst,"
-                " relation, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
+            for d in changes.decisions:
+                cursor = db.execute(
+                    "INSERT INTO decisions (action, by, at, reason, alert, service, src, dst,"
+                    " relation, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         d.action.value,
                         d.by,
@@ -361,10 +368,10 @@ class Store:
                         d.service,
                         *(d.edge or (None, None, None)),
                         d.detail,
-                    )
-                    for d in changes.decisions
-                ],
-            )
+                    ),
+                )
+                assert cursor.lastrowid is not None
+                decision_ids.append(cursor.lastrowid)
             db.executemany(
                 "INSERT INTO phase_log (service, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
                 [
@@ -386,13 +393,14 @@ class Store:
                     for r in changes.timeline
                 ],
             )
+        return decision_ids
 
     def write_counters(self, engine: Engine, edges: list[int], alerts: list[int]) -> None:
         """Write edge and alert counters behind (never labels or states)."""
         if not edges and not alerts:
             return
         graph = engine.graph
-        with self._transaction() as db:
+        with self._transaction(durable=False) as db:
             db.executemany(
                 "UPDATE edges SET count = ?, bytes = ?, first_seen = ?, last_seen = ?,"
                 " ia_mean = ?, ia_m2 = ?, size_min = ?, size_max = ? WHERE id = ?",
@@ -502,6 +510,32 @@ class Store:
             "SELECT id, action, by, at, reason, alert, service, src, dst, relation, detail"
             " FROM decisions ORDER BY id"
         )
+
+    def last_decision_id(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
+
+    def decisions_since(self, last_id: int) -> list[Decision]:
+        """Audit-log entries after ``last_id``, oldest first, with their ids (for a daemon
+        to apply what the CLI decided)."""
+        rows = self._db.execute(
+            "SELECT id, action, by, at, reason, alert, service, src, dst, relation, detail"
+            " FROM decisions WHERE id > ? ORDER BY id",
+            (last_id,),
+        ).fetchall()
+        return [
+            Decision(
+                id=row[0],
+                action=Action(row[1]),
+                by=row[2],
+                at=row[3],
+                reason=row[4],
+                alert=row[5],
+                service=row[6],
+                edge=(row[7], row[8], row[9]) if row[7] is not None else None,
+                detail=row[10],
+            )
+            for row in rows
+        ]
 
     def vertices(self) -> list[dict[str, Any]]:
         return self._rows(
