@@ -267,6 +267,44 @@ def replay(
         )
 
 
+# -- the live node ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The site configuration (TOML).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision applied and more.")
+@click.pass_obj
+def run(ctx: Context, config_path: Path, verbose: bool) -> None:
+    """Run this node: the MQTT proxy in front of the broker, learning and enforcing.
+
+    Stops cleanly on Ctrl-C or SIGTERM, writing the statistics it holds.
+    """
+    import logging
+
+    from commgraph.daemon import run_daemon
+
+    config = load_config(config_path)
+    if config.mqtt.upstream is None:
+        _fail(f"{config_path}: [mqtt] needs listen and upstream for commgraph run")
+    if config.db and ctx.db_path == default_db():
+        ctx.db_path = config.db
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        run_daemon(config, ctx.db_path)
+    except OSError as exc:  # e.g. the listen port is taken
+        _fail(f"cannot start the proxy: {exc.strerror or exc}")
+
+
 # -- listings -----------------------------------------------------------------------------
 
 

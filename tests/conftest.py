@@ -1,0 +1,252 @@
+"""Shared fixtures: free ports, a real Mosquitto broker, and a real ``commgraph run`` proxy.
+
+Every wait is bounded by a deadline; nothing here sleeps without one.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+COMMGRAPH = Path(sys.executable).parent / "commgraph"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile_limit() -> None:
+    """Raise RLIMIT_NOFILE to its hard limit (for this process and, via preexec_fn, children)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def port_accepts(port: int, host: str = HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+# -- Mosquitto --------------------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A private Mosquitto on a free loopback port, for one test."""
+    if not MOSQUITTO.exists() and shutil.which("mosquitto") is None:
+        pytest.fail(
+            "mosquitto is not installed; install it with: sudo apt-get install -y mosquitto"
+        )
+    binary = str(MOSQUITTO) if MOSQUITTO.exists() else str(shutil.which("mosquitto"))
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} {HOST}\nallow_anonymous true\npersistence false\nmax_connections -1\n"
+    )
+    log = tmp_path / "mosquitto.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [binary, "-c", str(conf)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raise_nofile_limit,
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_accepts(port):
+            if process.poll() is not None:
+                pytest.fail(f"mosquitto exited with {process.returncode}: {_tail(log)}")
+            if time.monotonic() >= deadline:
+                pytest.fail(f"mosquitto did not accept on port {port} within 10 s: {_tail(log)}")
+            time.sleep(0.05)
+        yield Broker(HOST, port, process, log)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+# -- the commgraph proxy ----------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    lines: list[str] = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+@dataclass
+class Proxy:
+    """A running ``commgraph run --config site.toml``."""
+
+    port: int
+    db: Path
+    config: Path
+    process: subprocess.Popen[bytes]
+    stderr_path: Path
+    stopped: bool = field(default=False)
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """``commgraph --db DB ARGS...``; never raises on a non-zero exit status."""
+        return subprocess.run(
+            [str(COMMGRAPH), "--db", str(self.db), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def cli_json(self, *args: str) -> list[dict[str, Any]]:
+        """A listing command with ``--json``; fails the test on a non-zero exit status."""
+        done = self.cli(*args, "--json")
+        assert done.returncode == 0, f"commgraph {' '.join(args)} --json: {done.stderr.strip()}"
+        rows: list[dict[str, Any]] = json.loads(done.stdout)
+        return rows
+
+    @property
+    def stderr(self) -> str:
+        return _tail(self.stderr_path)
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, wait, and assert a clean exit (status 0)."""
+        self.stopped = True
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            pytest.fail(f"commgraph run did not exit within {timeout:g} s of SIGTERM")
+        assert code == 0, f"commgraph run exited with {code}; stderr:\n{self.stderr}"
+        return code
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path, mosquitto: Broker) -> Iterator[Callable[..., Proxy]]:
+    """Factory: ``start_proxy(mode="protect", learning="2s", **sections)`` -> a running proxy.
+
+    Keyword arguments other than ``mode`` and ``learning`` name config sections whose keys
+    override or extend the defaults, e.g. ``start_proxy(mqtt={"fail": "closed"})``.
+    """
+    started: list[Proxy] = []
+
+    def start(mode: str = "protect", learning: str = "2s", **extra: dict[str, Any]) -> Proxy:
+        n = len(started)
+        port = free_port()
+        db = tmp_path / f"node-{n}.db"
+        sections: dict[str, dict[str, Any]] = {
+            "node": {"name": "node-a", "db": str(db)},
+            "learning": {"duration": learning},
+            "modes": {"default": mode},
+            "protect": {"pending": "block"},
+            "mqtt": {
+                "listen": f"{HOST}:{port}",
+                "upstream": f"{mosquitto.host}:{mosquitto.port}",
+                "fail": "open",
+                "connect_timeout": "5s",
+                "max_packet_size": 16777216,
+            },
+        }
+        for section, keys in extra.items():
+            sections.setdefault(section, {}).update(keys)
+        config = tmp_path / f"site-{n}.toml"
+        write_toml(config, sections)
+        stderr_path = tmp_path / f"commgraph-{n}.stderr"
+        with (tmp_path / f"commgraph-{n}.stdout").open("wb") as out, stderr_path.open("wb") as err:
+            process = subprocess.Popen(
+                [str(COMMGRAPH), "run", "--config", str(config)],
+                stdout=out,
+                stderr=err,
+                cwd=tmp_path,
+                preexec_fn=raise_nofile_limit,
+            )
+        proxy = Proxy(port=port, db=db, config=config, process=process, stderr_path=stderr_path)
+        started.append(proxy)
+        deadline = time.monotonic() + 15
+        while not port_accepts(port):
+            if process.poll() is not None:
+                pytest.fail(
+                    f"commgraph run exited early with {process.returncode}; stderr:\n{proxy.stderr}"
+                )
+            if time.monotonic() >= deadline:
+                pytest.fail(f"commgraph run did not accept on port {port} within 15 s")
+            time.sleep(0.05)
+        return proxy
+
+    yield start
+
+    for proxy in started:
+        if proxy.process.poll() is None:
+            proxy.process.send_signal(signal.SIGTERM)
+            try:
+                proxy.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proxy.process.kill()
+                proxy.process.wait(timeout=10)
