@@ -55,6 +55,7 @@ _HIGH_WATER = 256 * 1024
 # asyncio's default of 100 pending connections drops SYNs when a whole site reconnects at
 # once (after a broker restart), and each dropped SYN costs its client a second.
 _BACKLOG = 4096
+_UPSTREAM_CONNECTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,9 @@ class MQTTProxy:
         self.stats = ProxyStats()
         self._servers: list[asyncio.Server] = []
         self._connections: set[_ClientSide] = set()
+        # A whole site reconnecting at once would overflow the broker's own accept queue
+        # (Mosquitto's is ~100) and cost each dropped SYN a second: connect a few at a time.
+        self.upstream_slots = asyncio.Semaphore(_UPSTREAM_CONNECTS)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -263,10 +267,14 @@ class _ClientSide(_Side):
         assert upstream is not None
         loop = asyncio.get_running_loop()
         try:
-            _, broker = await loop.create_connection(
-                lambda: _BrokerSide(self), upstream.host, upstream.port
-            )
-        except OSError as exc:
+            async with self.proxy.upstream_slots:
+                if self.closed:
+                    return
+                _, broker = await asyncio.wait_for(
+                    loop.create_connection(lambda: _BrokerSide(self), upstream.host, upstream.port),
+                    self.proxy.settings.connect_timeout,
+                )
+        except (TimeoutError, OSError) as exc:
             self.proxy.stats.upstream_errors += 1
             log.warning("cannot reach the broker at %s for %s: %s", upstream, self.peer_name, exc)
             self.close()
@@ -283,7 +291,8 @@ class _ClientSide(_Side):
                 self.transport.resume_reading()
 
     def _connect_timeout(self) -> None:
-        if self.address is None and not self.closed:
+        # A client whose bytes wait for our broker connection did its part in time.
+        if self.address is None and self.early is None and not self.closed:
             log.info("%s sent no CONNECT in time: closing", self.peer_name)
             self.close()
 
