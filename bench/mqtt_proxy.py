@@ -186,8 +186,9 @@ def rtt_pair(port: int, name: str) -> RttPair:
     return RttPair(pub, sub, [])
 
 
-def measure_rtt(direct_port: int, proxy_port: int, samples: int, blocks: int) -> dict[str, RttPair]:
-    pairs = {"direct": rtt_pair(direct_port, "direct"), "proxy": rtt_pair(proxy_port, "proxy")}
+def measure_rtt(ports: dict[str, int], samples: int, blocks: int) -> dict[str, RttPair]:
+    pairs = {name: rtt_pair(port, name) for name, port in ports.items()}
+    names = list(pairs)
     seq = 0
     try:
         for pair in pairs.values():  # warm-up: connections, caches, the engine's first edges
@@ -196,8 +197,8 @@ def measure_rtt(direct_port: int, proxy_port: int, samples: int, blocks: int) ->
                 pair.sample(seq, keep=False)
         per_block = -(-samples // blocks)
         for block in range(blocks):
-            order = ("direct", "proxy") if block % 2 == 0 else ("proxy", "direct")
-            for name in order:
+            shift = block % len(names)  # rotate the order: no endpoint always goes first
+            for name in names[shift:] + names[:shift]:
                 pair = pairs[name]
                 for _ in range(min(per_block, samples - len(pair.samples))):
                     seq += 1
@@ -377,6 +378,52 @@ def start_proxy(tmp: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:
         )
 
 
+# The floor: a relay that forwards bytes and does nothing else, on the same event loop
+# (uvloop, TCP_NODELAY). What the proxy adds beyond it is commgraph's own work per message.
+RELAY_SOURCE = """
+import asyncio, socket, sys
+import uvloop
+LISTEN, UPSTREAM = int(sys.argv[1]), int(sys.argv[2])
+class Side(asyncio.Protocol):
+    def __init__(self, peer=None):
+        self.peer, self.transport, self.early = peer, None, []
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def data_received(self, data):
+        if self.peer is None or self.peer.transport is None:
+            self.early.append(data)
+        else:
+            self.peer.transport.write(data)
+    def connection_lost(self, exc):
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+class ClientSide(Side):
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.task = asyncio.get_running_loop().create_task(self.open())
+    async def open(self):
+        loop = asyncio.get_running_loop()
+        _, up = await loop.create_connection(lambda: Side(self), "127.0.0.1", UPSTREAM)
+        self.peer = up
+        for data in self.early:
+            up.transport.write(data)
+        self.early.clear()
+async def main():
+    await asyncio.get_running_loop().create_server(ClientSide, "127.0.0.1", LISTEN)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+
+def start_relay(port: int, upstream: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", RELAY_SOURCE, str(port), str(upstream)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller run (smoke test)")
@@ -393,11 +440,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="commgraph-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        broker_port, proxy_port = free_port(), free_port()
+        broker_port, proxy_port, relay_port = free_port(), free_port(), free_port()
         broker = start_mosquitto(tmp, broker_port)
         proxy: subprocess.Popen[bytes] | None = None
+        relay = start_relay(relay_port, broker_port)
         try:
             wait_accepting(broker_port, broker, "mosquitto", 10)
+            wait_accepting(relay_port, relay, "the byte relay", 10)
             proxy = start_proxy(tmp, proxy_port, broker_port)
             wait_accepting(proxy_port, proxy, "commgraph run", 15)
             log(f"mosquitto on {broker_port}, proxy (pid {proxy.pid}) on {proxy_port}")
@@ -405,10 +454,12 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(args.hold)
 
             cpu0 = cpu_seconds(proxy.pid)
-            pairs = measure_rtt(broker_port, proxy_port, samples, blocks)
+            ports = {"direct": broker_port, "relay": relay_port, "proxy": proxy_port}
+            pairs = measure_rtt(ports, samples, blocks)
             cpu1 = cpu_seconds(proxy.pid)
             rtt_cpu = cpu_us_per_msg(cpu0, cpu1, pairs["proxy"].sent)
             direct, proxied = pairs["direct"].samples, pairs["proxy"].samples
+            relayed = pairs["relay"].samples
             log(f"rtt done: {len(direct)} + {len(proxied)} samples")
 
             tp: dict[str, list[TpResult]] = {"direct": [], "proxy": []}
@@ -424,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                     tp[name].append(got)
                     log(f"throughput {name}: {got.msgs_per_s:,.0f} msgs/s, lost {got.lost}")
         finally:
+            relay.terminate()
+            relay.wait(timeout=10)
             proxy_rc = stop(proxy, "commgraph run") if proxy is not None else None
             stop(broker, "mosquitto")
             if proxy_rc not in (0, None):
@@ -444,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
         "rtt_proxy_p99_ms": round(p99, 4),
         "added_p50_ms": round(p50 - d50, 4),
         "added_p99_ms": round(p99 - d99, 4),
+        # the floor any asyncio relay pays, and commgraph's own share above it
+        "rtt_relay_p50_ms": round(statistics.median(relayed), 4),
+        "relay_added_p50_ms": round(statistics.median(relayed) - d50, 4),
+        "added_over_relay_p50_ms": round(p50 - statistics.median(relayed), 4),
         "msgs_per_s_direct": round(best_direct.msgs_per_s),
         "msgs_per_s_proxy": round(best_proxy.msgs_per_s),
         "throughput_ratio": round(ratio, 3),
@@ -453,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": min((c for c in tp_cpu if c is not None), default=None),
         },
         "rtt_samples": len(proxied),
-        "rtt_lost": pairs["direct"].lost + pairs["proxy"].lost,
+        "rtt_lost": sum(pair.lost for pair in pairs.values()),
         "throughput_messages": messages,
         "lost": {name: [r.lost for r in runs] for name, runs in tp.items()},
         "payload_bytes": {"rtt": RTT_PAYLOAD, "throughput": TP_PAYLOAD},

@@ -21,7 +21,9 @@ buffered without bound; a packet larger than ``max_packet_size`` closes the conn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -212,6 +214,14 @@ class _Side(asyncio.Protocol):
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.resume_reading()
 
+    def _setup(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # small packets must not wait for Nagle's algorithm
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -248,8 +258,7 @@ class _ClientSide(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._setup(transport)
         peer = transport.get_extra_info("peername")
         self.peer_name = f"{peer[0]}:{peer[1]}" if peer else "?"
         if self.tls:
@@ -491,9 +500,7 @@ class _BrokerSide(_Side):
         )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._setup(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         try:
