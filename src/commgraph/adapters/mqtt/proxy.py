@@ -300,10 +300,16 @@ class _ClientSide(_Side):
                 self.transport.resume_reading()
 
     def _connect_timeout(self) -> None:
-        # A client whose bytes wait for our broker connection did its part in time.
-        if self.address is None and self.early is None and not self.closed:
-            log.info("%s sent no CONNECT in time: closing", self.peer_name)
-            self.close()
+        if self.address is not None or self.closed:
+            return
+        if self.early is not None:
+            # Its bytes wait for our broker connection: not the client's delay. Look again.
+            self.timeout = asyncio.get_running_loop().call_later(
+                self.proxy.settings.connect_timeout, self._connect_timeout
+            )
+            return
+        log.info("%s sent no CONNECT in time: closing", self.peer_name)
+        self.close()
 
     def close(self) -> None:
         """Close both sides (pending writes are flushed first)."""
