@@ -27,7 +27,7 @@ from paho.mqtt.client import CallbackAPIVersion, MQTTv5, MQTTv311
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import Broker, Proxy, raise_nofile_limit
+from conftest import Broker, Proxy, raise_nofile_limit, wait_until
 
 HOST = "127.0.0.1"
 TIMEOUT = 5.0  # for anything that should happen promptly
@@ -472,19 +472,6 @@ def same_as_direct(request: pytest.FixtureRequest) -> Callable[[Any], None]:
     return check
 
 
-def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Call ``predicate`` until it returns something truthy, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
 def find_alert(
     proxy: Proxy, src: str, dst: str, relation: str, state: str = "pending"
 ) -> dict[str, Any] | None:
@@ -517,7 +504,7 @@ def wait_learning_over(proxy: Proxy, services: set[str], timeout: float = 10) ->
         phases = {r["name"]: r["phase"] for r in rows}
         return services <= phases.keys() and all(p == "active" for p in phases.values())
 
-    poll(over, timeout, f"the learning phase of {sorted(services)} to end", interval=0.2)
+    wait_until(over, timeout, interval=0.2, what=f"the learning phase of {sorted(services)} to end")
 
 
 # -- a. transparency: direct and proxied runs look the same to the receiver -------------------
@@ -813,8 +800,8 @@ def test_protect_approve_then_deny(
     blocked = blocked_publish_code(protocol)
 
     assert pub.publish("t/new", b"blocked", qos=1) == blocked
-    alert = poll(
-        lambda: find_alert(proxy, "pub", "t/new", "publish"), 3, "the alert for pub -> t/new"
+    alert = wait_until(
+        lambda: find_alert(proxy, "pub", "t/new", "publish"), 3, what="the alert for pub -> t/new"
     )
     approved = proxy.cli("approve", str(alert["id"]))
     assert approved.returncode == 0, approved.stderr
@@ -827,7 +814,9 @@ def test_protect_approve_then_deny(
             return None
         return find_alert(proxy, "t/new", "sub", "deliver")
 
-    deliver_alert = poll(forwarded, 3, "pub -> t/new to pass after approve", interval=0.2)
+    deliver_alert = wait_until(
+        forwarded, 3, interval=0.2, what="pub -> t/new to pass after approve"
+    )
     assert sub.collect(0.3) == [], "delivered before t/new -> sub was approved"
     approved = proxy.cli("approve", str(deliver_alert["id"]))
     assert approved.returncode == 0, approved.stderr
@@ -836,7 +825,7 @@ def test_protect_approve_then_deny(
         pub.publish("t/new", b"both approved", qos=1)
         return any(m.topic == "t/new" for m in sub.collect(0.3))
 
-    poll(delivered, 3, "t/new to reach sub after both approvals")
+    wait_until(delivered, 3, what="t/new to reach sub after both approvals")
     sub.collect(0.3)
 
     # Deny the approved publish edge: blocked again within 3 s.
@@ -848,7 +837,7 @@ def test_protect_approve_then_deny(
         arrived = sub.collect(0.3)
         return code == blocked and not arrived
 
-    poll(blocked_again, 3, "pub -> t/new to be blocked after deny")
+    wait_until(blocked_again, 3, what="pub -> t/new to be blocked after deny")
     sub.collect(0.5)
     assert pub.publish("t/new", b"still denied", qos=1) == blocked
     assert sub.collect(QUIET) == [], "a denied publish reached the subscriber"
@@ -864,10 +853,10 @@ def test_monitor_mode_alerts_but_delivers(
 
     assert site.pub.publish("t/new", b"new in monitor", qos=1) == SUCCESS
     assert site.sub.expect(1) == [Received("t/new", b"new in monitor", 1, False)]
-    alert = poll(
+    alert = wait_until(
         lambda: find_alert(site.proxy, "pub", "t/new", "publish"),
         3,
-        "a pending alert for pub -> t/new",
+        what="a pending alert for pub -> t/new",
     )
     assert alert["kind"] == "new-edge"
     assert find_alert(site.proxy, "t/new", "sub", "deliver") is not None
@@ -997,7 +986,9 @@ def test_sigterm_flushes_counters(
 
     proxy.stop()  # asserts exit status 0
 
-    poll(lambda: pub.unexpected_disconnects and sub.unexpected_disconnects, 5, "clients cut off")
+    wait_until(
+        lambda: pub.unexpected_disconnects and sub.unexpected_disconnects, 5, what="clients cut off"
+    )
     edge = find_edge(proxy, "count-pub", "count/t", "publish")
     assert edge is not None, "the publish edge was not stored"
     assert edge["count"] == n
