@@ -155,3 +155,25 @@ def test_addresses() -> None:
     assert str(parse_address("[::1]:1883")) == "[::1]:1883"
     with pytest.raises(ValueError):
         parse_address("127.0.0.1:70000")
+
+
+def test_api_and_notify_sections(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[api]\nlisten = "127.0.0.1:8080"\ncredentials = "node.cred"\n'
+            '[notify]\nurls = ["ntfy://127.0.0.1:8090/x"]\nper_minute = 3\n'
+            'link_base = "https://home.example/"\nlink_valid_for = "2h"\n',
+        )
+    )
+    assert str(config.api.listen) == "127.0.0.1:8080"
+    assert config.api.credentials == tmp_path / "node.cred"
+    assert config.notify.urls == ("ntfy://127.0.0.1:8090/x",)
+    assert (config.notify.per_minute, config.notify.link_valid_for) == (3, 7200)
+    assert config.notify.link_base == "https://home.example"
+    for bad, key in (
+        ("per_minute = 0", "notify.per_minute"),
+        ('link_base = "ftp://x"', "link_base"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            load_config(write(tmp_path, f"[notify]\n{bad}\n"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from commgraph.daemon import replay
 from commgraph.demo import heating_site
-from commgraph.export import LABEL_COLOURS, to_dot, to_graphml, to_json
+from commgraph.export import LABEL_COLOURS, service_view, to_dot, to_graphml, to_json
 from commgraph.phases import LearningSettings
 from commgraph.store import Store
 
@@ -61,3 +61,33 @@ def test_names_with_quotes_are_escaped() -> None:
     ]
     assert 'label="a\\"b"' in to_dot(vertices, edges)
     ET.fromstring(to_graphml(vertices, edges))
+
+
+def test_service_view_folds_topics_and_keeps_the_most_urgent_label() -> None:
+    def edge(
+        src: str, dst: str, relation: str, label: str = "learned", count: int = 1
+    ) -> dict[str, object]:
+        return {"src": src, "dst": dst, "relation": relation, "label": label, "count": count}
+
+    rows = service_view(
+        [
+            edge("thermo", "home/t", "publish"),
+            edge("home/t", "controller", "deliver", count=5),
+            edge("home/t", "logger", "deliver", "pending", 2),
+            edge("controller", "home/+/t", "subscribe"),
+            edge("controller", "valves/set", "publish", "denied"),
+            edge("valves/set", "valve", "deliver"),
+            edge("controller", "home/t", "publish"),
+            edge("home/t", "controller", "deliver"),  # hears itself: not an edge
+            edge("hub", "10.0.0.9", "tcp/8883"),
+        ]
+    )
+    by_pair = {(r["src"], r["dst"]): r for r in rows}
+    assert by_pair[("thermo", "controller")]["label"] == "learned"
+    assert by_pair[("thermo", "controller")]["topics"] == ["home/t"]
+    assert by_pair[("thermo", "logger")]["label"] == "pending"
+    assert by_pair[("controller", "valve")]["label"] == "denied"
+    assert by_pair[("controller", "logger")]["label"] == "pending"
+    assert ("controller", "controller") not in by_pair
+    assert by_pair[("hub", "10.0.0.9")]["relation"] == "tcp/8883"
+    assert all(r["relation"] != "subscribe" for r in rows)

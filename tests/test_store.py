@@ -14,7 +14,7 @@ from commgraph.engine import Engine
 from commgraph.errors import StoreError
 from commgraph.events import Event
 from commgraph.phases import LearningSettings, Mode
-from commgraph.store import SCHEMA_VERSION, Store
+from commgraph.store import MIGRATIONS, SCHEMA_VERSION, Store
 
 SETTINGS = LearningSettings(duration=600.0, mode=Mode.PROTECT)
 
@@ -237,3 +237,20 @@ def test_engine_can_be_loaded_without_a_store_roundtrip_loss(tmp_path: Path) -> 
     with Store(db) as store:
         after = store.load_engine().graph.stats(0)
     assert after == before
+
+
+def test_an_old_database_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    raw = sqlite3.connect(db)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            raw.execute(statement)
+    raw.execute("INSERT INTO meta (key, value) VALUES ('kept', 'yes')")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with Store(db) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.meta("kept") == "yes"
+        assert store.use_token("n-1", 1.0) is True
+        assert store.use_token("n-1", 2.0) is False  # single use, also across processes

@@ -21,8 +21,10 @@ from commgraph.identity import AddressKind, IdentityRule
 from commgraph.phases import LearningSettings, Mode
 
 __all__ = [
+    "APISettings",
     "Config",
     "MQTTSettings",
+    "NotifySettings",
     "TLSSettings",
     "format_duration",
     "load_config",
@@ -103,6 +105,24 @@ class MQTTSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class APISettings:
+    """The REST API and dashboard of the node."""
+
+    listen: Address | None = None
+    credentials: Path | None = None  # API token + link key (0600); default: next to the db
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifySettings:
+    """Where new alerts are sent (Apprise URLs) and how."""
+
+    urls: tuple[str, ...] = ()
+    per_minute: int = 5  # beyond this many in a minute, the rest go out as one digest
+    link_base: str | None = None  # how the phone reaches this node; default http://api.listen
+    link_valid_for: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole site configuration of one node."""
 
@@ -112,8 +132,8 @@ class Config:
     learning: LearningSettings = field(default_factory=LearningSettings)
     identity: tuple[IdentityRule, ...] = ()
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
-    api_listen: Address | None = None
-    notify_urls: tuple[str, ...] = ()
+    api: APISettings = field(default_factory=APISettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     sync_broker: Address | None = None
     private_key: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
@@ -343,10 +363,18 @@ def parse_config(
     mqtt_settings = _mqtt(top.sub("mqtt"), base)
     api = top.sub("api")
     api_listen = _address(api, "listen")
+    credentials = api.get("credentials", str)
     notify = top.sub("notify")
     urls = notify.get("urls", list, [])
     if not all(isinstance(u, str) for u in urls):
         raise notify.error("urls", "expected a list of strings")
+    per_minute = notify.get("per_minute", int, 5)
+    if per_minute < 1:
+        raise notify.error("per_minute", "must be at least 1")
+    link_base = notify.get("link_base", str)
+    if link_base is not None and not link_base.startswith(("http://", "https://")):
+        raise notify.error("link_base", f"{link_base!r} must start with http:// or https://")
+    link_valid_for = _duration(notify, "link_valid_for", 86400.0)
     sync = top.sub("sync")
     sync_broker = _address(sync, "broker")
     keys = top.sub("keys")
@@ -373,8 +401,15 @@ def parse_config(
         ),
         identity=rules,
         mqtt=mqtt_settings,
-        api_listen=api_listen,
-        notify_urls=tuple(urls),
+        api=APISettings(
+            listen=api_listen, credentials=(base / credentials) if credentials else None
+        ),
+        notify=NotifySettings(
+            urls=tuple(urls),
+            per_minute=per_minute,
+            link_base=link_base.rstrip("/") if link_base else None,
+            link_valid_for=link_valid_for,
+        ),
         sync_broker=sync_broker,
         private_key=(base / private) if private else None,
         trusted_keys=tuple(base / t for t in trusted),

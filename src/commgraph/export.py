@@ -12,7 +12,7 @@ from typing import Any
 from xml.sax.saxutils import escape as _xml_escape
 from xml.sax.saxutils import quoteattr
 
-__all__ = ["LABEL_COLOURS", "to_dot", "to_graphml", "to_json"]
+__all__ = ["LABEL_COLOURS", "service_view", "to_dot", "to_graphml", "to_json"]
 
 Row = Mapping[str, Any]
 
@@ -116,3 +116,57 @@ def to_graphml(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
         out.append("    </edge>")
     out += ["  </graph>", "</graphml>"]
     return "\n".join(out) + "\n"
+
+
+# How much an edge's label asks for the owner's eye, for merged edges: the most urgent wins.
+_URGENCY = {"pending": 4, "denied": 3, "approved": 2, "learned": 1}
+_THROUGH_TOPICS = frozenset({"publish", "deliver", "subscribe"})
+
+
+def service_view(edges: Sequence[Row]) -> list[dict[str, Any]]:
+    """The graph as service -> service edges, topics folded away.
+
+    ``S publish T`` and ``T deliver R`` make ``S -> R`` via T (label: the most urgent of the
+    two, e.g. pending if either is); edges that do not pass through a topic (``tcp/443`` to a
+    host, routes) are kept as they are. Subscriptions describe interest, not traffic, and
+    are left out. Rows: ``src, dst, relation ("via topics" or the original), label, count,
+    topics``.
+    """
+    publishers: dict[str, list[Row]] = {}
+    for edge in edges:
+        if edge["relation"] == "publish":
+            publishers.setdefault(edge["dst"], []).append(edge)
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for edge in edges:
+        if edge["relation"] == "deliver":
+            for pub in publishers.get(edge["src"], ()):
+                if pub["src"] == edge["dst"]:
+                    continue  # a service hearing its own messages
+                row = merged.setdefault(
+                    (pub["src"], edge["dst"]),
+                    {
+                        "src": pub["src"],
+                        "dst": edge["dst"],
+                        "relation": "via topics",
+                        "label": "learned",
+                        "count": 0,
+                        "topics": [],
+                    },
+                )
+                row["topics"].append(edge["src"])
+                row["count"] += edge["count"]
+                for label in (pub["label"], edge["label"]):
+                    if _URGENCY[label] > _URGENCY[row["label"]]:
+                        row["label"] = label
+        elif edge["relation"] not in _THROUGH_TOPICS:
+            merged[(edge["src"], edge["dst"] + " " + edge["relation"])] = {
+                "src": edge["src"],
+                "dst": edge["dst"],
+                "relation": edge["relation"],
+                "label": edge["label"],
+                "count": edge["count"],
+                "topics": [],
+            }
+    for row in merged.values():
+        row["topics"] = sorted(set(row["topics"]))
+    return sorted(merged.values(), key=lambda r: (r["src"], r["dst"], r["relation"]))

@@ -71,6 +71,10 @@ MIGRATIONS: list[str] = [
         edges INTEGER NOT NULL, learned INTEGER NOT NULL, anomalies INTEGER NOT NULL,
         learning INTEGER NOT NULL);
     """,
+    # 2: notification links are single use
+    """
+    CREATE TABLE used_tokens (nonce TEXT PRIMARY KEY, used_at REAL NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -510,6 +514,15 @@ class Store:
             "SELECT id, action, by, at, reason, alert, service, src, dst, relation, detail"
             " FROM decisions ORDER BY id"
         )
+
+    def use_token(self, nonce: str, at: float) -> bool:
+        """Record that an action token was used; False if it had been used before."""
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT INTO used_tokens (nonce, used_at) VALUES (?, ?)", (nonce, at))
+        except sqlite3.IntegrityError:
+            return False
+        return True
 
     def last_decision_id(self) -> int:
         return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
