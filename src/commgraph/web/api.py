@@ -1,0 +1,847 @@
+"""The REST API of a node, under ``/api/v1``, plus ``/healthz`` and ``/metrics``.
+
+Every answer is JSON (``/metrics`` excepted); an error is ``{"error": SENTENCE, "status":
+CODE}``. Everything under ``/api/v1`` needs the API token (``Authorization: Bearer TOKEN``,
+or the dashboard's ``commgraph_token`` cookie), except the notification links
+(``/api/v1/act/{token}``, signed themselves) and the OpenAPI document. ``/metrics`` needs the
+token; ``/healthz`` does not.
+
+Handlers are thin: reads go to the store, owner actions to the :class:`~commgraph.web.app.Node`
+(durable before they return). Errors map to statuses in one place, :func:`_api_errors`:
+UnknownItemError 404, DecisionError 409, bad input 400.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+from commgraph.alerts import Action, AlertState, Decision
+from commgraph.errors import DecisionError, UnknownItemError
+from commgraph.export import service_view
+from commgraph.graph import Label
+from commgraph.phases import Mode
+from commgraph.web.app import CREDENTIALS, NODE, Node
+from commgraph.web.auth import TokenError, read_action_token, same_secret
+
+__all__ = ["COOKIE", "OPENAPI", "authorized", "setup"]
+
+COOKIE: Final = "commgraph_token"
+PREFIX: Final = "/api/v1"
+# Routes anyone may call: the notification links carry their own signature.
+_PUBLIC_ROUTES: Final = frozenset({"api.act", "api.openapi", "api.healthz"})
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ApiError(Exception):
+    """An answer other than success: rendered as ``{"error", "status"}`` by the middleware."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+def authorized(request: web.Request) -> bool:
+    """Whether ``request`` carries this node's API token (bearer header or dashboard cookie).
+
+    The cookie counts for a state-changing request only when the browser says it comes from
+    this very site (no ``Origin`` header, or one naming this host), so another web page cannot
+    act with the owner's cookie.
+    """
+    expected = request.app[CREDENTIALS].api_token
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() == "bearer" and same_secret(given.strip(), expected):
+        return True
+    cookie = request.cookies.get(COOKIE)
+    if cookie is None or not same_secret(cookie, expected):
+        return False
+    if request.method in _SAFE_METHODS:
+        return True
+    origin = request.headers.get(hdrs.ORIGIN)
+    return origin is None or origin == f"{request.scheme}://{request.host}"
+
+
+def _is_api(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/") or path in ("/healthz", "/metrics")
+
+
+_STOCK_MESSAGES: Final[Mapping[int, str]] = {
+    404: "there is no such resource; see /api/v1/openapi.json for what exists",
+    405: "this resource does not accept that method",
+    413: "the request body is too large",
+}
+
+
+@web.middleware
+async def _api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the token on API routes and turn every failure into a JSON error."""
+    if not _is_api(request.path):
+        return await handler(request)  # the dashboard's own business
+    try:
+        # No route (404/405) reveals nothing openapi.json does not: answer it without a token,
+        # so a phone opening a notification link with GET learns that it needs POST.
+        match = request.match_info
+        public = match.http_exception is not None or match.route.name in _PUBLIC_ROUTES
+        if not public and not authorized(request):
+            raise ApiError(401, "a valid API token is needed (Authorization: Bearer TOKEN)")
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
+    except UnknownItemError as exc:
+        return _error(404, str(exc))
+    except DecisionError as exc:
+        return _error(409, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = _STOCK_MESSAGES.get(exc.status, exc.reason.lower())
+        response = _error(exc.status, message)
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
+
+
+def _error(status: int, message: str) -> web.Response:
+    headers = {hdrs.WWW_AUTHENTICATE: 'Bearer realm="commgraph"'} if status == 401 else None
+    return web.json_response({"error": message, "status": status}, status=status, headers=headers)
+
+
+# -- reading requests -------------------------------------------------------------------------
+
+
+async def _body(request: web.Request, *, required: bool = False) -> dict[str, Any]:
+    """The JSON object in the body; ``{}`` for an empty optional body."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "the request needs a JSON object as its body")
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return data
+
+
+def _text_field(body: Mapping[str, Any], field: str, default: str) -> str:
+    value = body.get(field, default)
+    if not isinstance(value, str):
+        raise ApiError(400, f"field {field!r} must be a string")
+    return value
+
+
+def _who(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(by, reason) of an owner action."""
+    by = _text_field(body, "by", "api").strip()
+    if not by:
+        raise ApiError(400, "field 'by' must not be empty")
+    return by, _text_field(body, "reason", "")
+
+
+def _choice(request: web.Request, name: str, allowed: Iterable[str]) -> str | None:
+    value = request.query.get(name)
+    options = list(allowed)
+    if value is not None and value not in options:
+        raise ApiError(
+            400, f"query parameter {name!r} must be one of {', '.join(options)}, not {value!r}"
+        )
+    return value
+
+
+def _alert_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    if not text.isdigit():
+        raise ApiError(400, f"alert id must be a positive integer, not {text!r}")
+    return int(text)
+
+
+def _node(request: web.Request) -> Node:
+    return request.app[NODE]
+
+
+def _alert_row(node: Node, alert_id: int) -> dict[str, Any]:
+    for row in node.store.alerts():
+        if row["id"] == alert_id:
+            return row
+    raise ApiError(404, f"there is no alert {alert_id}")
+
+
+def _service_row(node: Node, name: str) -> dict[str, Any]:
+    for row in _services(node):
+        if row["name"] == name:
+            return row
+    raise ApiError(404, f"there is no service {name!r}")
+
+
+def _services(node: Node) -> list[dict[str, Any]]:
+    now = time.time()
+    rows = node.store.services()
+    for row in rows:
+        row["learning_progress"], row["learning_left_s"] = _learning(row, now)
+    return rows
+
+
+def _learning(row: Mapping[str, Any], now: float) -> tuple[float | None, float | None]:
+    """(progress 0..1, seconds left) of a service's learning phase; None before it starts."""
+    if row["phase"] == "active":
+        return 1.0, 0.0
+    started, ends = row["learning_started_at"], row["learning_ends_at"]
+    if started is None or ends is None:
+        return None, None
+    if ends <= started:
+        return 1.0, 0.0
+    progress = min(1.0, max(0.0, (now - started) / (ends - started)))
+    return progress, max(0.0, ends - now)
+
+
+def _decision_json(decision: Decision) -> dict[str, Any]:
+    data = dataclasses.asdict(decision)
+    data["action"] = decision.action.value
+    data["edge"] = list(decision.edge) if decision.edge else None
+    return data
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    node = _node(request)
+    return web.json_response(
+        {"status": "ok", "node": node.name, "schema": node.store.schema_version}
+    )
+
+
+class _NodeCollector(Collector):
+    """The node's counters and the store's tallies, read once per scrape."""
+
+    def __init__(self, counters: Mapping[str, float], status: Mapping[str, Any]) -> None:
+        self.counters = counters
+        self.status = status
+
+    def collect(self) -> Iterable[Metric]:
+        c, s = self.counters, self.status
+
+        def counter(name: str, doc: str, key: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=c.get(key, 0.0))
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield counter("commgraph_events", "Events observed.", "events")
+        yield gauge("commgraph_edges", "Edges of the communication graph.", c.get("edges", 0.0))
+        yield _labelled("commgraph_alerts", "Alerts by state.", "state", s["alerts_by_state"])
+        yield _labelled("commgraph_edges_by_label", "Edges by label.", "label", s["edges_by_label"])
+        learning = s["services_learning"]
+        phases = {"learning": learning, "active": s["services"] - learning}
+        yield _labelled("commgraph_services", "Services by phase.", "phase", phases)
+        yield gauge(
+            "commgraph_proxy_connections_open",
+            "Client connections open in the proxy.",
+            c.get("proxy_connections_open", 0.0),
+        )
+        yield counter(
+            "commgraph_proxy_connections",
+            "Client connections accepted by the proxy.",
+            "proxy_connections_total",
+        )
+        yield counter("commgraph_proxy_packets", "Packets relayed by the proxy.", "proxy_packets")
+        yield counter(
+            "commgraph_proxy_blocked", "Packets the proxy blocked on a verdict.", "proxy_blocked"
+        )
+        yield counter(
+            "commgraph_decode_errors", "Connections closed on undecodable input.", "decode_errors"
+        )
+        yield counter(
+            "commgraph_engine_errors", "Messages the engine failed to classify.", "engine_errors"
+        )
+
+
+def _labelled(name: str, doc: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], float(value))
+    return family
+
+
+async def metrics(request: web.Request) -> web.Response:
+    node = _node(request)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_NodeCollector(node.counters(), node.store.status()))
+    return web.Response(
+        body=generate_latest(registry), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_PLAIN_0_0_4}
+    )
+
+
+async def list_services(request: web.Request) -> web.Response:
+    return web.json_response(_services(_node(request)))
+
+
+async def get_service(request: web.Request) -> web.Response:
+    node = _node(request)
+    name = request.match_info["name"]
+    row = _service_row(node, name)
+    row["edges"] = node.store.edges(service=name)
+    return web.json_response(row)
+
+
+async def set_mode(request: web.Request) -> web.Response:
+    node = _node(request)
+    name = request.match_info["name"]
+    body = await _body(request, required=True)
+    if "mode" not in body:
+        raise ApiError(400, "field 'mode' is required (learn, monitor, protect, or null)")
+    text = body["mode"]
+    if text is not None and text not in set(Mode):
+        raise ApiError(
+            400, f"field 'mode' must be learn, monitor, protect or null, not {json.dumps(text)}"
+        )
+    by, reason = _who(body)
+    mode = None if text is None else Mode(text)
+    decision = node.set_mode(name, mode, by=by, reason=reason)
+    return web.json_response(_decision_json(decision))
+
+
+async def reset_learning(request: web.Request) -> web.Response:
+    node = _node(request)
+    by, reason = _who(await _body(request))
+    decision = node.reset_learning(request.match_info["name"], by=by, reason=reason)
+    return web.json_response(_decision_json(decision))
+
+
+async def list_edges(request: web.Request) -> web.Response:
+    label = _choice(request, "label", (label.text for label in Label))
+    service = request.query.get("service")
+    return web.json_response(_node(request).store.edges(service=service, label=label))
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    state = _choice(request, "state", (s.value for s in AlertState))
+    return web.json_response(_node(request).store.alerts(state=state))
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    return web.json_response(_alert_row(_node(request), _alert_id(request)))
+
+
+async def _decide(request: web.Request, action: Action) -> web.Response:
+    node = _node(request)
+    alert_id = _alert_id(request)
+    by, reason = _who(await _body(request))
+    node.decide(alert_id, action, by=by, reason=reason)
+    return web.json_response(_alert_row(node, alert_id))
+
+
+async def approve(request: web.Request) -> web.Response:
+    return await _decide(request, Action.APPROVE)
+
+
+async def deny(request: web.Request) -> web.Response:
+    return await _decide(request, Action.DENY)
+
+
+async def graph(request: web.Request) -> web.Response:
+    view = _choice(request, "view", ("topics", "services")) or "topics"
+    store = _node(request).store
+    if view == "topics":
+        return web.json_response({"vertices": store.vertices(), "edges": store.edges()})
+    edges = service_view(store.edges())
+    names = {row["src"] for row in edges} | {row["dst"] for row in edges}
+    vertices = [v for v in store.vertices() if v["name"] in names and v["kind"] != "topic"]
+    return web.json_response({"vertices": vertices, "edges": edges})
+
+
+async def timeline(request: web.Request) -> web.Response:
+    return web.json_response(_node(request).store.timeline())
+
+
+async def decisions(request: web.Request) -> web.Response:
+    return web.json_response(_node(request).store.decisions())
+
+
+_OUTCOMES: Final[Mapping[Action, str]] = {
+    Action.APPROVE: "Approved: {src} {relation} {dst} is normal now.",
+    Action.DENY: "Denied: {src} {relation} {dst} is not allowed now.",
+}
+
+
+async def act(request: web.Request) -> web.Response:
+    """A notification link: the token names the alert and the action, and is used once."""
+    node = _node(request)
+    key = request.app[CREDENTIALS].link_key
+    token_text = request.match_info["token"]
+    now = time.time()
+    try:
+        token = read_action_token(key, token_text, now=now)
+    except TokenError as exc:
+        # Only expiry fails now but passes at the dawn of time: every other check is timeless.
+        try:
+            read_action_token(key, token_text, now=float("-inf"))
+        except TokenError:
+            raise ApiError(400, str(exc)) from None
+        raise ApiError(410, str(exc)) from None
+    _alert_row(node, token.alert)  # 404 before the link is spent
+    if not node.store.use_token(token.nonce, now):
+        raise ApiError(409, "this link was already used")
+    action = Action(token.action)
+    node.decide(token.alert, action, by="notification link")
+    row = _alert_row(node, token.alert)
+    return web.json_response({"alert": row, "message": _OUTCOMES[action].format(**row)})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+# -- wiring -----------------------------------------------------------------------------------
+
+
+def setup(app: web.Application) -> None:
+    """Add the API's routes and its error/authentication middleware to ``app``."""
+    app.middlewares.append(_api_errors)
+    p = PREFIX
+    app.router.add_get("/healthz", healthz, name="api.healthz")
+    app.router.add_get("/metrics", metrics, name="api.metrics")
+    app.router.add_get(f"{p}/openapi.json", openapi, name="api.openapi")
+    app.router.add_get(f"{p}/services", list_services, name="api.services")
+    app.router.add_get(f"{p}/services/{{name}}", get_service, name="api.service")
+    app.router.add_post(f"{p}/services/{{name}}/mode", set_mode, name="api.service.mode")
+    app.router.add_post(
+        f"{p}/services/{{name}}/learning/reset", reset_learning, name="api.service.reset"
+    )
+    app.router.add_get(f"{p}/edges", list_edges, name="api.edges")
+    app.router.add_get(f"{p}/alerts", list_alerts, name="api.alerts")
+    app.router.add_get(f"{p}/alerts/{{id}}", get_alert, name="api.alert")
+    app.router.add_post(f"{p}/alerts/{{id}}/approve", approve, name="api.alert.approve")
+    app.router.add_post(f"{p}/alerts/{{id}}/deny", deny, name="api.alert.deny")
+    app.router.add_get(f"{p}/graph", graph, name="api.graph")
+    app.router.add_get(f"{p}/timeline", timeline, name="api.timeline")
+    app.router.add_get(f"{p}/decisions", decisions, name="api.decisions")
+    app.router.add_post(f"{p}/act/{{token}}", act, name="api.act")
+
+
+# -- the OpenAPI document -----------------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(description: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    words = {
+        400: "Malformed body or bad value (the message names the field).",
+        401: "Missing or wrong API token.",
+        404: "No such item.",
+        409: "The item is not in a state that allows this.",
+        410: "The link has expired.",
+    }
+    return {
+        str(code): {
+            "description": words[code],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+        for code in codes
+    }
+
+
+def _array(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name)}
+
+
+def _path_param(name: str, description: str, schema_type: str = "string") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": schema_type},
+    }
+
+
+def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if values:
+        schema["enum"] = values
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _body_schema(schema: Mapping[str, Any], *, required: bool) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+_WHO_FIELDS: dict[str, Any] = {
+    "reason": {"type": "string", "description": "Why, for the audit log."},
+    "by": {"type": "string", "default": "api", "description": "Who decided."},
+}
+_WHO = {"type": "object", "properties": _WHO_FIELDS}
+_ALERT_ID = _path_param("id", "The alert's number.", "integer")
+_SERVICE = _path_param("name", "The service's name.")
+_TIME = {"type": "number", "description": "Epoch seconds."}
+_NULLABLE_TIME = {"type": "number", "nullable": True, "description": "Epoch seconds."}
+_ANY_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _decide_op(action: str) -> dict[str, Any]:
+    return {
+        "summary": f"{action.capitalize()} an alert (durable before the answer).",
+        "operationId": f"{action}Alert",
+        "parameters": [_ALERT_ID],
+        "requestBody": _body_schema(_WHO, required=False),
+        "responses": {
+            "200": _ok("The updated alert.", _ref("Alert")),
+            **_errors(400, 401, 404, 409),
+        },
+    }
+
+
+OPENAPI: Final[dict[str, Any]] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "commgraph node API",
+        "version": "1",
+        "description": "Who talks to whom on this node: services, edges, alerts, decisions. "
+        "Send the node's API token as 'Authorization: Bearer TOKEN'.",
+    },
+    "servers": [{"url": "/"}],
+    "security": [{"bearer": []}],
+    "paths": {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness.",
+                "operationId": "health",
+                "security": [],
+                "responses": {
+                    "200": _ok(
+                        "The node is up.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "string", "enum": ["ok"]},
+                                "node": {"type": "string"},
+                                "schema": {"type": "integer"},
+                            },
+                        },
+                    )
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition of the node's counters.",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "Metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401),
+                },
+            }
+        },
+        f"{PREFIX}/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "operationId": "openapi",
+                "security": [],
+                "responses": {"200": _ok("OpenAPI 3.0 document.", _ANY_OBJECT)},
+            }
+        },
+        f"{PREFIX}/services": {
+            "get": {
+                "summary": "Services with phase, mode and learning progress.",
+                "operationId": "listServices",
+                "responses": {"200": _ok("Services.", _array("Service")), **_errors(401)},
+            }
+        },
+        f"{PREFIX}/services/{{name}}": {
+            "get": {
+                "summary": "One service with its edges.",
+                "operationId": "getService",
+                "parameters": [_SERVICE],
+                "responses": {
+                    "200": _ok(
+                        "The service.",
+                        {
+                            "allOf": [
+                                _ref("Service"),
+                                {"type": "object", "properties": {"edges": _array("Edge")}},
+                            ]
+                        },
+                    ),
+                    **_errors(401, 404),
+                },
+            }
+        },
+        f"{PREFIX}/services/{{name}}/mode": {
+            "post": {
+                "summary": "Set the service's mode (null: back to the configured one).",
+                "operationId": "setMode",
+                "parameters": [_SERVICE],
+                "requestBody": _body_schema(
+                    {
+                        "type": "object",
+                        "required": ["mode"],
+                        "properties": {
+                            "mode": {
+                                "type": "string",
+                                "nullable": True,
+                                "enum": ["learn", "monitor", "protect", None],
+                            },
+                            **_WHO_FIELDS,
+                        },
+                    },
+                    required=True,
+                ),
+                "responses": {
+                    "200": _ok("The decision.", _ref("Decision")),
+                    **_errors(400, 401, 404, 409),
+                },
+            }
+        },
+        f"{PREFIX}/services/{{name}}/learning/reset": {
+            "post": {
+                "summary": "Restart learning at the service's next message.",
+                "operationId": "resetLearning",
+                "parameters": [_SERVICE],
+                "requestBody": _body_schema(_WHO, required=False),
+                "responses": {
+                    "200": _ok("The decision.", _ref("Decision")),
+                    **_errors(400, 401, 404, 409),
+                },
+            }
+        },
+        f"{PREFIX}/edges": {
+            "get": {
+                "summary": "Edges, optionally of one service and/or with one label.",
+                "operationId": "listEdges",
+                "parameters": [
+                    _query("service"),
+                    _query("label", [label.text for label in Label]),
+                ],
+                "responses": {"200": _ok("Edges.", _array("Edge")), **_errors(400, 401)},
+            }
+        },
+        f"{PREFIX}/alerts": {
+            "get": {
+                "summary": "Alerts, optionally in one state.",
+                "operationId": "listAlerts",
+                "parameters": [_query("state", [s.value for s in AlertState])],
+                "responses": {"200": _ok("Alerts.", _array("Alert")), **_errors(400, 401)},
+            }
+        },
+        f"{PREFIX}/alerts/{{id}}": {
+            "get": {
+                "summary": "One alert.",
+                "operationId": "getAlert",
+                "parameters": [_ALERT_ID],
+                "responses": {"200": _ok("The alert.", _ref("Alert")), **_errors(400, 401, 404)},
+            }
+        },
+        f"{PREFIX}/alerts/{{id}}/approve": {"post": _decide_op("approve")},
+        f"{PREFIX}/alerts/{{id}}/deny": {"post": _decide_op("deny")},
+        f"{PREFIX}/graph": {
+            "get": {
+                "summary": "The graph: with topics, or folded to service -> service edges.",
+                "operationId": "graph",
+                "parameters": [_query("view", ["topics", "services"])],
+                "responses": {
+                    "200": _ok(
+                        "Vertices and edges.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "vertices": _array("Vertex"),
+                                "edges": {"type": "array", "items": _ANY_OBJECT},
+                            },
+                        },
+                    ),
+                    **_errors(400, 401),
+                },
+            }
+        },
+        f"{PREFIX}/timeline": {
+            "get": {
+                "summary": "Per-minute graph size, anomalies and decisions.",
+                "operationId": "timeline",
+                "responses": {
+                    "200": _ok("Minutes, oldest first.", _array("TimelineRow")),
+                    **_errors(401),
+                },
+            }
+        },
+        f"{PREFIX}/decisions": {
+            "get": {
+                "summary": "The audit log, oldest first.",
+                "operationId": "listDecisions",
+                "responses": {"200": _ok("Decisions.", _array("Decision")), **_errors(401)},
+            }
+        },
+        f"{PREFIX}/act/{{token}}": {
+            "post": {
+                "summary": "Carry out a notification link (single use, expires; no API token).",
+                "operationId": "act",
+                "security": [],
+                "parameters": [_path_param("token", "The signed action token from the link.")],
+                "responses": {
+                    "200": _ok(
+                        "Done.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "alert": _ref("Alert"),
+                                "message": {"type": "string"},
+                            },
+                        },
+                    ),
+                    "409": {
+                        "description": "The link was already used, or the alert is already "
+                        "in that state.",
+                        "content": {"application/json": {"schema": _ref("Error")}},
+                    },
+                    **_errors(400, 404, 410),
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "status"],
+                "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+            },
+            "Service": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "phase": {"type": "string", "enum": ["learning", "active"]},
+                    "mode": {"type": "string", "enum": ["learn", "monitor", "protect"]},
+                    "mode_source": {"type": "string", "enum": ["owner", "config", "default"]},
+                    "learning_started_at": _NULLABLE_TIME,
+                    "learning_ends_at": _NULLABLE_TIME,
+                    "learned_at": _NULLABLE_TIME,
+                    "learning_progress": {
+                        "type": "number",
+                        "nullable": True,
+                        "minimum": 0,
+                        "maximum": 1,
+                    },
+                    "learning_left_s": {"type": "number", "nullable": True},
+                    "events": {"type": "integer"},
+                    "first_seen": _TIME,
+                    "edges": {"type": "integer"},
+                    "pending_alerts": {"type": "integer"},
+                    "instances": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "Edge": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "src": {"type": "string"},
+                    "dst": {"type": "string"},
+                    "relation": {"type": "string"},
+                    "label": {"type": "string", "enum": [label.text for label in Label]},
+                    "count": {"type": "integer"},
+                    "bytes": {"type": "integer"},
+                    "first_seen": _TIME,
+                    "last_seen": _TIME,
+                    "size_min": {"type": "integer", "nullable": True},
+                    "size_max": {"type": "integer", "nullable": True},
+                    "interval_mean_s": {"type": "number", "nullable": True},
+                    "interval_stdev_s": {"type": "number", "nullable": True},
+                    "src_id": {"type": "integer"},
+                    "dst_id": {"type": "integer"},
+                    "src_kind": {"type": "string"},
+                    "dst_kind": {"type": "string"},
+                },
+            },
+            "Alert": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "kind": {"type": "string"},
+                    "src": {"type": "string"},
+                    "dst": {"type": "string"},
+                    "relation": {"type": "string"},
+                    "state": {"type": "string", "enum": [s.value for s in AlertState]},
+                    "count": {"type": "integer"},
+                    "first_seen": _TIME,
+                    "last_seen": _TIME,
+                    "node": {"type": "string", "nullable": True},
+                    "edge": {"type": "integer"},
+                    "decided_by": {"type": "string", "nullable": True},
+                    "decided_at": _NULLABLE_TIME,
+                    "reason": {"type": "string", "nullable": True},
+                },
+            },
+            "Decision": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer", "nullable": True},
+                    "action": {"type": "string", "enum": [a.value for a in Action]},
+                    "by": {"type": "string"},
+                    "at": _TIME,
+                    "reason": {"type": "string"},
+                    "alert": {"type": "integer", "nullable": True},
+                    "service": {"type": "string", "nullable": True},
+                    "edge": {
+                        "type": "array",
+                        "nullable": True,
+                        "items": {"type": "string"},
+                        "description": "[src, dst, relation] (POST answers).",
+                    },
+                    "src": {"type": "string", "nullable": True},
+                    "dst": {"type": "string", "nullable": True},
+                    "relation": {"type": "string", "nullable": True},
+                    "detail": {"type": "string"},
+                },
+            },
+            "Vertex": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "name": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "owner": {"type": "string", "nullable": True},
+                    "first_seen": _TIME,
+                    "events": {"type": "integer"},
+                },
+            },
+            "TimelineRow": {
+                "type": "object",
+                "properties": {
+                    "ts": _TIME,
+                    "vertices": {"type": "integer"},
+                    "services": {"type": "integer"},
+                    "edges": {"type": "integer"},
+                    "learned": {"type": "integer"},
+                    "anomalies": {"type": "integer"},
+                    "learning": {"type": "integer"},
+                    "decisions": {"type": "integer"},
+                },
+            },
+        },
+    },
+}

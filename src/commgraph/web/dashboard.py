@@ -1,0 +1,428 @@
+"""The owner's dashboard: server-rendered pages over the node's store, readable on a phone.
+
+Every page except ``/login`` and ``/act/{token}`` needs the API token, kept after the login
+form in the HttpOnly, SameSite=Strict cookie ``commgraph_token``. Every state-changing form
+carries ``csrf`` = HMAC(link key, cookie value), checked on POST (403 without it). The pages
+work without JavaScript; owner actions go through :class:`commgraph.web.app.Node` (durable
+before the redirect), reads go to the store.
+
+``/act/{token}`` is what a notification link opens: GET only shows what would happen, the
+one POST button does it; the signed token authorizes, once (the store records its nonce).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup
+
+from commgraph.alerts import Action
+from commgraph.errors import DecisionError, UnknownItemError
+from commgraph.export import LABEL_COLOURS, service_view
+from commgraph.phases import Mode
+from commgraph.web import render
+from commgraph.web.api import COOKIE, authorized
+from commgraph.web.app import CREDENTIALS, NODE
+from commgraph.web.auth import ActionToken, TokenError, read_action_token, same_secret
+
+__all__ = ["COOKIE", "csrf_token", "describe_edge", "setup"]
+
+LOGIN_COOKIE = "commgraph_login"  # double-submit value for the login form (no token yet)
+FLASH_COOKIE = "commgraph_flash"
+HERE = Path(__file__).parent
+TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
+MODES = ("default", *(m.value for m in Mode))
+ALERT_STATES = ("pending", "approved", "denied")
+
+
+def setup(app: web.Application) -> None:
+    """Register the dashboard's pages and its static files on ``app`` (which holds NODE and
+    CREDENTIALS)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = _when
+    env.filters["ago"] = _ago
+    env.filters["q"] = lambda text: quote(str(text), safe="")
+    env.globals["colours"] = LABEL_COLOURS
+    env.globals["describe"] = describe_edge
+    app[TEMPLATES] = env
+    r = app.router
+    r.add_get("/login", login_page)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_get("/", overview)
+    r.add_get("/graph", graph)
+    r.add_get("/services/{name}", service)
+    r.add_post("/services/{name}/mode", set_mode)
+    r.add_post("/services/{name}/reset", reset_learning)
+    r.add_get("/alerts", alerts)
+    r.add_post(r"/alerts/{id:\d+}/{action:approve|deny}", decide)
+    r.add_get("/timeline", timeline)
+    r.add_get("/act/{token}", act_page)
+    r.add_post("/act/{token}", act)
+    r.add_static("/static/", HERE / "static", append_version=True)
+
+
+# -- sessions, CSRF, flash --------------------------------------------------------------------
+
+
+def _logged_in(request: web.Request) -> bool:
+    return authorized(request)  # the session cookie (or a bearer header), as the API sees it
+
+
+def csrf_token(link_key: bytes, cookie: str) -> str:
+    """The ``csrf`` form field for a session cookie value."""
+    return hmac.new(link_key, b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def _csrf(request: web.Request) -> str:
+    return csrf_token(request.app[CREDENTIALS].link_key, request.cookies.get(COOKIE, ""))
+
+
+def _require_login(request: web.Request) -> None:
+    if not _logged_in(request):
+        raise web.HTTPSeeOther("/login")
+
+
+async def _checked_form(request: web.Request) -> Mapping[str, str]:
+    """The posted form of a logged-in owner with a valid ``csrf`` field, else 303 / 403."""
+    _require_login(request)
+    form = await request.post()
+    given = form.get("csrf")
+    if not isinstance(given, str) or not hmac.compare_digest(given, _csrf(request)):
+        raise web.HTTPForbidden(text="missing or wrong csrf field: reload the page and retry")
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _redirect(target: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": target})
+
+
+def _back(form: Mapping[str, str], default: str, message: str) -> web.Response:
+    """A redirect to the form's ``next`` page (same site only) with a flash message."""
+    target = form.get("next", "")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        target = default
+    response = _redirect(target)
+    response.set_cookie(
+        FLASH_COOKIE, quote(message[:300]), httponly=True, samesite="Strict", path="/"
+    )
+    return response
+
+
+def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    env = request.app[TEMPLATES]
+    flash = request.cookies.get(FLASH_COOKIE)
+    context.setdefault("logged_in", _logged_in(request))
+    body = env.get_template(template).render(
+        csrf=_csrf(request) if context["logged_in"] else "",
+        flash=unquote(flash) if flash else None,
+        node=request.app[NODE].name,
+        path=request.path_qs,
+        **context,
+    )
+    response = web.Response(text=body, status=status, content_type="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self';"
+        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    if flash:
+        response.del_cookie(FLASH_COOKIE, path="/")
+    return response
+
+
+# -- login ------------------------------------------------------------------------------------
+
+
+async def login_page(request: web.Request) -> web.Response:
+    nonce = secrets.token_urlsafe(16)
+    response = _page(request, "login.html", login_nonce=nonce, error=None, logged_in=False)
+    response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/login")
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    token, nonce = form.get("token"), form.get("login_nonce")
+    cookie = request.cookies.get(LOGIN_COOKIE)
+    if not isinstance(nonce, str) or not same_secret(cookie, nonce):
+        raise web.HTTPForbidden(text="the login form expired: reload /login and retry")
+    if not isinstance(token, str) or not same_secret(
+        token.strip(), request.app[CREDENTIALS].api_token
+    ):
+        fresh = secrets.token_urlsafe(16)
+        response = _page(
+            request,
+            "login.html",
+            status=401,
+            login_nonce=fresh,
+            error="That is not this node's API token.",
+            logged_in=False,
+        )
+        response.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="Strict", path="/login")
+        return response
+    response = _redirect("/")
+    response.set_cookie(
+        COOKIE,
+        token.strip(),
+        httponly=True,
+        samesite="Strict",
+        path="/",
+        secure=request.secure,
+        max_age=30 * 86400,
+    )
+    response.del_cookie(LOGIN_COOKIE, path="/login")
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    await _checked_form(request)
+    response = _redirect("/login")
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+async def overview(request: web.Request) -> web.Response:
+    _require_login(request)
+    store = request.app[NODE].store
+    decisions = store.decisions()
+    return _page(
+        request,
+        "overview.html",
+        counts=store.status(),
+        pending=store.alerts(state="pending"),
+        services=store.services(),
+        decisions=list(reversed(decisions[-10:])),
+        now=time.time(),
+    )
+
+
+async def graph(request: web.Request) -> web.Response:
+    _require_login(request)
+    store = request.app[NODE].store
+    edges = store.edges()
+    view = "services" if request.query.get("view") == "services" else "full"
+    if view == "services":
+        rows = service_view(edges)
+        vertices, links = render.service_graph(rows)
+        title = "services and who they reach"
+    else:
+        rows = edges
+        vertices, links = render.full_graph(store.vertices(), edges)
+        title = "services, topics and hosts"
+    svg = render.graph_svg(vertices, links, title=title)
+    urgency = {"pending": 0, "denied": 1, "approved": 2, "learned": 3}
+    rows = sorted(rows, key=lambda r: (urgency.get(r["label"], 9), r["src"], r["dst"]))
+    return _page(request, "graph.html", svg=Markup(svg), view=view, rows=rows)
+
+
+async def service(request: web.Request) -> web.Response:
+    _require_login(request)
+    name = request.match_info["name"]
+    store = request.app[NODE].store
+    found = [s for s in store.services() if s["name"] == name]
+    if not found:
+        raise web.HTTPNotFound(text=f"no service named {name!r}")
+    info = found[0]
+    now = time.time()
+    progress = None
+    started, ends = info["learning_started_at"], info["learning_ends_at"]
+    if info["phase"] == "learning" and started is not None and ends is not None:
+        total = max(ends - started, 1e-9)
+        progress = {
+            "percent": max(0.0, min(100.0, (now - started) / total * 100)),
+            "left": max(0.0, ends - now),
+        }
+    return _page(
+        request,
+        "service.html",
+        service=info,
+        progress=progress,
+        edges=store.edges(service=name),
+        modes=MODES,
+        now=now,
+    )
+
+
+async def alerts(request: web.Request) -> web.Response:
+    _require_login(request)
+    state = request.query.get("state") or None
+    if state is not None and state not in ALERT_STATES:
+        raise web.HTTPBadRequest(text=f"state must be one of {', '.join(ALERT_STATES)}")
+    rows = request.app[NODE].store.alerts(state=state)
+    rows.sort(key=lambda a: (a["state"] != "pending", -a["id"]))
+    return _page(request, "alerts.html", alerts=rows, state=state, states=ALERT_STATES)
+
+
+async def timeline(request: web.Request) -> web.Response:
+    _require_login(request)
+    rows = request.app[NODE].store.timeline()
+    return _page(request, "timeline.html", svg=Markup(render.timeline_svg(rows)), rows=rows)
+
+
+# -- owner actions ----------------------------------------------------------------------------
+
+
+async def decide(request: web.Request) -> web.Response:
+    form = await _checked_form(request)
+    alert_id = int(request.match_info["id"])
+    action = Action(request.match_info["action"])
+    try:
+        request.app[NODE].decide(
+            alert_id, action, by="dashboard", reason=form.get("reason", "").strip()[:500]
+        )
+    except DecisionError as exc:
+        return _back(form, "/", f"Not done: {exc}")
+    done = "approved" if action is Action.APPROVE else "denied"
+    return _back(form, "/", f"Alert {alert_id} {done}.")
+
+
+async def set_mode(request: web.Request) -> web.Response:
+    form = await _checked_form(request)
+    name = request.match_info["name"]
+    here = f"/services/{quote(name, safe='')}"
+    chosen = form.get("mode", "")
+    if chosen not in MODES:
+        return _back(form, here, f"Not done: unknown mode {chosen!r}")
+    mode = None if chosen == "default" else Mode(chosen)
+    try:
+        request.app[NODE].set_mode(name, mode, by="dashboard", reason=form.get("reason", ""))
+    except UnknownItemError:
+        raise web.HTTPNotFound(text=f"no service named {name!r}") from None
+    except DecisionError as exc:
+        return _back(form, here, f"Not done: {exc}")
+    return _back(form, here, f"{name}: mode set to {chosen}.")
+
+
+async def reset_learning(request: web.Request) -> web.Response:
+    form = await _checked_form(request)
+    name = request.match_info["name"]
+    here = f"/services/{quote(name, safe='')}"
+    try:
+        request.app[NODE].reset_learning(name, by="dashboard", reason=form.get("reason", ""))
+    except UnknownItemError:
+        raise web.HTTPNotFound(text=f"no service named {name!r}") from None
+    except DecisionError as exc:
+        return _back(form, here, f"Not done: {exc}")
+    return _back(form, here, f"{name}: learning starts again at its next message.")
+
+
+# -- notification links -----------------------------------------------------------------------
+
+
+def describe_edge(src: str, dst: str, relation: str) -> str:
+    """One line a person reads: ``thermo-kitchen publishes to valves/kitchen/set``."""
+    if relation == "publish":
+        return f"{src} publishes to {dst}"
+    if relation == "subscribe":
+        return f"{src} subscribes to {dst}"
+    if relation == "deliver":
+        return f"{dst} receives messages on {src}"
+    if relation.startswith("http:"):
+        return f"{src} calls {relation[5:]} on {dst}"
+    return f"{src} connects to {dst} ({relation})"
+
+
+def _act_read(request: web.Request) -> tuple[ActionToken, dict[str, Any]] | web.Response:
+    """The action token of the URL and its alert, or the page saying why not."""
+    key = request.app[CREDENTIALS].link_key
+    token = request.match_info["token"]
+    try:
+        parsed = read_action_token(key, token, now=time.time())
+    except TokenError as exc:
+        try:  # signature and contents fine: then only the time was wrong
+            read_action_token(key, token, now=float("-inf"))
+            status = 410
+        except TokenError:
+            status = 400
+        return _act_refused(request, status, "This link cannot be used", str(exc))
+    found = [a for a in request.app[NODE].store.alerts() if a["id"] == parsed.alert]
+    if not found:
+        return _act_refused(request, 404, "Unknown alert", f"There is no alert {parsed.alert}.")
+    return parsed, found[0]
+
+
+def _act_refused(request: web.Request, status: int, title: str, message: str) -> web.Response:
+    return _page(request, "act.html", status=status, title=title, message=message, alert=None)
+
+
+async def act_page(request: web.Request) -> web.Response:
+    """What the link will do, with one button: a GET (link previews) changes nothing."""
+    read = _act_read(request)
+    if isinstance(read, web.Response):
+        return read
+    parsed, alert = read
+    return _page(
+        request,
+        "act.html",
+        title="Confirm",
+        message=None,
+        action=parsed.action,
+        alert=alert,
+        what=describe_edge(alert["src"], alert["dst"], alert["relation"]),
+    )
+
+
+async def act(request: web.Request) -> web.Response:
+    read = _act_read(request)
+    if isinstance(read, web.Response):
+        return read
+    parsed, alert = read
+    what = describe_edge(alert["src"], alert["dst"], alert["relation"])
+    node = request.app[NODE]
+    if not node.store.use_token(parsed.nonce, time.time()):
+        return _act_refused(
+            request,
+            409,
+            "Link already used",
+            f"This link was already used. Alert {alert['id']} ({what}) is {alert['state']}.",
+        )
+    try:
+        node.decide(alert["id"], Action(parsed.action), by="notification link")
+    except DecisionError as exc:
+        return _act_refused(request, 409, "Nothing to do", str(exc))
+    done = "Approved" if parsed.action == "approve" else "Denied"
+    return _page(request, "act.html", title="Done", message=f"{done}: {what}.", alert=None)
+
+
+# -- formatting -------------------------------------------------------------------------------
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _ago(seconds: float | None) -> str:
+    """A duration a person reads: ``3 h 12 min``, ``45 s``."""
+    if seconds is None:
+        return "-"
+    s = round(abs(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {s} s" if minutes < 10 and s else f"{minutes} min"
+    return f"{s} s"

@@ -1,0 +1,484 @@
+"""The REST API against a real Daemon on a real SQLite file, over real HTTP (aiohttp's test
+server). The traffic: thermo publishes a topic ctrl reads (learned in the first second), then
+two new edges after learning: alert 1 (thermo publish home/evil), alert 2 (ctrl tcp/443).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from commgraph.config import parse_config
+from commgraph.daemon import Daemon
+from commgraph.store import Store
+from commgraph.web import api
+from commgraph.web.app import CREDENTIALS, NODE
+from commgraph.web.auth import Credentials, load_or_create, make_action_token
+
+T = 1_700_000_000.0
+
+
+@dataclass
+class Site:
+    client: TestClient[web.Request, web.Application]
+    daemon: Daemon
+    credentials: Credentials
+    db: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials.api_token}"}
+
+    async def get(self, path: str, status: int = 200, **kwargs: Any) -> Any:
+        response = await self.client.get(path, headers=self.auth, **kwargs)
+        assert response.status == status, await response.text()
+        return await response.json()
+
+    async def post(self, path: str, body: Any = None, status: int = 200, **kwargs: Any) -> Any:
+        response = await self.client.post(path, headers=self.auth, json=body, **kwargs)
+        assert response.status == status, await response.text()
+        return await response.json()
+
+    def link(self, alert: int, action: str, *, now: float | None = None, key: bytes = b"") -> str:
+        return make_action_token(
+            key or self.credentials.link_key,
+            alert,
+            action,
+            now=time.time() if now is None else now,
+            valid_for=3600,
+        )
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    db = tmp_path / "n.db"
+    config = parse_config(
+        {
+            "node": {"name": "node-a"},
+            "learning": {"duration": "1s"},
+            "modes": {"default": "protect"},
+        }
+    )
+    store = Store(db)
+    daemon = Daemon(config, store)
+    daemon.observe(T, "thermo", "home/kitchen/temp", "publish", 12)
+    daemon.observe(T, "ctrl", "home/kitchen/temp", "subscribe", 0)
+    daemon.observe(T + 0.5, "home/kitchen/temp", "ctrl", "deliver", 12)
+    assert daemon.observe(T + 10, "thermo", "home/evil", "publish", 5).alert == 1
+    assert daemon.observe(T + 11, "ctrl", "example.com:443", "tcp/443", 5).alert == 2
+    await asyncio.sleep(0)  # the daemon writes new structure right after the event
+
+    credentials = load_or_create(tmp_path / "creds")
+    app = web.Application(client_max_size=64 * 1024)
+    app[NODE] = daemon
+    app[CREDENTIALS] = credentials
+    api.setup(app)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield Site(client, daemon, credentials, db)
+    finally:
+        await client.close()
+        store.close()
+
+
+def assert_error(body: Any, status: int, *words: str) -> None:
+    assert body["status"] == status
+    assert isinstance(body["error"], str) and body["error"]
+    for word in words:
+        assert word in body["error"]
+
+
+# -- health, metrics -------------------------------------------------------------------------
+
+
+async def test_healthz_needs_no_token(site: Site) -> None:
+    response = await site.client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok", "node": "node-a", "schema": 2}
+
+
+async def test_metrics_needs_the_token(site: Site) -> None:
+    response = await site.client.get("/metrics")
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_metrics_reports_counts(site: Site) -> None:
+    await site.post("/api/v1/alerts/1/approve")
+    response = await site.client.get("/metrics", headers=site.auth)
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    for name in (
+        "commgraph_events_total 5.0",
+        "commgraph_edges 5.0",
+        'commgraph_alerts{state="pending"} 1.0',
+        'commgraph_alerts{state="approved"} 1.0',
+        'commgraph_alerts{state="denied"} 0.0',
+        'commgraph_edges_by_label{label="learned"} 3.0',
+        'commgraph_edges_by_label{label="approved"} 1.0',
+        'commgraph_edges_by_label{label="pending"} 1.0',
+        'commgraph_services{phase="active"} 2.0',
+        'commgraph_services{phase="learning"} 0.0',
+        "commgraph_proxy_connections_open 0.0",
+        "commgraph_proxy_connections_total 0.0",
+        "commgraph_proxy_packets_total 0.0",
+        "commgraph_proxy_blocked_total 0.0",
+        "commgraph_decode_errors_total 0.0",
+        "commgraph_engine_errors_total 0.0",
+    ):
+        assert name in text.splitlines(), name
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+async def test_no_token_is_401_with_challenge(site: Site) -> None:
+    for path in ("/api/v1/services", "/api/v1/alerts", "/api/v1/alerts/1", "/api/v1/graph"):
+        response = await site.client.get(path)
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert_error(await response.json(), 401, "token")
+
+
+async def test_wrong_token_is_401(site: Site) -> None:
+    for header in ("Bearer nope", f"Basic {site.credentials.api_token}", "Bearer", ""):
+        response = await site.client.get("/api/v1/alerts", headers={"Authorization": header})
+        assert response.status == 401, header
+    response = await site.client.post("/api/v1/alerts/1/approve")
+    assert response.status == 401
+    assert (await site.get("/api/v1/alerts/1"))["state"] == "pending"
+
+
+async def test_token_in_cookie_works(site: Site) -> None:
+    cookie = {"Cookie": f"{api.COOKIE}={site.credentials.api_token}"}
+    response = await site.client.get("/api/v1/alerts", headers=cookie)
+    assert response.status == 200
+    assert len(await response.json()) == 2
+    wrong = await site.client.get("/api/v1/alerts", headers={"Cookie": f"{api.COOKIE}=nope"})
+    assert wrong.status == 401
+    # A form on another site cannot use the owner's cookie; the dashboard's own page can.
+    evil = await site.client.post(
+        "/api/v1/alerts/1/approve", headers={**cookie, "Origin": "https://evil.example"}
+    )
+    assert evil.status == 401
+    own = f"http://{site.client.host}:{site.client.port}"
+    same = await site.client.post("/api/v1/alerts/1/approve", headers={**cookie, "Origin": own})
+    assert same.status == 200
+    assert (await same.json())["state"] == "approved"
+
+
+def test_authorized_is_reusable() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    app = web.Application()
+    app[CREDENTIALS] = Credentials(api_token="s3cret", link_key=b"k", created=False)
+    ok = make_mocked_request("GET", "/", headers={"Authorization": "Bearer s3cret"}, app=app)
+    by_cookie = make_mocked_request(
+        "GET", "/", headers={"Cookie": "commgraph_token=s3cret"}, app=app
+    )
+    bad = make_mocked_request("GET", "/", headers={"Cookie": "commgraph_token=s3cre"}, app=app)
+    none = make_mocked_request("GET", "/", app=app)
+    assert api.authorized(ok) and api.authorized(by_cookie)
+    assert not api.authorized(bad) and not api.authorized(none)
+
+
+# -- errors of the router --------------------------------------------------------------------
+
+
+async def test_unknown_route_and_method_are_json(site: Site) -> None:
+    body = await site.get("/api/v1/nowhere", status=404)
+    assert_error(body, 404)
+    assert (await site.client.get("/api/v1/nowhere")).status == 404  # no secret in a 404
+    response = await site.client.delete("/api/v1/alerts/1", headers=site.auth)
+    assert response.status == 405
+    assert "GET" in response.headers["Allow"]
+    assert_error(await response.json(), 405)
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+async def test_services_list_with_progress(site: Site) -> None:
+    rows = await site.get("/api/v1/services")
+    assert [r["name"] for r in rows] == ["ctrl", "thermo"]
+    for row in rows:
+        assert row["phase"] == "active" and row["mode"] == "protect"
+        assert row["learning_progress"] == 1.0 and row["learning_left_s"] == 0.0
+        assert row["learning_ends_at"] == T + 1
+
+
+async def test_service_still_learning_shows_progress(site: Site) -> None:
+    site.daemon.observe(time.time(), "newcomer", "home/new", "publish", 1)
+    row = await site.get("/api/v1/services/newcomer")
+    assert row["phase"] == "learning"
+    assert 0.0 <= row["learning_progress"] <= 1.0
+    assert 0.0 <= row["learning_left_s"] <= 1.0
+
+
+async def test_service_detail_has_its_edges(site: Site) -> None:
+    row = await site.get("/api/v1/services/thermo")
+    assert row["name"] == "thermo" and row["pending_alerts"] == 1
+    assert {(e["dst"], e["relation"], e["label"]) for e in row["edges"]} == {
+        ("home/kitchen/temp", "publish", "learned"),
+        ("home/evil", "publish", "pending"),
+    }
+
+
+async def test_unknown_service_is_404(site: Site) -> None:
+    assert_error(await site.get("/api/v1/services/ghost", status=404), 404, "ghost")
+    body = await site.post("/api/v1/services/ghost/mode", {"mode": "learn"}, status=404)
+    assert_error(body, 404)
+    assert_error(await site.post("/api/v1/services/ghost/learning/reset", status=404), 404)
+
+
+async def test_set_mode(site: Site) -> None:
+    decision = await site.post(
+        "/api/v1/services/thermo/mode", {"mode": "monitor", "reason": "testing", "by": "ann"}
+    )
+    assert decision["action"] == "mode" and decision["service"] == "thermo"
+    assert decision["detail"] == "monitor" and decision["by"] == "ann"
+    row = await site.get("/api/v1/services/thermo")
+    assert (row["mode"], row["mode_source"]) == ("monitor", "owner")
+    await site.post("/api/v1/services/thermo/mode", {"mode": None})
+    row = await site.get("/api/v1/services/thermo")
+    assert (row["mode"], row["mode_source"]) == ("protect", "default")
+    log = await site.get("/api/v1/decisions")
+    assert [(d["action"], d["service"], d["by"]) for d in log] == [
+        ("mode", "thermo", "ann"),
+        ("mode", "thermo", "api"),
+    ]
+
+
+async def test_set_mode_bad_input(site: Site) -> None:
+    body = await site.post("/api/v1/services/thermo/mode", {"mode": "panic"}, status=400)
+    assert_error(body, 400, "'mode'", "panic")
+    assert_error(await site.post("/api/v1/services/thermo/mode", {}, status=400), 400, "'mode'")
+    body = await site.post("/api/v1/services/thermo/mode", {"mode": 3}, status=400)
+    assert_error(body, 400, "'mode'")
+    body = await site.post(
+        "/api/v1/services/thermo/mode", {"mode": "learn", "reason": 5}, status=400
+    )
+    assert_error(body, 400, "'reason'")
+    assert_error(await site.post("/api/v1/services/thermo/mode", [1], status=400), 400, "object")
+    response = await site.client.post(
+        "/api/v1/services/thermo/mode", data=b'{"mode": ', headers=site.auth
+    )
+    assert response.status == 400
+    assert_error(await response.json(), 400, "JSON")
+    empty = await site.client.post("/api/v1/services/thermo/mode", headers=site.auth)
+    assert empty.status == 400
+    assert await site.get("/api/v1/decisions") == []
+
+
+async def test_reset_learning(site: Site) -> None:
+    decision = await site.post("/api/v1/services/ctrl/learning/reset", {"reason": "new firmware"})
+    assert decision["action"] == "reset" and decision["service"] == "ctrl"
+    assert decision["reason"] == "new firmware" and decision["by"] == "api"
+    row = await site.get("/api/v1/services/ctrl")
+    assert row["phase"] == "learning"
+    assert row["learning_progress"] is None  # the clock starts at its next message
+    assert [d["action"] for d in await site.get("/api/v1/decisions")] == ["reset"]
+
+
+# -- edges, alerts ---------------------------------------------------------------------------
+
+
+async def test_edges_filters(site: Site) -> None:
+    assert len(await site.get("/api/v1/edges")) == 5
+    pending = await site.get("/api/v1/edges", params={"label": "pending"})
+    assert {(e["src"], e["dst"]) for e in pending} == {
+        ("thermo", "home/evil"),
+        ("ctrl", "example.com:443"),
+    }
+    ctrl = await site.get("/api/v1/edges", params={"service": "ctrl", "label": "learned"})
+    assert {e["relation"] for e in ctrl} == {"subscribe", "deliver"}
+    assert await site.get("/api/v1/edges", params={"service": "ghost"}) == []
+    body = await site.get("/api/v1/edges", params={"label": "weird"}, status=400)
+    assert_error(body, 400, "'label'", "weird")
+
+
+async def test_alerts_list_and_detail(site: Site) -> None:
+    rows = await site.get("/api/v1/alerts")
+    assert [(a["id"], a["state"], a["kind"]) for a in rows] == [
+        (1, "pending", "new-edge"),
+        (2, "pending", "new-edge"),
+    ]
+    one = await site.get("/api/v1/alerts/1")
+    assert (one["src"], one["relation"], one["dst"]) == ("thermo", "publish", "home/evil")
+    assert await site.get("/api/v1/alerts", params={"state": "approved"}) == []
+    assert_error(await site.get("/api/v1/alerts", params={"state": "x"}, status=400), 400, "state")
+    assert_error(await site.get("/api/v1/alerts/99", status=404), 404, "99")
+    assert_error(await site.get("/api/v1/alerts/abc", status=400), 400, "alert id")
+
+
+async def test_approve_has_real_durable_effects(site: Site) -> None:
+    row = await site.post("/api/v1/alerts/1/approve", {"reason": "new sensor", "by": "ann"})
+    assert row["id"] == 1 and row["state"] == "approved"
+    assert (row["decided_by"], row["reason"]) == ("ann", "new sensor")
+    edges = await site.get("/api/v1/edges", params={"service": "thermo"})
+    assert {e["dst"]: e["label"] for e in edges}["home/evil"] == "approved"
+    assert [a["id"] for a in await site.get("/api/v1/alerts", params={"state": "pending"})] == [2]
+    log = await site.get("/api/v1/decisions")
+    assert len(log) == 1
+    assert (log[0]["action"], log[0]["alert"], log[0]["by"]) == ("approve", 1, "ann")
+    assert (log[0]["src"], log[0]["dst"], log[0]["relation"]) == ("thermo", "home/evil", "publish")
+    with Store(site.db) as other:  # a second connection: committed, not just in memory
+        assert {a["id"]: a["state"] for a in other.alerts()} == {1: "approved", 2: "pending"}
+        assert len(other.decisions()) == 1
+    # the engine itself lets the edge through now (protect mode)
+    assert not site.daemon.observe(T + 20, "thermo", "home/evil", "publish", 5).block
+
+
+async def test_approve_twice_is_409_and_deny_then_works(site: Site) -> None:
+    await site.post("/api/v1/alerts/1/approve")
+    assert_error(await site.post("/api/v1/alerts/1/approve", status=409), 409)
+    row = await site.post("/api/v1/alerts/1/deny", {"reason": "changed my mind"})
+    assert row["state"] == "denied" and row["decided_by"] == "api"
+    assert len(await site.get("/api/v1/decisions")) == 2
+
+
+async def test_deny(site: Site) -> None:
+    row = await site.post("/api/v1/alerts/2/deny")
+    assert row["state"] == "denied"
+    denied = await site.get("/api/v1/edges", params={"label": "denied"})
+    assert [(e["src"], e["dst"]) for e in denied] == [("ctrl", "example.com:443")]
+    assert site.daemon.observe(T + 30, "ctrl", "example.com:443", "tcp/443", 5).block
+
+
+async def test_decide_bad_input(site: Site) -> None:
+    assert_error(await site.post("/api/v1/alerts/99/approve", status=404), 404, "99")
+    assert_error(await site.post("/api/v1/alerts/x/deny", status=400), 400, "alert id")
+    response = await site.client.post("/api/v1/alerts/1/approve", data=b"{nope", headers=site.auth)
+    assert response.status == 400
+    assert_error(await response.json(), 400, "JSON")
+    assert_error(await site.post("/api/v1/alerts/1/deny", {"by": ""}, status=400), 400, "'by'")
+    assert (await site.get("/api/v1/alerts/1"))["state"] == "pending"
+
+
+# -- graph, timeline -------------------------------------------------------------------------
+
+
+async def test_graph_topics_view(site: Site) -> None:
+    for params in ({}, {"view": "topics"}):
+        graph = await site.get("/api/v1/graph", params=params)
+        assert {v["name"] for v in graph["vertices"]} == {
+            "thermo",
+            "ctrl",
+            "home/kitchen/temp",
+            "home/evil",
+            "example.com:443",
+        }
+        assert len(graph["edges"]) == 5
+
+
+async def test_graph_services_view(site: Site) -> None:
+    graph = await site.get("/api/v1/graph", params={"view": "services"})
+    assert {(e["src"], e["dst"], e["relation"]) for e in graph["edges"]} == {
+        ("thermo", "ctrl", "via topics"),
+        ("ctrl", "example.com:443", "tcp/443"),
+    }
+    assert {(v["name"], v["kind"]) for v in graph["vertices"]} == {
+        ("thermo", "service"),
+        ("ctrl", "service"),
+        ("example.com:443", "host"),
+    }
+    assert_error(await site.get("/api/v1/graph", params={"view": "3d"}, status=400), 400, "view")
+
+
+async def test_timeline_counts_decisions(site: Site) -> None:
+    assert isinstance(await site.get("/api/v1/timeline"), list)
+    await site.post("/api/v1/alerts/1/approve")
+    rows = await site.get("/api/v1/timeline")
+    assert sum(r["decisions"] for r in rows) == 1
+    assert all({"ts", "edges", "anomalies", "decisions"} <= set(r) for r in rows)
+
+
+# -- notification links ----------------------------------------------------------------------
+
+
+async def test_action_link_approves_once(site: Site) -> None:
+    token = site.link(1, "approve")
+    response = await site.client.post(f"/api/v1/act/{token}")  # no API token needed
+    assert response.status == 200
+    body = await response.json()
+    assert body["alert"]["state"] == "approved"
+    assert body["alert"]["decided_by"] == "notification link"
+    assert body["message"] == "Approved: thermo publish home/evil is normal now."
+    again = await site.client.post(f"/api/v1/act/{token}")
+    assert again.status == 409
+    assert_error(await again.json(), 409, "already used")
+    with Store(site.db) as other:
+        assert [d["by"] for d in other.decisions()] == ["notification link"]
+
+
+async def test_action_link_denies(site: Site) -> None:
+    response = await site.client.post(f"/api/v1/act/{site.link(2, 'deny')}")
+    assert response.status == 200
+    body = await response.json()
+    assert body["alert"]["state"] == "denied"
+    assert body["message"].startswith("Denied: ctrl tcp/443 example.com:443")
+    assert (await site.get("/api/v1/alerts/2"))["state"] == "denied"
+
+
+async def test_action_link_expired_is_410(site: Site) -> None:
+    token = make_action_token(
+        site.credentials.link_key, 1, "approve", now=time.time() - 7200, valid_for=3600
+    )
+    response = await site.client.post(f"/api/v1/act/{token}")
+    assert response.status == 410
+    assert_error(await response.json(), 410, "expired")
+    assert (await site.get("/api/v1/alerts/1"))["state"] == "pending"
+
+
+async def test_action_link_forged_or_damaged_is_400(site: Site) -> None:
+    forged = site.link(1, "approve", key=b"not the node's key" * 2)
+    for token in (forged, "garbage", forged.replace(".", "")):
+        response = await site.client.post(f"/api/v1/act/{token}")
+        assert response.status == 400, token
+        assert_error(await response.json(), 400)
+    assert (await site.get("/api/v1/alerts/1"))["state"] == "pending"
+
+
+async def test_action_link_for_unknown_or_decided_alert(site: Site) -> None:
+    response = await site.client.post(f"/api/v1/act/{site.link(99, 'approve')}")
+    assert response.status == 404
+    await site.post("/api/v1/alerts/1/approve")
+    response = await site.client.post(f"/api/v1/act/{site.link(1, 'approve')}")
+    assert response.status == 409
+
+
+async def test_action_link_is_post_only(site: Site) -> None:
+    response = await site.client.get(f"/api/v1/act/{site.link(1, 'approve')}")
+    assert response.status == 405
+    assert (await site.get("/api/v1/alerts/1"))["state"] == "pending"
+
+
+# -- the OpenAPI document --------------------------------------------------------------------
+
+
+async def test_openapi_covers_every_route(site: Site) -> None:
+    response = await site.client.get("/api/v1/openapi.json")  # public
+    assert response.status == 200
+    doc = await response.json()
+    assert doc["openapi"].startswith("3.0")
+    registered: set[tuple[str, str]] = set()
+    for route in site.client.app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if route.method != "HEAD" and (
+            path.startswith("/api/v1") or path in ("/healthz", "/metrics")
+        ):
+            registered.add((path, route.method.lower()))
+    documented = {(path, method) for path, item in doc["paths"].items() for method in item}
+    assert registered == documented
+    refs = {s for s in str(doc).split("'") if s.startswith("#/components/schemas/")}
+    assert {r.rsplit("/", 1)[1] for r in refs} <= set(doc["components"]["schemas"])

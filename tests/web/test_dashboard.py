@@ -1,0 +1,464 @@
+"""The dashboard against a real Daemon on a temporary SQLite file: first through aiohttp's
+test client (login, CSRF, owner actions, notification links), then end to end in Debian's
+Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from commgraph.alerts import Action
+from commgraph.config import parse_config
+from commgraph.daemon import Daemon
+from commgraph.store import Store
+from commgraph.web import dashboard
+from commgraph.web.app import CREDENTIALS, NODE
+from commgraph.web.auth import Credentials, load_or_create, make_action_token
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ARTIFACTS = Path("/tmp/commgraph-artifacts")
+PAGES = ["/", "/graph", "/graph?view=services", "/services/thermo-kitchen", "/alerts", "/timeline"]
+
+
+@dataclass
+class Site:
+    daemon: Daemon
+    credentials: Credentials
+    clock: list[float]
+    alert: int  # the pending alert: thermo-kitchen publish valves/kitchen/set
+
+    def observe(self, src: str, dst: str, relation: str, size: int = 5) -> Any:
+        self.clock[0] += 1.0
+        return self.daemon.observe(self.clock[0], src, dst, relation, size)
+
+
+def learning_then_anomaly(site_daemon: Daemon, clock: list[float]) -> int:
+    """Ten minutes of learning, then the kitchen sensor commands the kitchen valve."""
+    observe = site_daemon.observe
+    t = clock[0]
+    observe(t, "thermo-kitchen", "home/kitchen/temp", "publish", 12)
+    observe(t + 0.1, "home/kitchen/temp", "controller", "deliver", 12)
+    observe(t + 1, "controller", "valves/kitchen/set", "publish", 9)
+    observe(t + 1.1, "valves/kitchen/set", "valve-kitchen", "deliver", 9)
+    clock[0] = t + 700
+    site_daemon.every_second()
+    verdict = observe(clock[0], "thermo-kitchen", "valves/kitchen/set", "publish", 5)
+    assert verdict.alert is not None
+    site_daemon.every_second()
+    return int(verdict.alert)
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    clock = [time.time() - 3600]
+    config = parse_config({"node": {"name": "node-a"}, "learning": {"duration": "10m"}})
+    store = Store(tmp_path / "node.db")
+    daemon = Daemon(config, store, clock=lambda: clock[0])
+    alert = learning_then_anomaly(daemon, clock)
+    yield Site(daemon, load_or_create(tmp_path / "credentials"), clock, alert)
+    store.close()
+
+
+@pytest.fixture
+async def client(site: Site) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    app = web.Application()
+    app[NODE] = site.daemon
+    app[CREDENTIALS] = site.credentials
+    dashboard.setup(app)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+def field(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no {name} field in the page"
+    return found.group(1)
+
+
+async def log_in(client: TestClient[web.Request, web.Application], token: str) -> Any:
+    page = await (await client.get("/login")).text()
+    return await client.post(
+        "/login",
+        data={"token": token, "login_nonce": field(page, "login_nonce")},
+        allow_redirects=False,
+    )
+
+
+async def csrf(client: TestClient[web.Request, web.Application], path: str = "/") -> str:
+    return field(await (await client.get(path)).text(), "csrf")
+
+
+def alert_state(site: Site, alert: int) -> dict[str, Any]:
+    [row] = [a for a in site.daemon.store.alerts() if a["id"] == alert]
+    return row
+
+
+# -- login and CSRF ---------------------------------------------------------------------------
+
+
+async def test_every_page_needs_login(client: TestClient[web.Request, web.Application]) -> None:
+    for path in PAGES:
+        response = await client.get(path, allow_redirects=False)
+        assert response.status == 303, path
+        assert response.headers["Location"] == "/login"
+    response = await client.post("/alerts/1/approve", data={}, allow_redirects=False)
+    assert response.headers["Location"] == "/login"
+
+
+async def test_wrong_token_is_refused(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    response = await log_in(client, "not-the-token")
+    assert response.status == 401
+    assert "not this node" in await response.text()
+    assert (await client.get("/", allow_redirects=False)).status == 303
+    # A login post without the form's own nonce (another site's form) is refused too.
+    response = await client.post("/login", data={"token": site.credentials.api_token})
+    assert response.status == 403
+
+
+async def test_login_sets_a_strict_httponly_cookie_and_logout_clears_it(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    response = await log_in(client, site.credentials.api_token)
+    assert response.status == 303 and response.headers["Location"] == "/"
+    cookie = response.cookies["commgraph_token"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+    for path in PAGES:
+        assert (await client.get(path)).status == 200, path
+    token = await csrf(client)
+    response = await client.post("/logout", data={"csrf": token}, allow_redirects=False)
+    assert response.headers["Location"] == "/login"
+    client.session.cookie_jar.clear()
+    assert (await client.get("/", allow_redirects=False)).status == 303
+
+
+async def test_a_form_without_the_csrf_field_changes_nothing(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    await log_in(client, site.credentials.api_token)
+    for data in ({}, {"csrf": "0" * 64}):
+        response = await client.post(f"/alerts/{site.alert}/approve", data=data)
+        assert response.status == 403
+        response = await client.post("/services/thermo-kitchen/mode", data=data | {"mode": "learn"})
+        assert response.status == 403
+        response = await client.post("/services/thermo-kitchen/reset", data=data)
+        assert response.status == 403
+    assert alert_state(site, site.alert)["state"] == "pending"
+    assert site.daemon.store.decisions() == []
+
+
+# -- owner actions ----------------------------------------------------------------------------
+
+
+async def test_overview_lists_the_pending_alert_and_approving_it_works(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    await log_in(client, site.credentials.api_token)
+    page = await (await client.get("/")).text()
+    assert "thermo-kitchen publishes to valves/kitchen/set" in page
+    assert f'action="/alerts/{site.alert}/approve"' in page
+    response = await client.post(
+        f"/alerts/{site.alert}/approve",
+        data={"csrf": field(page, "csrf"), "next": "/", "reason": "the new valve logic"},
+        allow_redirects=False,
+    )
+    assert response.status == 303 and response.headers["Location"] == "/"
+    row = alert_state(site, site.alert)
+    assert (row["state"], row["decided_by"], row["reason"]) == (
+        "approved",
+        "dashboard",
+        "the new valve logic",
+    )
+    page = await (await client.get("/")).text()
+    assert f"Alert {site.alert} approved." in page
+    assert "No pending alerts" in page
+    # The flash is shown once.
+    assert f"Alert {site.alert} approved." not in await (await client.get("/")).text()
+    # Deciding the same way again is refused with a message, not an error page.
+    response = await client.post(
+        f"/alerts/{site.alert}/approve", data={"csrf": await csrf(client), "next": "/alerts"}
+    )
+    assert response.status == 200 and "Not done" in await response.text()
+
+
+async def test_deny_from_the_alerts_table(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    await log_in(client, site.credentials.api_token)
+    page = await (await client.get("/alerts?state=pending")).text()
+    assert f'id="alert-{site.alert}"' in page
+    response = await client.post(
+        f"/alerts/{site.alert}/deny",
+        data={"csrf": field(page, "csrf"), "next": "/alerts?state=pending"},
+        allow_redirects=False,
+    )
+    assert response.headers["Location"] == "/alerts?state=pending"
+    assert alert_state(site, site.alert)["state"] == "denied"
+    page = await (await client.get("/graph")).text()
+    assert 'data-src="thermo-kitchen" data-dst="valves/kitchen/set" data-relation="publish"' in page
+    assert (await client.get("/alerts?state=bogus")).status == 400
+
+
+async def test_mode_switch(client: TestClient[web.Request, web.Application], site: Site) -> None:
+    await log_in(client, site.credentials.api_token)
+    token = await csrf(client, "/services/thermo-kitchen")
+    response = await client.post(
+        "/services/thermo-kitchen/mode",
+        data={"csrf": token, "mode": "protect", "next": "/services/thermo-kitchen"},
+        allow_redirects=False,
+    )
+    assert response.headers["Location"] == "/services/thermo-kitchen"
+    [svc] = [s for s in site.daemon.store.services() if s["name"] == "thermo-kitchen"]
+    assert (svc["mode"], svc["mode_source"]) == ("protect", "owner")
+    page = await (await client.get("/services/thermo-kitchen")).text()
+    assert "mode set to protect" in page
+    await client.post("/services/thermo-kitchen/mode", data={"csrf": token, "mode": "default"})
+    [svc] = [s for s in site.daemon.store.services() if s["name"] == "thermo-kitchen"]
+    assert svc["mode_source"] == "default"
+    response = await client.post("/services/nobody/mode", data={"csrf": token, "mode": "learn"})
+    assert response.status == 404
+
+
+async def test_reset_learning_then_the_progress_bar(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    await log_in(client, site.credentials.api_token)
+    page = await (await client.get("/services/thermo-kitchen")).text()
+    assert "<progress" not in page  # learned long ago
+    response = await client.post(
+        "/services/thermo-kitchen/reset", data={"csrf": field(page, "csrf")}
+    )
+    assert response.status == 200
+    [decision] = site.daemon.store.decisions()
+    assert (decision["action"], decision["service"], decision["by"]) == (
+        "reset",
+        "thermo-kitchen",
+        "dashboard",
+    )
+    # Learning starts again at its next message: now, by the wall clock, for ten minutes.
+    site.clock[0] = time.time()
+    site.daemon.observe(site.clock[0], "thermo-kitchen", "home/kitchen/temp", "publish", 3)
+    site.daemon.every_second()  # what the running daemon does within a second
+    page = await (await client.get("/services/thermo-kitchen")).text()
+    assert "<progress" in page
+    assert re.search(r"Learning: \d+% · (9|10) min", page), page
+
+
+async def test_names_from_the_network_are_escaped(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    site.observe("<script>alert(1)</script>", 'x"&<img src=x>', "publish")
+    await asyncio.sleep(0)
+    await log_in(client, site.credentials.api_token)
+    for path in ["/", "/graph", "/graph?view=services", "/alerts"]:
+        page = await (await client.get(path)).text()
+        assert "<script>" not in page and "<img" not in page, path
+    page = await (await client.get("/graph")).text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # Its own page, with the slash in its name quoted in the link.
+    href = re.search(r'href="(/services/[^"]*script[^"]*)"', page)
+    assert href is not None
+    page = await (await client.get(href.group(1))).text()
+    assert "<h1>&lt;script&gt;alert(1)&lt;/script&gt;</h1>" in page
+
+
+# -- notification links -----------------------------------------------------------------------
+
+
+def link(site: Site, action: str = "approve", **kw: Any) -> str:
+    kw.setdefault("now", time.time())
+    kw.setdefault("valid_for", 3600.0)
+    return "/act/" + make_action_token(site.credentials.link_key, site.alert, action, **kw)
+
+
+async def test_act_link_shows_then_does_it_once(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    url = link(site)
+    page = await client.get(url)
+    assert page.status == 200
+    text = await page.text()
+    assert "Approve:</b> thermo-kitchen publishes to valves/kitchen/set" in text
+    assert alert_state(site, site.alert)["state"] == "pending"  # GET changes nothing
+    done = await client.post(url)
+    assert done.status == 200
+    assert "Approved: thermo-kitchen publishes to valves/kitchen/set" in await done.text()
+    row = alert_state(site, site.alert)
+    assert (row["state"], row["decided_by"]) == ("approved", "notification link")
+    again = await client.post(url)
+    assert again.status == 409
+    assert "already used" in await again.text()
+
+
+async def test_act_link_expired_or_forged(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    expired = link(site, "deny", now=time.time() - 7200, valid_for=60)
+    for response in (await client.get(expired), await client.post(expired)):
+        assert response.status == 410
+        assert "expired" in await response.text()
+    forged = link(site, "deny")[:-4] + "AAAA"
+    assert (await client.post(forged)).status == 400
+    assert (await client.post("/act/garbage")).status == 400
+    assert alert_state(site, site.alert)["state"] == "pending"
+
+
+async def test_act_link_for_an_alert_decided_meanwhile(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    site.daemon.decide(site.alert, Action.APPROVE, by="cli")
+    response = await client.post(link(site, "approve"))
+    assert response.status == 409
+    assert "approved" in (await response.text()).lower()
+
+
+# -- end to end in Chromium -------------------------------------------------------------------
+
+
+def heating_site_in_the_last_40_minutes(daemon: Daemon) -> None:
+    """The demo's heating site, plus two dozen sensors and a logger so the picture is not a
+    toy; two alerts: the kitchen sensor commands its valve, the controller calls a host."""
+    from commgraph.demo import heating_site
+
+    start = time.time() - 40 * 60
+    events = [
+        (e.ts, e.src, e.dst, e.relation, e.size) for e in heating_site(minutes=40, start=start)
+    ]
+    for i in range(24):
+        topic = f"site/zone-{i % 6}/sensor-{i:02d}/value"
+        for at in range(60 + i * 5, 40 * 60, 300):
+            events.append((start + at, f"sensor-{i:02d}", topic, "publish", 4))
+            events.append((start + at + 0.1, topic, "logger", "deliver", 4))
+    events.append((start + 1500, "heating-controller", "api.weather.example:443", "tcp/443", 0))
+    for ts, src, dst, relation, size in sorted(events, key=lambda e: e[0]):
+        daemon.observe(ts, src, dst, relation, size)
+    daemon.every_second()
+
+
+def save(shot: Path) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+async def test_end_to_end_in_chromium(tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            "Chromium is missing at /usr/bin/chromium; install it with: "
+            "sudo apt-get install -y chromium"
+        )
+    from playwright.async_api import async_playwright
+
+    from conftest import free_port
+
+    port = free_port()
+    config = parse_config(
+        {
+            "node": {"name": "node-a"},
+            "learning": {"duration": "10m"},
+            "api": {"listen": f"127.0.0.1:{port}", "credentials": str(tmp_path / "cred.json")},
+        }
+    )
+    with Store(tmp_path / "node.db") as store:
+        daemon = Daemon(config, store)
+        heating_site_in_the_last_40_minutes(daemon)
+        [pending] = [
+            a
+            for a in store.alerts(state="pending")
+            if (a["src"], a["dst"]) == ("thermo-kitchen", "valves/kitchen/set")
+        ]
+        runner = await daemon._start_web()  # the daemon's own web server, in this loop
+        assert runner is not None
+        token = load_or_create(daemon.credentials_path()).api_token
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+                )
+                try:
+                    await browse(browser, base, token, daemon, pending, tmp_path)
+                finally:
+                    await browser.close()
+        finally:
+            await runner.cleanup()
+
+
+async def browse(
+    browser: Any, base: str, token: str, daemon: Daemon, pending: dict[str, Any], out: Path
+) -> None:
+    store = daemon.store
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(base + "/")
+    assert page.url == base + "/login"
+    await page.fill("input[name=token]", token)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base + "/")
+    card = page.locator(f"#alert-{pending['id']}")
+    assert "thermo-kitchen publishes to valves/kitchen/set" in await card.inner_text()
+    await page.screenshot(path=out / "overview-pending.png", full_page=True)
+    save(out / "overview-pending.png")
+
+    await card.locator("input[name=reason]").fill("the kitchen sensor drives its valve now")
+    await card.get_by_role("button", name="Approve").click()
+    await page.wait_for_url(base + "/")
+    assert f"Alert {pending['id']} approved." in await page.locator(".flash").inner_text()
+    [row] = [a for a in store.alerts() if a["id"] == pending["id"]]
+    assert (row["state"], row["decided_by"]) == ("approved", "dashboard")
+
+    await page.goto(base + "/graph")
+    edge = page.locator(
+        'svg path.edge[data-src="thermo-kitchen"][data-dst="valves/kitchen/set"]'
+        '[data-relation="publish"]'
+    )
+    assert await edge.get_attribute("data-label") == "approved"
+    table_row = page.locator(
+        'tr.edge-row[data-src="thermo-kitchen"][data-dst="valves/kitchen/set"]'
+    )
+    assert "approved" in await table_row.inner_text()
+    await page.screenshot(path=out / "graph.png", full_page=True)
+    save(out / "graph.png")
+    await page.goto(base + "/graph?view=services")
+    await page.screenshot(path=out / "graph-services.png", full_page=True)
+    save(out / "graph-services.png")
+
+    # The same message again: approved now, so no new alert.
+    before = store.alerts()
+    verdict = daemon.observe(time.time(), "thermo-kitchen", "valves/kitchen/set", "publish", 11)
+    assert verdict.alert is None
+    await asyncio.sleep(0)
+    daemon.every_second()
+    assert [(a["id"], a["state"]) for a in store.alerts()] == [
+        (a["id"], a["state"]) for a in before
+    ]
+    await page.goto(base + "/graph")
+    assert await edge.get_attribute("data-label") == "approved"
+
+    await page.goto(base + "/timeline")
+    assert await page.locator("#timeline svg path.series-edges").count() == 1
+    await page.screenshot(path=out / "timeline.png", full_page=True)
+    save(out / "timeline.png")
+
+    phone = await browser.new_page(viewport={"width": 390, "height": 844})
+    await phone.context.add_cookies(await page.context.cookies())
+    await phone.goto(base + "/services/thermo-kitchen")
+    await phone.screenshot(path=out / "phone-service.png", full_page=True)
+    save(out / "phone-service.png")
