@@ -8,8 +8,9 @@ PYTEST_ARGS ?=
 LINT_PATHS = src tests bench
 
 # Debian packages needed by the project, installed by scripts/ensure-apt.
-# mosquitto: the real broker the proxy tests run against (later: chromium for the dashboard).
-APT_PACKAGES ?= mosquitto
+# mosquitto: the real broker the proxy tests run against; chromium: the dashboard's browser
+# tests (Playwright drives Debian's build, it downloads none).
+APT_PACKAGES ?= mosquitto chromium
 
 .DEFAULT_GOAL := help
 

@@ -733,7 +733,7 @@ def test_db_falls_back_to_the_state_directory(tmp_path: Path) -> None:
 
 def test_demo(tmp_path: Path) -> None:
     out_dir = tmp_path / "demo"
-    proc = run("demo", "--out", out_dir, cwd=tmp_path)
+    proc = run("demo", "--replay", "--out", out_dir, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (out_dir / "heating.jsonl").is_file()
     assert (out_dir / "demo.db").is_file()
@@ -765,9 +765,9 @@ def test_demo(tmp_path: Path) -> None:
 
 def test_demo_twice_starts_afresh(tmp_path: Path) -> None:
     out_dir = tmp_path / "demo"
-    assert run("demo", "--out", out_dir).returncode == 0
+    assert run("demo", "--replay", "--out", out_dir).returncode == 0
     invoke(out_dir / "demo.db", "approve", "1")
-    assert run("demo", "--out", out_dir).returncode == 0
+    assert run("demo", "--replay", "--out", out_dir).returncode == 0
     assert [a["state"] for a in listing(out_dir / "demo.db", "alerts")] == ["pending"]
 
 

@@ -310,8 +310,9 @@ def run(ctx: Context, config_path: Path, verbose: bool) -> None:
 
 def _table(title: str, columns: Sequence[str]) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    for i, column in enumerate(columns):
+        # the first column names the row (a service, an id): it never breaks mid-word
+        table.add_column(column, overflow="fold", no_wrap=i == 0)
     return table
 
 
@@ -657,8 +658,43 @@ def timeline(ctx: Context, as_json: bool) -> None:
     default=Path("demo-out"),
     show_default=True,
 )
+@click.option("--seconds", type=click.FloatRange(min=1), help="Stop after this long.")
+@click.option("--api-port", type=int, default=8080, show_default=True, help="Dashboard port.")
+@click.option(
+    "--notify",
+    "notify_urls",
+    multiple=True,
+    metavar="URL",
+    help="Also send the notification to this Apprise URL (repeatable).",
+)
+@click.option("--replay", is_flag=True, help="The old demo: generate events and replay them.")
 @click.pass_obj
-def demo(ctx: Context, out_dir: Path) -> None:
+def demo(
+    ctx: Context,
+    out_dir: Path,
+    seconds: float | None,
+    api_port: int,
+    notify_urls: tuple[str, ...],
+    replay: bool,
+) -> None:
+    """A live heating site behind the proxy, with the dashboard (Ctrl-C stops it)."""
+    if replay:
+        _replay_demo(out_dir)
+        return
+    import logging
+
+    from commgraph.daemon import run_live_demo
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    alerts = run_live_demo(out_dir, seconds=seconds, api_port=api_port, notify_urls=notify_urls)
+    pending = [a for a in alerts if a["state"] == "pending"]
+    if pending:
+        _print_alerts(pending)
+
+
+def _replay_demo(out_dir: Path) -> None:
     """Generate a small heating site, replay it, and show the anomaly it raises."""
     from commgraph.daemon import replay as run_replay
     from commgraph.demo import heating_site

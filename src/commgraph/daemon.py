@@ -11,23 +11,29 @@ import asyncio
 import contextlib
 import logging
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
 from commgraph.alerts import Action, Decision
-from commgraph.config import Config, format_duration
+from commgraph.config import Config, NotifySettings, format_duration
+from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError, EventDecodeError
 from commgraph.events import iter_event_lines
 from commgraph.identity import Identity
+from commgraph.notify import AlertNotice, Message, Notifier, Sender
 from commgraph.phases import Mode
 from commgraph.store import Store
+from commgraph.web.auth import load_or_create
 
-__all__ = ["Daemon", "ReplaySummary", "replay", "run_daemon"]
+__all__ = ["Daemon", "ReplaySummary", "replay", "run_daemon", "run_live_demo"]
 
 log = logging.getLogger("commgraph")
 
@@ -146,6 +152,8 @@ class Daemon:
         self._edges_written = len(self._edge_keys)
         self._stopping = asyncio.Event()
         self.alerts_raised = 0
+        self.notifiers: list[Notifier] = []  # told of every new alert (never blocking)
+        self.started = asyncio.Event()
 
     # -- what the proxy calls ----------------------------------------------------------
 
@@ -185,10 +193,10 @@ class Daemon:
         alert = self.engine.alerts.by_id[alert_id]
         src, dst, relation = self.engine.alert_edge(alert)
         log.warning(
-            "new %s alert %d: %s %s %s, never seen before; approve with: commgraph --db %s "
+            "alert %d (%s): %s %s %s, never seen before; approve with: commgraph --db %s "
             "approve %d (or deny %d)",
-            alert.kind.value,
             alert.id,
+            alert.kind.value,
             src,
             relation,
             dst,
@@ -196,6 +204,53 @@ class Daemon:
             alert.id,
             alert.id,
         )
+        notice = AlertNotice(
+            id=alert.id,
+            kind=alert.kind.value,
+            src=src,
+            dst=dst,
+            relation=relation,
+            node=self.name,
+            at=alert.first_seen,
+        )
+        for notifier in self.notifiers:
+            notifier.notify(notice)  # queues; a failing notifier never stops observation
+
+    # -- the owner's actions, from the web side (commgraph.web.app.Node) ---------------
+
+    @property
+    def name(self) -> str:
+        return self.config.node
+
+    def decide(self, alert_id: int, action: Action, *, by: str, reason: str = "") -> Decision:
+        decision = self.engine.decide(alert_id, action, by=by, at=self.clock(), reason=reason)
+        self._write_structure()  # durable (fsynced) before the caller answers
+        return decision
+
+    def set_mode(self, service: str, mode: Mode | None, *, by: str, reason: str = "") -> Decision:
+        decision = self.engine.set_mode(service, mode, by=by, at=self.clock(), reason=reason)
+        self._write_structure()
+        return decision
+
+    def reset_learning(self, service: str, *, by: str, reason: str = "") -> Decision:
+        decision = self.engine.reset_learning(service, by=by, at=self.clock(), reason=reason)
+        self._write_structure()
+        return decision
+
+    def counters(self) -> dict[str, float]:
+        graph = self.engine.graph
+        stats = self.proxy.stats if self.proxy is not None else None
+        return {
+            "events": float(sum(graph.count)),
+            "edges": float(graph.edge_count),
+            "alerts_raised": float(self.alerts_raised),
+            "proxy_connections_open": float(stats.connections_open if stats else 0),
+            "proxy_connections_total": float(stats.connections_total if stats else 0),
+            "proxy_packets": float(stats.packets if stats else 0),
+            "proxy_blocked": float(stats.blocked if stats else 0),
+            "decode_errors": float(stats.decode_errors if stats else 0),
+            "engine_errors": float(stats.engine_errors if stats else 0),
+        }
 
     # -- writing ---------------------------------------------------------------------
 
@@ -263,12 +318,23 @@ class Daemon:
             format_duration(self.config.learning.duration),
             self.store.path,
         )
+        web_runner = await self._start_web()
+        if self.config.notify.urls:
+            self.notifiers.append(self._phone_notifier())
+        notifying = [loop.create_task(n.run()) for n in self.notifiers]
         ticker = loop.create_task(self._tick())
+        self.started.set()
         try:
             await self._stopping.wait()
         finally:
             ticker.cancel()
+            if web_runner is not None:
+                await web_runner.cleanup()
             await self.proxy.close()
+            for notifier in self.notifiers:
+                await notifier.close()
+            for task in notifying:
+                task.cancel()
             self.engine.tick(self.clock())
             self.engine.flush_minute()
             self.store.flush(self.engine)
@@ -276,6 +342,49 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def link_base(self) -> str:
+        """Where the owner's phone reaches this node's action links."""
+        api = self.config.api.listen
+        return self.config.notify.link_base or (f"http://{api}" if api else "http://localhost")
+
+    def notifier(self, settings: NotifySettings, send: Sender | None = None) -> Notifier:
+        """A notifier whose action links this node's web side accepts."""
+        credentials = load_or_create(self.credentials_path())
+        return Notifier(
+            settings,
+            node=self.name,
+            link_key=credentials.link_key,
+            link_base=self.link_base(),
+            clock=self.clock,
+            send=send,
+        )
+
+    def _phone_notifier(self) -> Notifier:
+        return self.notifier(self.config.notify)
+
+    def credentials_path(self) -> Path:
+        return self.config.api.credentials or Path(f"{self.store.path}.credentials")
+
+    async def _start_web(self) -> web.AppRunner | None:
+        """Serve the REST API and dashboard if ``[api] listen`` is set."""
+        listen = self.config.api.listen
+        if listen is None:
+            return None
+        from commgraph.web.app import make_app
+
+        credentials = load_or_create(self.credentials_path())
+        runner = web.AppRunner(make_app(self, credentials), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, listen.host, listen.port).start()
+        log.info("dashboard and API on http://%s/ (token in %s)", listen, self.credentials_path())
+        if credentials.created:
+            log.warning(
+                "API token (shown once, kept in %s): %s",
+                self.credentials_path(),
+                credentials.api_token,
+            )
+        return runner
 
     async def _tick(self) -> None:
         while True:
@@ -291,13 +400,7 @@ def run_daemon(config: Config, db: Path) -> None:
     _raise_file_limit()
     with Store(db) as store:
         daemon = Daemon(config, store)
-        try:
-            import uvloop
-
-            runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        runner(daemon.run())
+        _event_loop_runner()(daemon.run())
 
 
 def _raise_file_limit() -> None:
@@ -310,3 +413,133 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, ValueError, OSError):
         pass
+
+
+# -- the live demo ----------------------------------------------------------------------
+
+
+def run_live_demo(
+    out_dir: Path,
+    *,
+    seconds: float | None = None,
+    pace: Pace | None = None,
+    api_port: int | None = 8080,
+    notify_urls: tuple[str, ...] = (),
+    say: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """``commgraph demo``: Mosquitto, the proxy and dashboard, and a simulated site.
+
+    Runs until Ctrl-C (or for ``seconds``), stops everything it started, and returns the
+    alerts the site raised.
+    """
+    pace = pace or Pace()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("demo.db", "demo.db-wal", "demo.db-shm", "demo.credentials"):
+        (out_dir / name).unlink(missing_ok=True)
+    broker, broker_port = start_broker(out_dir)
+    site: SimulatedSite | None = None
+    try:
+        config = live_config(
+            out_dir,
+            broker_port,
+            pace=pace,
+            api_port=None if api_port is None else free_port(api_port),
+            notify_urls=notify_urls,
+        )
+        assert config.db is not None and config.mqtt.listen is not None
+        with Store(config.db) as store:
+            daemon = Daemon(config, store)
+            daemon.notifiers.append(
+                daemon.notifier(
+                    NotifySettings(urls=("console",), per_minute=10), _console(daemon, say)
+                )
+            )
+
+            async def main() -> None:
+                nonlocal site
+                serving = asyncio.get_running_loop().create_task(daemon.run())
+                await asyncio.wait_for(daemon.started.wait(), 15)
+                _banner(daemon, pace, say)
+                site = SimulatedSite("127.0.0.1", config.mqtt.listen.port, pace)  # type: ignore[union-attr]
+                await asyncio.to_thread(site.start)
+                narration = asyncio.get_running_loop().create_task(_narrate(pace, say))
+                if seconds is not None:
+                    asyncio.get_running_loop().call_later(seconds, daemon.stop)
+                try:
+                    await serving
+                finally:
+                    narration.cancel()
+
+            _event_loop_runner()(main())
+            alerts = store.alerts()
+        say(f"Stopped. The database stays in {config.db} (commgraph --db {config.db} alerts).")
+        return alerts
+    finally:
+        if site is not None:
+            site.stop()
+        broker.terminate()
+        try:
+            broker.wait(10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
+
+
+def _banner(daemon: Daemon, pace: Pace, say: Callable[[str], None]) -> None:
+    api = daemon.config.api.listen
+    say("")
+    say("commgraph live demo: a heating site behind the commgraph MQTT proxy")
+    if api is not None:
+        credentials = load_or_create(daemon.credentials_path())
+        say(f"  dashboard  http://{api}/   (log in with the token below)")
+        say(f"  API token  {credentials.api_token}")
+    say(f"  database   {daemon.store.path}")
+    mqtt = daemon.config.mqtt
+    say(f"  broker     Mosquitto on {mqtt.upstream}, proxy on {mqtt.listen}")
+    say("  Ctrl-C stops everything the demo started.")
+    say("")
+
+
+async def _narrate(pace: Pace, say: Callable[[str], None]) -> None:
+    """Tell the viewer what happens next, on the demo's clock."""
+    started = asyncio.get_running_loop().time()
+    steps = [
+        (
+            0.0,
+            f"Two sensors, a heating controller and two valves connect; each learns for "
+            f"{pace.learning:g} s.",
+        ),
+        (pace.learning + 1, "Learning is over: from now on anything new is an anomaly."),
+        (
+            pace.bedroom_at,
+            "A bedroom sensor is installed: it gets its own learning phase, and "
+            "the controller reading it raises nothing.",
+        ),
+        (pace.anomaly_at, "The kitchen sensor starts commanding the kitchen valve..."),
+    ]
+    for at, text in steps:
+        await asyncio.sleep(max(0.0, at - (asyncio.get_running_loop().time() - started)))
+        say(f"[{at:5.1f} s] {text}")
+
+
+def _console(daemon: Daemon, say: Callable[[str], None]) -> Sender:
+    """A sender that shows the phone's notification on the console."""
+
+    async def show(url: str, message: Message) -> None:
+        say("")
+        say(f"*** {message.title}: {message.text}")
+        for button in message.buttons:
+            say(f"    {button.label}: {button.page}")
+        for alert in message.alerts:
+            say(f"    or: commgraph --db {daemon.store.path} approve {alert}")
+        say("")
+
+    return show

@@ -1,4 +1,4 @@
-"""A small heating site, generated: the events of the first ``commgraph demo``.
+"""A small heating site: generated events for replays, and a live site for ``commgraph demo``.
 
 Two temperature sensors publish every 30 s, a heating controller subscribes to them and sets
 two valves once a minute. Everything starts at minute 0 and learns for ``learning`` seconds.
@@ -9,11 +9,33 @@ seen before, so the owner is asked.
 
 from __future__ import annotations
 
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from commgraph.config import Config, parse_config
+from commgraph.errors import CommgraphError
 from commgraph.events import Event
 
-__all__ = ["DEMO_START", "heating_site"]
+__all__ = [
+    "DEMO_START",
+    "Pace",
+    "SimulatedSite",
+    "free_port",
+    "heating_site",
+    "live_config",
+    "start_broker",
+]
 
 DEMO_START = 1_767_600_000.0  # 2026-01-05 08:00 UTC: fixed, so every run tells the same story
 SENSOR_PERIOD = 30.0
@@ -61,3 +83,148 @@ def heating_site(minutes: int = 40, *, start: float = DEMO_START) -> Iterator[Ev
 
     events.sort(key=lambda e: e.ts)
     yield from events
+
+
+# -- the live demo ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """The demo's compressed clock, in real seconds."""
+
+    tick: float = 1.0  # sensors publish every tick, the controller every 2 ticks
+    learning: float = 20.0  # each service's learning phase
+    bedroom_at: float = 30.0  # a sensor is installed
+    anomaly_at: float = 55.0  # the kitchen sensor starts commanding the kitchen valve
+
+
+class SimulatedSite:
+    """Real paho MQTT clients of a small heating site, talking through the proxy."""
+
+    def __init__(self, host: str, port: int, pace: Pace) -> None:
+        self.host, self.port, self.pace = host, port, pace
+        self.clients: dict[str, mqtt.Client] = {}
+        self.received: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="simulated-site", daemon=True)
+
+    def _client(self, name: str, subscribe: str | None = None) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
+        connected = threading.Event()
+
+        def on_connect(c: mqtt.Client, u: object, f: object, reason: object, p: object) -> None:
+            if subscribe is not None:
+                c.subscribe(subscribe, qos=1)
+            connected.set()
+
+        def on_message(c: mqtt.Client, u: object, message: mqtt.MQTTMessage) -> None:
+            self.received[name] = self.received.get(name, 0) + 1
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        client.connect(self.host, self.port, keepalive=30)
+        client.loop_start()
+        if not connected.wait(10):
+            raise ConnectionError(f"{name} could not connect to the proxy")
+        self.clients[name] = client
+        return client
+
+    def start(self) -> None:
+        self._client("heating-controller", "home/+/temperature")
+        self._client("valve-kitchen", "valves/kitchen/set")
+        self._client("valve-living", "valves/living/set")
+        for room in ("kitchen", "living"):
+            self._client(f"thermo-{room}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        pace, started, step = self.pace, time.monotonic(), 0
+        rng = random.Random(7)
+        while not self._stop.wait(pace.tick):
+            step += 1
+            elapsed = time.monotonic() - started
+            if elapsed >= pace.bedroom_at and "thermo-bedroom" not in self.clients:
+                self._client("thermo-bedroom")
+            for name, client in list(self.clients.items()):
+                if name.startswith("thermo-"):
+                    room = name.split("-", 1)[1]
+                    temp = f"{20 + rng.random() * 2:.1f}".encode()
+                    client.publish(f"home/{room}/temperature", temp, qos=1)
+            controller = self.clients["heating-controller"]
+            if step % 2 == 0:
+                for room in ("kitchen", "living"):
+                    controller.publish(f"valves/{room}/set", b"open=35", qos=1)
+            if elapsed >= pace.anomaly_at and step % 3 == 0:
+                self.clients["thermo-kitchen"].publish("valves/kitchen/set", b"open=100", qos=1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        for client in self.clients.values():
+            client.disconnect()
+            client.loop_stop()
+
+
+def free_port(preferred: int | None = None) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred or 0))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_mosquitto() -> str:
+    """The Mosquitto binary, or an error that says how to install it."""
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        raise CommgraphError(
+            "the live demo needs Mosquitto: sudo apt-get install -y mosquitto (or run make demo)"
+        )
+    return found
+
+
+def start_broker(out_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A private Mosquitto on a free loopback port, logging into ``out_dir``."""
+    port = free_port()
+    conf = out_dir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    with (out_dir / "mosquitto.log").open("wb") as log_file:
+        broker = subprocess.Popen(
+            [find_mosquitto(), "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return broker, port
+        if broker.poll() is not None or time.monotonic() > deadline:
+            broker.kill()
+            raise CommgraphError(f"Mosquitto did not start (see {out_dir / 'mosquitto.log'})")
+        time.sleep(0.05)
+
+
+def live_config(
+    out_dir: Path,
+    broker_port: int,
+    *,
+    pace: Pace,
+    api_port: int | None,
+    notify_urls: tuple[str, ...],
+) -> Config:
+    """The demo node's configuration (no dashboard when ``api_port`` is None)."""
+    proxy_port = free_port()
+    sections: dict[str, Any] = {
+        "node": {"name": "demo-node", "db": "demo.db"},
+        "learning": {"duration": pace.learning},
+        "modes": {"default": "monitor"},
+        "mqtt": {"listen": f"127.0.0.1:{proxy_port}", "upstream": f"127.0.0.1:{broker_port}"},
+        "notify": {"urls": list(notify_urls)},
+    }
+    if api_port is not None:
+        sections["api"] = {"listen": f"127.0.0.1:{api_port}", "credentials": "demo.credentials"}
+        sections["notify"]["link_base"] = f"http://127.0.0.1:{api_port}"
+    return parse_config(sections, "<demo>", out_dir)

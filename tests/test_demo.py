@@ -1,0 +1,40 @@
+"""The live demo runs headless for a bounded time and produces its alert."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from commgraph.daemon import run_live_demo
+from commgraph.demo import Pace, free_port
+from commgraph.store import Store
+
+FAST = Pace(tick=0.3, learning=3.0, bedroom_at=5.0, anomaly_at=8.0)
+
+
+def test_live_demo_raises_exactly_the_scripted_alert(tmp_path: Path) -> None:
+    said: list[str] = []
+    alerts = run_live_demo(tmp_path, seconds=12, pace=FAST, api_port=free_port(), say=said.append)
+    assert [(a["src"], a["relation"], a["dst"], a["state"]) for a in alerts] == [
+        ("thermo-kitchen", "publish", "valves/kitchen/set", "pending")
+    ]
+    assert alerts[0]["count"] >= 2  # it kept trying: still one alert
+    text = "\n".join(said)
+    assert "thermo-kitchen started publishing to valves/kitchen/set, never seen before" in text
+    assert "/act/" in text and f"approve {alerts[0]['id']}" in text
+    assert "dashboard  http://127.0.0.1:" in text and "API token" in text
+    with Store(tmp_path / "demo.db") as store:
+        services = {s["name"]: s for s in store.services()}
+    # the sensor installed later learned on its own, and nothing was asked about it
+    assert (
+        services["thermo-bedroom"]["learning_started_at"]
+        > services["thermo-kitchen"]["learning_started_at"] + FAST.bedroom_at - 1
+    )
+    assert set(services) == {
+        "heating-controller",
+        "thermo-bedroom",
+        "thermo-kitchen",
+        "thermo-living",
+        "valve-kitchen",
+        "valve-living",
+    }
+    assert not (tmp_path / "mosquitto.pid").exists()
