@@ -28,6 +28,7 @@ from commgraph import __version__
 from commgraph.alerts import Action
 from commgraph.config import Config, format_duration, load_config, parse_duration
 from commgraph.errors import CommgraphError
+from commgraph.events import describe_edge
 from commgraph.export import to_dot, to_graphml, to_json
 from commgraph.identity import Identity
 from commgraph.phases import LearningSettings, Mode
@@ -316,18 +317,9 @@ def _table(title: str, columns: Sequence[str]) -> Table:
     return table
 
 
-_ARROW = {"publish": "->", "subscribe": "->", "deliver": "->"}
-
-
 def _describe(alert: dict[str, Any]) -> str:
-    """An alert in words a site owner understands."""
-    verbs = {
-        "publish": "publishes to",
-        "subscribe": "subscribes to",
-        "deliver": "is delivered to",
-    }
-    verb = verbs.get(alert["relation"], f"talks {alert['relation']} to")
-    return f"{esc(alert['src'])} {esc(verb)} {esc(alert['dst'])}"
+    """An alert's edge in words a site owner understands (escaped for rich)."""
+    return esc(describe_edge(alert["src"], alert["dst"], alert["relation"]))
 
 
 def _print_alerts(alerts: Sequence[dict[str, Any]]) -> None:

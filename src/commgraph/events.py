@@ -20,6 +20,7 @@ from commgraph.errors import EventDecodeError
 __all__ = [
     "Event",
     "VertexKind",
+    "describe_edge",
     "endpoint_kinds",
     "iter_event_lines",
     "parse_event_line",
@@ -125,6 +126,19 @@ _EXACT_KINDS: dict[str, tuple[VertexKind, VertexKind]] = {
     "http": (VertexKind.SERVICE, VertexKind.ROUTE),
 }
 _DEFAULT_KINDS = (VertexKind.SERVICE, VertexKind.HOST)
+
+
+def describe_edge(src: str, dst: str, relation: str) -> str:
+    """One line a person reads: ``thermo-kitchen publishes to valves/kitchen/set``."""
+    if relation == "publish":
+        return f"{src} publishes to {dst}"
+    if relation == "subscribe":
+        return f"{src} subscribes to {dst}"
+    if relation == "deliver":
+        return f"{dst} receives messages on {src}"
+    if relation.startswith("http:"):
+        return f"{src} calls {relation[5:]} on {dst}"
+    return f"{src} connects to {dst} ({relation})"
 
 
 def endpoint_kinds(relation: str) -> tuple[VertexKind, VertexKind]:

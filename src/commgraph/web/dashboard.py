@@ -27,6 +27,7 @@ from markupsafe import Markup
 
 from commgraph.alerts import Action
 from commgraph.errors import DecisionError, UnknownItemError
+from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
 from commgraph.phases import Mode
 from commgraph.web import render
@@ -34,7 +35,7 @@ from commgraph.web.api import COOKIE, authorized
 from commgraph.web.app import CREDENTIALS, NODE
 from commgraph.web.auth import ActionToken, TokenError, read_action_token, same_secret
 
-__all__ = ["COOKIE", "csrf_token", "describe_edge", "setup"]
+__all__ = ["COOKIE", "csrf_token", "setup"]
 
 LOGIN_COOKIE = "commgraph_login"  # double-submit value for the login form (no token yet)
 FLASH_COOKIE = "commgraph_flash"
@@ -325,19 +326,6 @@ async def reset_learning(request: web.Request) -> web.Response:
 
 
 # -- notification links -----------------------------------------------------------------------
-
-
-def describe_edge(src: str, dst: str, relation: str) -> str:
-    """One line a person reads: ``thermo-kitchen publishes to valves/kitchen/set``."""
-    if relation == "publish":
-        return f"{src} publishes to {dst}"
-    if relation == "subscribe":
-        return f"{src} subscribes to {dst}"
-    if relation == "deliver":
-        return f"{dst} receives messages on {src}"
-    if relation.startswith("http:"):
-        return f"{src} calls {relation[5:]} on {dst}"
-    return f"{src} connects to {dst} ({relation})"
 
 
 def _act_read(request: web.Request) -> tuple[ActionToken, dict[str, Any]] | web.Response:
