@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,9 @@ class SimulatedSite:
             self._thread.join(5)
         for client in self.clients.values():
             client.disconnect()
-            client.loop_stop()
+        # Each network thread sleeps up to a second between looks: stop them side by side.
+        with ThreadPoolExecutor(max_workers=len(self.clients) or 1) as pool:
+            list(pool.map(lambda client: client.loop_stop(), self.clients.values()))
 
 
 def free_port(preferred: int | None = None) -> int:
