@@ -2,11 +2,16 @@
 
     CommgraphError                 root: everything commgraph raises on purpose
     ├── DecodeError                bytes or records from outside could not be read
-    │   └── EventDecodeError       one JSON-lines event record is malformed
+    │   ├── EventDecodeError       one JSON-lines event record is malformed
+    │   └── MQTTDecodeError        (adapters.mqtt.codec) a malformed MQTT packet
     ├── ConfigError                the site configuration is wrong (names the key)
     ├── StoreError                 the database cannot be used (names the file)
-    └── DecisionError              the owner asked for something that cannot be done
-        └── UnknownItemError       no alert / service / edge with that name or id
+    ├── DecisionError              the owner asked for something that cannot be done
+    │   └── UnknownItemError       no alert / service / edge with that name or id
+    ├── SigningError (signing)     a key file is missing, unreadable or would be overwritten
+    ├── ModelError (model)         a service model is malformed, unsigned, tampered or untrusted
+    ├── DeliveryError (notify)     a notification service refused a message
+    └── TokenError (web.auth)      a notification link is damaged, forged or expired
 
 Callers show ``str(exc)`` to the user as one line; no traceback for these.
 """
