@@ -856,3 +856,18 @@ def test_service_names_with_brackets_in_owner_actions(tmp_path: Path) -> None:
     assert "[/who]" in decisions
     assert "[b]why[/b]" in decisions
     assert name in run("services", db=db).stdout
+
+
+def test_keygen_writes_a_private_and_a_public_key_and_never_overwrites(tmp_path: Path) -> None:
+    import stat
+
+    from commgraph.signing import key_id, load_public
+
+    done = run("keygen", "--out", tmp_path / "keys", "--name", "home")
+    assert done.returncode == 0, done.stderr
+    private, public = tmp_path / "keys" / "home.key", tmp_path / "keys" / "home.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert key_id(load_public(public)) in done.stdout
+    again = run("keygen", "--out", tmp_path / "keys", "--name", "home")
+    assert again.returncode == 1
+    assert "already exists" in again.stderr and "Traceback" not in again.stderr

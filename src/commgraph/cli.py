@@ -557,6 +557,37 @@ def learn_reset(ctx: Context, service: str, reason: str, by: str | None) -> None
     out.print(f"{esc(service)} learns again, starting with its next message.")
 
 
+# -- keys -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to write NAME.key and NAME.pub.",
+)
+@click.option("--name", default="site", show_default=True, help="File name of the key pair.")
+def keygen(out_dir: Path, name: str) -> None:
+    """Make the site's Ed25519 key pair for signing service models.
+
+    The private key (NAME.key, readable by you only) stays on the nodes allowed to issue
+    models; NAME.pub goes to every node as a trusted key. Existing files are never replaced.
+    """
+    from commgraph.signing import write_keypair
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    private, public = out_dir / f"{name}.key", out_dir / f"{name}.pub"
+    kid = write_keypair(private, public)
+    out.print(f"Wrote {esc(str(private))} (private, 0600) and {esc(str(public))}; key id {kid}.")
+    out.print(
+        f'Nodes trust it with [keys] trusted = ["{esc(str(public))}"]; issuers also set '
+        f'private = "{esc(str(private))}".'
+    )
+
+
 # -- pictures -----------------------------------------------------------------------------
 
 
