@@ -217,24 +217,8 @@ class Engine:
         Events with ``address`` as their service side then count for ``resolved.service``;
         the service is sighted at ``ts`` (its learning phase starts if it is new).
         """
-        graph = self.graph
-        vid = graph.vertex(VertexKind.SERVICE, resolved.service)
-        if vid is None:
-            vid = graph.add_vertex(VertexKind.SERVICE, resolved.service, ts)
-            self.changes.vertices.add(vid)
-        elif graph.kind(vid) is not VertexKind.SERVICE:
-            graph.set_kind(vid, VertexKind.SERVICE)
-            self.changes.vertices.add(vid)
-        change = self.phases.sighted(vid, resolved.service, ts, graph.events[vid])
-        if change is not None:
-            self._phase_changed(vid, change)
-        if resolved.instance is not None:
-            known = self.instances.setdefault(vid, set())
-            if resolved.instance not in known:
-                known.add(resolved.instance)
-                self.changes.instances.append((vid, resolved.instance))
-        self._caches[VertexKind.SERVICE][address] = vid
-        self._bindings[address] = resolved
+        self._bindings[address] = resolved  # _vertex resolves a bound address this way
+        self._vertex(VertexKind.SERVICE, address, ts)
 
     def unbind(self, address: str) -> None:
         """Forget an address (the connection closed); the service and its edges stay."""

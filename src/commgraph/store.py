@@ -410,9 +410,10 @@ class Store:
                 " ia_mean = ?, ia_m2 = ?, size_min = ?, size_max = ? WHERE id = ?",
                 [(*_counters(engine, e), e + 1) for e in edges],
             )
-            subjects = {graph.endpoints(e)[0] for e in edges} | {
-                graph.endpoints(e)[1] for e in edges
-            }
+            subjects: set[int] = set()
+            for e in edges:
+                src, dst, _ = graph.endpoints(e)
+                subjects.update((src, dst))
             db.executemany(
                 "UPDATE vertices SET events = ? WHERE id = ?",
                 [(graph.events[v], v) for v in sorted(subjects)],
