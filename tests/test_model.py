@@ -16,6 +16,7 @@ from commgraph.model import (
     SCHEMA,
     ModelEdge,
     ModelError,
+    ModelIndex,
     ServiceModel,
     build_model,
     canonical_json,
@@ -541,9 +542,67 @@ def test_build_model_bytes_do_not_depend_on_row_order(rows: list[dict[str, Any]]
 def test_build_model_joins_rows_that_share_a_peer() -> None:
     rows = [
         {"src": "thermo", "dst": "home/+/temp", "relation": "publish", "label": "learned"},
-        {"src": "thermo", "dst": "home/+/temp", "relation": "publish", "label": "pending"},
+        {
+            "src": "thermo",
+            "dst": "home/+/temp",
+            "relation": "publish",
+            "label": "approved",
+            "decided_at": T0 + 5,
+            "decided_by": "owner",
+        },
     ]
-    assert _build(rows, []).edges == (edge(label="pending"),)
+    assert _build(rows, []).edges == (
+        edge(label="approved", decided_at=T0 + 5, decided_by="owner"),
+    )
+
+
+def test_build_model_leaves_out_pending_edges_and_forms_peers() -> None:
+    rows = [
+        {"src": "thermo", "dst": "home/kitchen/temp", "relation": "publish", "label": "learned"},
+        {"src": "thermo", "dst": "home/kitchen/door", "relation": "publish", "label": "pending"},
+    ]
+    built = build_model(
+        "thermo",
+        rows,
+        node="n",
+        issued_at=T0,
+        version=1,
+        peer_form=lambda relation, direction, peer: peer.replace("kitchen", "+"),
+    )
+    assert built.edges == (edge("publish", "home/+/temp"),)
+
+
+def test_model_index_finds_the_strongest_covering_edge() -> None:
+    model = ServiceModel(
+        service="thermo",
+        version=1,
+        node="a",
+        issued_at=T0,
+        edges=(
+            edge("publish", "home/+/temp"),
+            edge("publish", "home/attic/temp", label="denied", decided_at=T0, decided_by="o"),
+            edge("publish", "home/#", label="pending"),
+            edge("subscribe", "home/+/cmd", label="approved", decided_at=T0, decided_by="o"),
+            edge("deliver", "home/+/cmd", "in"),
+            edge("http", "GET /rooms/{id}"),
+            edge("tcp/443", "cloud.example"),
+        ),
+    )
+    index = ModelIndex(model)
+    found = index.find("publish", "out", "home/kitchen/temp")
+    assert found is not None and found.label == "learned" and found.peer == "home/+/temp"
+    denied = index.find("publish", "out", "home/attic/temp")
+    assert denied is not None and denied.label == "denied"
+    assert index.find("publish", "out", "home/kitchen/door") is None  # pending says nothing
+    assert index.find("publish", "in", "home/kitchen/temp") is None
+    sub = index.find("subscribe", "out", "home/+/cmd")
+    assert sub is not None and sub.label == "approved"
+    assert index.find("subscribe", "out", "home/#") is None  # wider than the template
+    assert index.find("deliver", "in", "home/hall/cmd") is not None
+    assert index.find("http", "out", "GET /rooms/12") is None
+    assert index.find("http", "out", "GET /rooms/12", template="GET /rooms/{id}") is not None
+    assert index.find("tcp/443", "out", "cloud.example") is not None
+    assert index.find("tcp/443", "out", "other.example") is None
 
 
 def test_build_model_bad_rows() -> None:

@@ -36,11 +36,26 @@ def at(minute: float) -> float:
 def test_transition_table() -> None:
     assert TRANSITIONS == {
         (None, PhaseEvent.SIGHTED): Phase.LEARNING,
+        (None, PhaseEvent.ADOPTED): Phase.ACTIVE,
         (Phase.LEARNING, PhaseEvent.SIGHTED): Phase.LEARNING,
         (Phase.LEARNING, PhaseEvent.LEARNED): Phase.ACTIVE,
         (Phase.LEARNING, PhaseEvent.RESET): Phase.LEARNING,
         (Phase.ACTIVE, PhaseEvent.RESET): Phase.LEARNING,
     }
+
+
+def test_adopting_a_model_skips_learning_until_the_owner_resets() -> None:
+    p = phases()
+    change = p.adopt(THERMO, "thermo", at(0), "node-a")
+    assert (change.before, change.after, change.why) == (None, Phase.ACTIVE, PhaseEvent.ADOPTED)
+    assert p.states[THERMO].model_from == "node-a"
+    assert p.is_learning(THERMO, at(1), 0) == (False, None)
+    with pytest.raises(ValueError):
+        p.adopt(THERMO, "thermo", at(2), "node-b")  # only at the first sighting
+    p.reset(THERMO, at(3))
+    assert p.states[THERMO].model_from is None
+    assert p.sighted(THERMO, "thermo", at(4), 0) is not None
+    assert p.is_learning(THERMO, at(5), 1)[0]
 
 
 def test_every_reported_change_follows_the_table() -> None:

@@ -44,6 +44,8 @@ class Action(StrEnum):
     DENY = "deny"
     MODE = "mode"
     RESET = "reset"
+    MODEL_KEPT = "model-kept"  # a trusted model was received or imported and kept
+    MODEL_REJECTED = "model-rejected"  # a model was refused: unsigned, unknown key, tampered
 
 
 ALERT_TRANSITIONS: dict[tuple[AlertState, Action], AlertState] = {

@@ -2,7 +2,8 @@
 
 Sections (see DESIGN.md): ``[node]``, ``[learning]`` (+ ``[learning.services]``), ``[modes]``
 (+ ``[modes.services]``), ``[protect]``, ``[[identity.rules]]``, and the network parts
-``[mqtt]``, ``[api]``, ``[notify]``, ``[sync]``, ``[keys]`` which later parts read. Unknown
+``[templates]`` (topic templates for models), ``[mqtt]``, ``[api]``, ``[notify]``,
+``[sync]`` (the site broker carrying models), ``[keys]`` (signing and trusted keys). Unknown
 keys are errors: a typo must not silently fall back to a default.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from commgraph.errors import ConfigError
 from commgraph.identity import AddressKind, IdentityRule
 from commgraph.phases import LearningSettings, Mode
+from commgraph.templates import TemplateRule
 
 __all__ = [
     "APISettings",
@@ -131,6 +133,7 @@ class Config:
     db: Path | None = None
     learning: LearningSettings = field(default_factory=LearningSettings)
     identity: tuple[IdentityRule, ...] = ()
+    templates: tuple[TemplateRule, ...] = ()
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     api: APISettings = field(default_factory=APISettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
@@ -360,6 +363,17 @@ def parse_config(
     rules = _rules(source, identity.get("rules", list, []))
     identity.finish()
 
+    templates = top.sub("templates")
+    topic_templates: list[TemplateRule] = []
+    for number, pattern in enumerate(templates.get("topics", list, []), start=1):
+        if not isinstance(pattern, str):
+            raise templates.error("topics", f"entry {number} must be a string")
+        try:
+            topic_templates.append(TemplateRule(pattern=pattern))
+        except ValueError as exc:
+            raise templates.error("topics", str(exc)) from None
+    templates.finish()
+
     mqtt_settings = _mqtt(top.sub("mqtt"), base)
     api = top.sub("api")
     api_listen = _address(api, "listen")
@@ -400,6 +414,7 @@ def parse_config(
             block_pending=pending == "block",
         ),
         identity=rules,
+        templates=tuple(topic_templates),
         mqtt=mqtt_settings,
         api=APISettings(
             listen=api_listen, credentials=(base / credentials) if credentials else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import subprocess
@@ -26,11 +27,15 @@ from commgraph.config import Config, NotifySettings, format_duration
 from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError, EventDecodeError
-from commgraph.events import iter_event_lines
+from commgraph.events import VertexKind, iter_event_lines
 from commgraph.identity import Identity
+from commgraph.model import ModelError, ServiceModel, open_model, sign_model
 from commgraph.notify import AlertNotice, Message, Notifier, Sender
-from commgraph.phases import Mode
+from commgraph.phases import Mode, Phase
+from commgraph.signing import PrivateKey, PublicKey, load_private, load_trusted
 from commgraph.store import Store
+from commgraph.sync import ModelSync
+from commgraph.templates import Templates
 from commgraph.web.auth import load_or_create
 
 __all__ = ["Daemon", "ReplaySummary", "replay", "run_daemon", "run_live_demo"]
@@ -141,9 +146,22 @@ class Daemon:
         self.clock = clock
         store.save_settings(config.learning)
         self.engine = store.load_engine(
-            config.learning, Identity(config.identity), node=config.node
+            config.learning,
+            Identity(config.identity),
+            node=config.node,
+            templates=Templates(config.templates),
         )
         self.proxy: MQTTProxy | None = None
+        self.sync: ModelSync | None = None
+        self.private_key: PrivateKey | None = (
+            load_private(config.private_key) if config.private_key else None
+        )
+        self.trusted: dict[str, PublicKey] = dict(load_trusted(config.trusted_keys))
+        self.models_kept = 0
+        self.models_rejected = 0
+        self._published: dict[str, tuple[ServiceModel, bytes]] = {}  # ours, per service
+        self._model_dirty: set[str] = set()
+        self._refused: set[bytes] = set()  # digests of refused envelopes, audited once
         self._flush_soon = False
         self._own_decisions: set[int] = set()
         self._last_decision = store.last_decision_id()
@@ -154,6 +172,7 @@ class Daemon:
         self.alerts_raised = 0
         self.notifiers: list[Notifier] = []  # told of every new alert (never blocking)
         self.started = asyncio.Event()
+        self._load_models()
 
     # -- what the proxy calls ----------------------------------------------------------
 
@@ -256,9 +275,135 @@ class Daemon:
 
     def _write_structure(self) -> None:
         self._flush_soon = False
-        self._own_decisions.update(
-            self.store.write_changes(self.engine, self.engine.take_changes())
+        changes = self.engine.take_changes()
+        if changes.edges or changes.services:
+            self._model_dirty.update(self._services_touched(changes.edges, changes.services))
+        self._own_decisions.update(self.store.write_changes(self.engine, changes))
+
+    def _services_touched(self, edges: Iterable[int], services: Iterable[int]) -> set[str]:
+        graph = self.engine.graph
+        names = {graph.names[vid] for vid in services}
+        for e in edges:
+            src, dst, _ = graph.endpoints(e)
+            for vid in (src, dst):
+                if graph.kind(vid) is VertexKind.SERVICE:
+                    names.add(graph.names[vid])
+        return names
+
+    # -- site models -------------------------------------------------------------------
+
+    def _load_models(self) -> None:
+        """Take in the models kept in the store (their signatures checked again: the trusted
+        keys may have changed), and remember which of them are our own."""
+        for row in self.store.models():
+            try:
+                model = open_model(row["envelope"], self.trusted)
+            except ModelError as exc:
+                log.warning(
+                    "kept model of %s from node %s is no longer trusted: %s",
+                    row["service"],
+                    row["node"],
+                    exc,
+                )
+                continue
+            self.engine.adopt(model, row["node"])
+            if row["node"] == self.name and row["source"] == "self":
+                self._published[row["service"]] = (model, row["envelope"])
+        self._model_dirty.update(s.service for s in self.engine.phases.states.values())
+        self._write_structure()
+
+    def model_received(self, service: str, node: str, payload: bytes, *, source: str) -> bool:
+        """A model envelope from the site broker (or a file): checked, kept, merged.
+
+        Refused ones (unsigned, unknown key, tampered, malformed, or not of the service the
+        topic names) are audited once each and change nothing. Returns whether it was new.
+        """
+        try:
+            model = open_model(payload, self.trusted)
+            if model.service != service:
+                raise ModelError(
+                    f"the message names service {service!r} but holds a model of {model.service!r}"
+                )
+        except ModelError as exc:
+            self._refuse(service, node, payload, exc)
+            return False
+        if not self.store.save_model(service, node, payload, at=self.clock(), source=source):
+            return False  # the same envelope again (e.g. our own, echoed by the broker)
+        self.models_kept += 1
+        decisions = self.engine.adopt(model, node)
+        self._model_dirty.add(service)
+        self._write_structure()  # decisions it carried are durable before we go on
+        log.info(
+            "model of %s from node %s kept (%d edges%s)",
+            service,
+            node,
+            len(model.edges),
+            f"; {len(decisions)} decisions applied here" if decisions else "",
         )
+        return True
+
+    def _refuse(self, service: str, node: str, payload: bytes, exc: ModelError) -> None:
+        self.models_rejected += 1
+        digest = hashlib.sha256(payload).digest()
+        if digest in self._refused:
+            return
+        self._refused.add(digest)
+        log.warning("refused the model of %s from node %s: %s (%s)", service, node, exc, exc.reason)
+        decision = Decision(
+            action=Action.MODEL_REJECTED,
+            by="sync",
+            at=self.clock(),
+            reason=str(exc),
+            service=service,
+            detail=f"{exc.reason}; from node {node}",
+        )
+        self._own_decisions.add(self.store.audit(decision))
+
+    def publish_models(self) -> int:
+        """Sign and publish the models of services that changed; returns how many went out.
+
+        Only services past learning are published (a half-learned model would make every
+        other node alert on what is merely not learned yet). Without a private key, nothing
+        is signed: this node only takes in models.
+        """
+        if self.private_key is None or not self._model_dirty:
+            return 0
+        engine = self.engine
+        ready = []
+        for name in sorted(self._model_dirty):
+            vid = engine.graph.vertex(VertexKind.SERVICE, name)
+            state = None if vid is None else engine.phases.states.get(vid)
+            if state is not None and state.phase is Phase.ACTIVE:
+                ready.append(name)
+        self._model_dirty.clear()
+        if not ready:
+            return 0
+        now = self.clock()
+        sent = 0
+        for model in engine.models_of(ready, node=self.name, issued_at=now, version=0):
+            before = self._published.get(model.service)
+            if before is not None and before[0].edges == model.edges:
+                continue
+            version = max(model.version, before[0].version if before else 0) + 1
+            model = ServiceModel(
+                service=model.service,
+                version=version,
+                node=self.name,
+                issued_at=now,
+                edges=model.edges,
+            )
+            envelope = sign_model(model, self.private_key)
+            self.store.save_model(model.service, self.name, envelope, at=now, source="self")
+            self._published[model.service] = (model, envelope)
+            if self.sync is not None:
+                self.sync.publish(model.service, envelope)
+            sent += 1
+        if sent:
+            log.info("published %d model%s", sent, "" if sent == 1 else "s")
+        return sent
+
+    def _sync_received(self, service: str, node: str, payload: bytes) -> None:
+        self.model_received(service, node, payload, source="sync")
 
     def every_second(self) -> None:
         """Time passes, the CLI's decisions arrive, counters are written behind."""
@@ -273,6 +418,7 @@ class Daemon:
             self._apply(decision)
         self._write_structure()
         self.store.write_counters(engine, *engine.take_counters())
+        self.publish_models()
 
     def _apply(self, decision: Decision) -> None:
         """Carry out a decision made elsewhere (already in the audit log)."""
@@ -287,6 +433,8 @@ class Daemon:
                 engine.set_mode(decision.service, mode, by=decision.by, at=decision.at, audit=False)
             elif decision.action is Action.RESET and decision.service:
                 engine.reset_learning(decision.service, by=decision.by, at=decision.at, audit=False)
+            elif decision.action is Action.MODEL_KEPT and decision.service:
+                self._reload_model(decision.service)
         except CommgraphError as exc:  # e.g. already in that state: nothing to do
             log.debug("decision %s not applied: %s", decision.id, exc)
         else:
@@ -296,6 +444,18 @@ class Daemon:
                 decision.by,
                 f" on alert {decision.alert}" if decision.alert else f" on {decision.service}",
             )
+
+    def _reload_model(self, service: str) -> None:
+        """Take in what ``commgraph model import`` kept in the store."""
+        for row in self.store.models(service):
+            try:
+                model = open_model(row["envelope"], self.trusted)
+            except ModelError as exc:
+                log.warning("imported model of %s is not trusted here: %s", service, exc)
+                continue
+            self.engine.adopt(model, row["node"])
+        self._model_dirty.add(service)
+        self._write_structure()
 
     # -- running -----------------------------------------------------------------------
 
@@ -318,6 +478,11 @@ class Daemon:
             format_duration(self.config.learning.duration),
             self.store.path,
         )
+        if self.config.sync_broker is not None:
+            self.sync = ModelSync(self.config.sync_broker, self.name, self._sync_received)
+            for service, (_, envelope) in self._published.items():
+                self.sync.publish(service, envelope)
+            await self.sync.start()
         web_runner = await self._start_web()
         if self.config.notify.urls:
             self.notifiers.append(self._phone_notifier())
@@ -331,6 +496,8 @@ class Daemon:
             if web_runner is not None:
                 await web_runner.cleanup()
             await self.proxy.close()
+            if self.sync is not None:
+                await self.sync.close()
             for notifier in self.notifiers:
                 await notifier.close()
             for task in notifying:

@@ -11,14 +11,18 @@ column updates; it returns a shared, immutable :class:`Verdict`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from commgraph.alerts import Action, Alert, AlertBook, AlertKind, AlertState, Decision
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import Event, VertexKind, endpoint_kinds
 from commgraph.graph import Graph, Label
 from commgraph.identity import AddressKind, Identity, Resolved
+from commgraph.model import ModelEdge, ModelIndex, ServiceModel, build_model, merge
 from commgraph.phases import LearningPhases, LearningSettings, Mode, Phase, PhaseChange
+from commgraph.templates import Templates
 
 __all__ = ["Changes", "Engine", "TimelineRow", "Verdict"]
 
@@ -37,6 +41,7 @@ class Verdict:
 
 
 _LEARNED, _APPROVED = int(Label.LEARNED), int(Label.APPROVED)  # ints: cheaper than enums
+_MODEL_LABELS = {"learned": Label.LEARNED, "approved": Label.APPROVED, "denied": Label.DENIED}
 _VERDICTS = {(label, block): Verdict(label, block) for label in Label for block in (False, True)}
 ALLOW_LEARNED = _VERDICTS[(Label.LEARNED, False)]
 ALLOW_APPROVED = _VERDICTS[(Label.APPROVED, False)]
@@ -66,6 +71,7 @@ class Changes:
     modes: set[int] = field(default_factory=set)  # services whose owner-set mode changed
     alerts: set[int] = field(default_factory=set)
     instances: list[tuple[int, str]] = field(default_factory=list)
+    edge_instances: dict[int, str] = field(default_factory=dict)  # new edge -> its instance
     phase_changes: list[PhaseChange] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     timeline: list[TimelineRow] = field(default_factory=list)
@@ -79,6 +85,7 @@ class Changes:
             or self.modes
             or self.alerts
             or self.instances
+            or self.edge_instances
             or self.phase_changes
             or self.decisions
             or self.timeline
@@ -97,14 +104,21 @@ class Engine:
         identity: Identity | None = None,
         *,
         node: str | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self.settings = settings or LearningSettings()
         self.identity = identity or Identity()
+        self.templates = templates or Templates()
         self.node = node
         self.graph = Graph()
         self.phases = LearningPhases(self.settings)
         self.alerts = AlertBook()
         self.instances: dict[int, set[str]] = {}
+        # Trusted site models by service, and the node each latest came from.
+        self.models: dict[str, ModelIndex] = {}
+        self.model_sources: dict[str, str] = {}
+        # edge -> (when, by whom) of the owner's latest decision on it, here or on another node
+        self.decided: dict[int, tuple[float, str]] = {}
         self._bindings: dict[str, Resolved] = {}  # address -> identity an adapter resolved
         self.changes = Changes()
         self._bumped: set[int] = set()  # alerts whose counters moved
@@ -156,7 +170,7 @@ class Engine:
         graph = self.graph
         e = graph.record(s, d, rel[0], ts, size)
         if e < 0:
-            return self._new_edge(s, d, rel, ts, size, node)
+            return self._new_edge(s, d, rel, ts, size, node, dst if rel[5] else src)
         subject = d if rel[5] else s
         graph.events[subject] += 1
         label = graph.label[e]
@@ -200,7 +214,12 @@ class Engine:
             if graph.kind(vid) is not VertexKind.SERVICE:  # a host that starts talking
                 graph.set_kind(vid, VertexKind.SERVICE)
                 self.changes.vertices.add(vid)
-            change = self.phases.sighted(vid, name, ts, graph.events[vid])
+            if vid not in self.phases.states and name in self.models:
+                change: PhaseChange | None = self.phases.adopt(
+                    vid, name, ts, self.model_sources[name]
+                )
+            else:
+                change = self.phases.sighted(vid, name, ts, graph.events[vid])
             if change is not None:
                 self._phase_changed(vid, change)
         if resolved is not None and resolved.instance is not None:
@@ -248,33 +267,82 @@ class Engine:
         ts: float,
         size: int | None,
         node: str | None,
+        address: str,
     ) -> Verdict:
         self._at_minute(ts)
+        graph = self.graph
         subject, counterpart = (d, s) if rel[5] else (s, d)
         # Decided on the events before this one; then this one is counted.
         learning = self._learning(subject, ts)
         if not learning:
             owner = self._owner(counterpart)
             learning = owner != 0 and owner != subject and self._learning(owner, ts)
-        self.graph.events[subject] += 1
-        if (
-            rel[4] is VertexKind.TOPIC
-            and self.graph.relations[rel[0]] == "publish"
-            and not self.graph.owner[d]
-        ):
-            self.graph.owner[d] = s
+        graph.events[subject] += 1
+        relation = graph.relations[rel[0]]
+        if rel[4] is VertexKind.TOPIC and relation == "publish" and not graph.owner[d]:
+            graph.owner[d] = s
             self.changes.vertices.add(d)
+        topical = graph.kind(counterpart) is VertexKind.TOPIC
+        instance = self._instance_of(address) if topical else None
+        index = self.models.get(graph.names[subject])
+        if index is not None:
+            known = self._covering(index, counterpart, relation, "in" if rel[5] else "out")
+            if known is not None:
+                return self._modelled(s, d, rel[0], ts, size, known, subject, instance)
         if learning or self.phases.mode(subject) is Mode.LEARN:
-            e = self.graph.add_edge(s, d, rel[0], Label.LEARNED, ts, size)
-            self.changes.edges.add(e)
+            e = graph.add_edge(s, d, rel[0], Label.LEARNED, ts, size)
+            self._edge_added(e, subject, instance)
             self._minute_learned += 1
             return ALLOW_LEARNED
-        e = self.graph.add_edge(s, d, rel[0], Label.PENDING, ts, size)
-        self.changes.edges.add(e)
+        e = graph.add_edge(s, d, rel[0], Label.PENDING, ts, size)
+        self._edge_added(e, subject, instance)
         alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, node or self.node)
         self.changes.alerts.add(alert.id)
         self._minute_anomalies += 1
         return Verdict(Label.PENDING, self._blocks(subject, Label.PENDING), alert.id)
+
+    def _instance_of(self, address: str) -> str | None:
+        bound = self._bindings.get(address)
+        return (bound or self.identity.resolve(address, AddressKind.HOST)).instance
+
+    def _edge_added(self, e: int, subject: int, instance: str | None) -> None:
+        self.changes.edges.add(e)
+        if instance is not None:
+            # An instance's topics teach the templates of its service type.
+            self.changes.edge_instances[e] = instance
+            src, dst, _ = self.graph.endpoints(e)
+            topic = self.graph.names[dst if src == subject else src]
+            self.templates.observe(self.graph.names[subject], instance, topic)
+
+    def _covering(
+        self, index: ModelIndex, counterpart: int, relation: str, direction: str
+    ) -> ModelEdge | None:
+        """The edge of the service's site model that decides this relationship, if any."""
+        peer = self.graph.names[counterpart]
+        route = self.graph.kind(counterpart) is VertexKind.ROUTE
+        template = self.templates.route(peer) if route else None
+        return index.find(relation, direction, peer, template=template)
+
+    def _modelled(
+        self,
+        s: int,
+        d: int,
+        rid: int,
+        ts: float,
+        size: int | None,
+        known: ModelEdge,
+        subject: int,
+        instance: str | None,
+    ) -> Verdict:
+        """A new edge the site model already decides: labelled as the model says, no alert."""
+        label = _MODEL_LABELS[known.label]
+        e = self.graph.add_edge(s, d, rid, label, ts, size)
+        self._edge_added(e, subject, instance)
+        if known.decided_at is not None and known.decided_by is not None:
+            self.decided[e] = (known.decided_at, known.decided_by)
+        if label is Label.LEARNED:
+            self._minute_learned += 1
+        return _VERDICTS[(label, self._blocks(subject, label))]
 
     def _flagged(self, e: int, subject: int, ts: float, node: str | None) -> Verdict:
         label = Label(self.graph.label[e])
@@ -367,6 +435,7 @@ class Engine:
         alert = self.alerts.decide(alert_id, action)
         label = Label.APPROVED if alert.state is AlertState.APPROVED else Label.DENIED
         self.graph.set_label(alert.edge, label)
+        self.decided[alert.edge] = (at, by)
         self.changes.alerts.add(alert.id)
         self.changes.edges.add(alert.edge)
         decision = Decision(
@@ -421,6 +490,162 @@ class Engine:
     def _audit(self, decision: Decision) -> Decision:
         self.changes.decisions.append(decision)
         return decision
+
+    # -- site models --------------------------------------------------------------------
+
+    def adopt(self, model: ServiceModel, source: str) -> list[Decision]:
+        """Take in a trusted model of a service (from node ``source``, or a file).
+
+        It joins the site model of the service: services of that type sighted from now on
+        adopt it instead of learning, and their new edges it covers get its labels. Decisions
+        in it newer than this node's own on a matching edge are carried out here (the edge is
+        relabelled, its alert decided) and audited as made by the same person at the same
+        time. Returns those decisions. Pure: the caller has checked the signature.
+        """
+        service = model.service
+        known = self.models.get(service)
+        merged = model if known is None else merge(known.model, model)
+        if known is None or merged != known.model:
+            self.models[service] = index = ModelIndex(merged)
+        else:
+            index = known
+        self.model_sources[service] = source
+        vid = self.graph.vertex(VertexKind.SERVICE, service)
+        if vid is None:
+            return []
+        return [
+            decision
+            for e, direction, counterpart in self._edges_of(vid)
+            if (decision := self._follow(index, e, direction, counterpart, source)) is not None
+        ]
+
+    def _edges_of(self, vid: int) -> list[tuple[int, str, int]]:
+        """``(edge, direction, counterpart)`` of every edge of a service (a scan: rare path)."""
+        found = []
+        endpoints = self.graph.endpoints
+        for e in range(self.graph.edge_count):
+            src, dst, _ = endpoints(e)
+            if src == vid:
+                found.append((e, "out", dst))
+            elif dst == vid:
+                found.append((e, "in", src))
+        return found
+
+    def _follow(
+        self, index: ModelIndex, e: int, direction: str, counterpart: int, source: str
+    ) -> Decision | None:
+        graph = self.graph
+        rid = graph.endpoints(e)[2]
+        known = self._covering(index, counterpart, graph.relations[rid], direction)
+        if known is None or known.decided_at is None or known.decided_by is None:
+            return None
+        if known.label not in ("approved", "denied"):
+            return None
+        mine = self.decided.get(e)
+        if mine is not None and mine >= (known.decided_at, known.decided_by):
+            return None
+        self.decided[e] = (known.decided_at, known.decided_by)
+        label = _MODEL_LABELS[known.label]
+        action = Action.APPROVE if label is Label.APPROVED else Action.DENY
+        alert_id = None
+        for alert in self.alerts.by_id.values():
+            if alert.edge == e and alert.kind is AlertKind.NEW_EDGE:
+                alert_id = alert.id
+        changed = False
+        if alert_id is not None and self.alerts.by_id[alert_id].state.value != known.label:
+            self.alerts.decide(alert_id, action)
+            self.changes.alerts.add(alert_id)
+            changed = True
+        if graph.label[e] != label:
+            graph.set_label(e, label)
+            self.changes.edges.add(e)
+            changed = True
+        if not changed:
+            return None
+        return self._audit(
+            Decision(
+                action=action,
+                by=known.decided_by,
+                at=known.decided_at,
+                reason=f"site model from node {source}",
+                alert=alert_id,
+                edge=self._edge_names(e),
+                detail=f"from node {source}",
+            )
+        )
+
+    def model_of(self, service: str, *, node: str, issued_at: float, version: int) -> ServiceModel:
+        """This node's view of ``service``'s model: what it learned and decided here, joined
+        with the site model it holds. Pending edges are left out; topics are templated.
+        Raises UnknownItemError for a service this node has never seen."""
+        self._service(service)
+        return self.models_of([service], node=node, issued_at=issued_at, version=version)[0]
+
+    def models_of(
+        self, services: Sequence[str], *, node: str, issued_at: float, version: int
+    ) -> list[ServiceModel]:
+        """:meth:`model_of` for several known services, with one scan of the edges."""
+        graph = self.graph
+        wanted = {self._service(name): name for name in services}
+        rows: dict[int, list[dict[str, Any]]] = {vid: [] for vid in wanted}
+        kinds: dict[tuple[str, str, str], VertexKind] = {}
+        for e in range(graph.edge_count):
+            src, dst, rid = graph.endpoints(e)
+            for vid, counterpart in ((src, dst), (dst, src)):
+                if vid not in wanted:
+                    continue
+                decided = self.decided.get(e)
+                row = {
+                    "src": graph.names[src],
+                    "dst": graph.names[dst],
+                    "relation": graph.relations[rid],
+                    "label": Label(graph.label[e]).text,
+                    "decided_at": None if decided is None else decided[0],
+                    "decided_by": None if decided is None else decided[1],
+                }
+                rows[vid].append(row)
+                kinds[(graph.relations[rid], graph.names[src], graph.names[dst])] = graph.kind(
+                    counterpart
+                )
+        built = []
+        for vid, service in wanted.items():
+            instances = tuple(sorted(self.instances.get(vid, ())))
+
+            def semantic(
+                relation: str,
+                direction: str,
+                peer: str,
+                service: str = service,
+                instances: tuple[str, ...] = instances,
+            ) -> str:
+                src, dst = (service, peer) if direction == "out" else (peer, service)
+                return self._peer_form(service, instances, kinds.get((relation, src, dst)), peer)
+
+            own = build_model(
+                service,
+                rows[vid],
+                node=node,
+                issued_at=issued_at,
+                version=version,
+                peer_form=semantic,
+            )
+            site = self.models.get(service)
+            built.append(own if site is None else merge(site.model, own))
+        return built
+
+    def _peer_form(
+        self, service: str, instances: tuple[str, ...], kind: VertexKind | None, peer: str
+    ) -> str:
+        """The semantic form of a counterpart: topic and route templates, names as they are."""
+        if kind is VertexKind.TOPIC:
+            for instance in instances:
+                form = self.templates.topic(peer, service=service, instance=instance)
+                if form != peer:
+                    return form
+            return self.templates.topic(peer, service=service, instance=None)
+        if kind is VertexKind.ROUTE:
+            return self.templates.route(peer)
+        return peer
 
     # -- reading --------------------------------------------------------------------------
 

@@ -164,6 +164,10 @@ class Graph:
         self._index[namespace_of(kind)][name] = vid
         return vid
 
+    def vertex_ids(self, name: str) -> list[int]:
+        """The ids of every vertex called ``name``, whatever its namespace."""
+        return [vid for index in self._index.values() if (vid := index.get(name)) is not None]
+
     def name_index(self, kind: VertexKind) -> dict[str, int]:
         """The live name -> id dict of a kind's namespace (shared, not a copy)."""
         return self._index[namespace_of(kind)]
@@ -181,6 +185,10 @@ class Graph:
                 yield vid
 
     # -- relations ------------------------------------------------------------------------
+
+    def relation_id_of(self, relation: str) -> int | None:
+        """The id of a known relation, or None (never adds one)."""
+        return self._relation_ids.get(relation)
 
     def relation_id(self, relation: str) -> int:
         rid = self._relation_ids.get(relation)

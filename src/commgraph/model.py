@@ -22,13 +22,14 @@ import binascii
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from commgraph.errors import CommgraphError
-from commgraph.signing import PrivateKey, key_id, public_pem, sign, verify
+from commgraph.signing import PrivateKey, PublicKey, key_id, public_pem, sign, verify
+from commgraph.templates import matches
 
 __all__ = [
     "DIRECTIONS",
@@ -38,6 +39,7 @@ __all__ = [
     "SCHEMA",
     "ModelEdge",
     "ModelError",
+    "ModelIndex",
     "ServiceModel",
     "SignedModel",
     "build_model",
@@ -65,6 +67,8 @@ _EDGE_FIELDS = frozenset(
 )
 _ENVELOPE_FIELDS = frozenset({"document", "key", "signature"})
 _DECIDING_ACTIONS = frozenset({"approve", "deny"})
+# Relations whose peers are MQTT topics, where templates hold wildcards.
+_TOPIC_RELATIONS = frozenset({"publish", "subscribe", "deliver"})
 
 EdgeKey = tuple[str, str, str]  # (relation, peer, direction)
 
@@ -307,7 +311,7 @@ def read_envelope(envelope: bytes) -> SignedModel:
     return SignedModel(document=document_bytes, signature=signature, key_id=key)
 
 
-def open_model(envelope: bytes, trusted: Mapping[str, bytes]) -> ServiceModel:
+def open_model(envelope: bytes, trusted: Mapping[str, PublicKey]) -> ServiceModel:
     """The model inside ``envelope`` if a trusted key (key id -> public PEM) signed it.
 
     Raises ModelError with ``reason`` "malformed", "unsigned", "unknown-key" or "tampered";
@@ -383,6 +387,54 @@ def _join_edge(a: ModelEdge, b: ModelEdge) -> ModelEdge:
     return a if a._order() >= b._order() else b
 
 
+class ModelIndex:
+    """A model compiled for the engine's new-edge path: which model edge covers a concrete
+    relationship of the service.
+
+    Topic templates match as MQTT filters (``home/+/temp`` covers ``home/kitchen/temp``);
+    other peers match exactly, or by their template when the caller passes one (an HTTP
+    route's ``GET /rooms/{id}``). When several model edges cover one relationship, the
+    strongest label wins (a denial over an approval over learning), so a specific denial is
+    never shadowed by a broad template.
+    """
+
+    __slots__ = ("_exact", "_wildcards", "model")
+
+    def __init__(self, model: ServiceModel) -> None:
+        self.model = model
+        self._exact: dict[tuple[str, str, str], ModelEdge] = {}
+        self._wildcards: dict[tuple[str, str], list[ModelEdge]] = {}
+        for edge in model.edges:
+            if edge.label == "pending":
+                continue  # undecided elsewhere: says nothing about what is allowed
+            self._exact[edge.key] = edge
+            if edge.relation in _TOPIC_RELATIONS and _has_wildcard(edge.peer):
+                self._wildcards.setdefault((edge.relation, edge.direction), []).append(edge)
+
+    def find(
+        self, relation: str, direction: str, peer: str, *, template: str | None = None
+    ) -> ModelEdge | None:
+        """The model edge that decides ``relation`` with concrete ``peer``, or None."""
+        found = [
+            edge
+            for edge in (
+                self._exact.get((relation, peer, direction)),
+                None if template is None else self._exact.get((relation, template, direction)),
+            )
+            if edge is not None
+        ]
+        for edge in self._wildcards.get((relation, direction), ()):
+            if edge.peer != peer and matches(edge.peer, peer):
+                found.append(edge)
+        if not found:
+            return None
+        return max(found, key=lambda edge: (LABEL_RANK[edge.label], edge._order()))
+
+
+def _has_wildcard(topic: str) -> bool:
+    return "+" in topic.split("/") or topic.split("/")[-1] == "#"
+
+
 # --- building from the store ----------------------------------------------------------------
 
 
@@ -394,12 +446,16 @@ def build_model(
     issued_at: float,
     version: int,
     decisions: Sequence[Mapping[str, Any]] = (),
+    peer_form: Callable[[str, str, str], str] | None = None,
 ) -> ServiceModel:
     """The model of ``service`` from store rows (``Store.edges()``, ``Store.decisions()``).
 
-    Rows not touching the service are skipped; an edge from the service is "out" toward its
-    dst, one to it is "in" from its src. Each edge's decision is the latest approve/deny row
-    on it (by time, then row order). Rows that end up with one key are joined as in merge.
+    Rows not touching the service are skipped, and so are pending edges (undecided: they say
+    nothing about what the service may do). An edge from the service is "out" toward its dst,
+    one to it is "in" from its src; ``peer_form(relation, direction, peer)`` gives the peer's
+    semantic form (a topic template), by default the peer itself. Each edge's decision is
+    the row's own ``decided_at``/``decided_by`` if it has them, else the latest approve/deny
+    row on it (by time, then row order). Rows that end up with one key are joined as in merge.
     """
     latest: dict[tuple[str, str, str], tuple[float, str]] = {}
     for index, row in enumerate(decisions):
@@ -424,7 +480,17 @@ def build_model(
             peer, direction = src, "in"
         else:
             continue
-        decided = latest.get((src, dst, relation))
+        if label == "pending":
+            continue
+        if peer_form is not None:
+            peer = peer_form(relation, direction, peer)
+        if row.get("decided_at") is not None:
+            decided: tuple[float, str] | None = (
+                _finite(row["decided_at"], f"{where}: 'decided_at'"),
+                _row_str(row, "decided_by", where),
+            )
+        else:
+            decided = latest.get((src, dst, relation))
         try:
             edge = ModelEdge(
                 relation=relation,

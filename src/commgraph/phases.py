@@ -6,6 +6,8 @@ Rules:
   event that completes the count is still learned; the phase ends at the next check).
 - While a service learns, its new edges are learned; afterwards they are anomalies.
 - ``reset`` restarts the phase at the service's next sighting (time comes with the data).
+- A service first sighted while a trusted model of its type is known adopts the model: it
+  is active at once, with no learning phase of its own (``model_from`` names the node).
 - Modes are independent of phases: ``learn`` keeps learning silently after the phase,
   ``monitor`` alerts, ``protect`` alerts and blocks. The owner's choice beats the config's
   per-service override, which beats the site default.
@@ -46,11 +48,13 @@ class PhaseEvent(StrEnum):
     SIGHTED = "sighted"  # first event of the service (or first after a reset)
     LEARNED = "learned"  # duration over and enough events seen
     RESET = "reset"  # the owner restarts learning
+    ADOPTED = "adopted"  # first sighting with a trusted model of the service: no learning
 
 
 # (phase before, what happened) -> phase after. None = not yet seen.
 TRANSITIONS: dict[tuple[Phase | None, PhaseEvent], Phase] = {
     (None, PhaseEvent.SIGHTED): Phase.LEARNING,
+    (None, PhaseEvent.ADOPTED): Phase.ACTIVE,
     (Phase.LEARNING, PhaseEvent.SIGHTED): Phase.LEARNING,  # after a reset: the clock starts
     (Phase.LEARNING, PhaseEvent.LEARNED): Phase.ACTIVE,
     (Phase.LEARNING, PhaseEvent.RESET): Phase.LEARNING,
@@ -87,6 +91,7 @@ class ServicePhase:
     events_at_start: int = 0
     mode: Mode | None = None  # the owner's choice, overriding the config
     learned_at: float | None = None
+    model_from: str | None = None  # the node whose model it adopted instead of learning
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,19 @@ class LearningPhases:
         state.events_at_start = events
         return PhaseChange(service, before, after, ts, PhaseEvent.SIGHTED)
 
+    def adopt(self, vid: int, service: str, ts: float, model_from: str) -> PhaseChange:
+        """First sighting of a service whose type has a trusted model: active at once."""
+        after = self._move(self.states.get(vid), PhaseEvent.ADOPTED)
+        self.states[vid] = ServicePhase(
+            service=service,
+            phase=after,
+            started_at=ts,
+            ends_at=ts,
+            learned_at=ts,
+            model_from=model_from,
+        )
+        return PhaseChange(service, None, after, ts, PhaseEvent.ADOPTED)
+
     def is_learning(self, vid: int, ts: float, events: int) -> tuple[bool, PhaseChange | None]:
         """Whether the service learns at ``ts``; ends its phase when due (returns the change)."""
         state = self.states.get(vid)
@@ -166,6 +184,7 @@ class LearningPhases:
         after = self._move(state, PhaseEvent.RESET)
         before = state.phase
         state.phase, state.started_at, state.ends_at, state.learned_at = after, None, None, None
+        state.model_from = None
         return PhaseChange(state.service, before, after, at, PhaseEvent.RESET)
 
     def mode(self, vid: int) -> Mode:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -27,6 +28,7 @@ __all__ = [
     "key_id",
     "load_private",
     "load_public",
+    "load_trusted",
     "public_pem",
     "sign",
     "verify",
@@ -76,6 +78,15 @@ def load_private(path: StrPath) -> Ed25519PrivateKey:
 def load_public(path: StrPath) -> Ed25519PublicKey:
     """The Ed25519 public key in the PEM file ``path``."""
     return _as_public(_read(path), source=str(path))
+
+
+def load_trusted(paths: Iterable[StrPath]) -> dict[str, Ed25519PublicKey]:
+    """The trusted public keys in PEM files, by key id (what :func:`model.open_model` takes)."""
+    trusted: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        key = load_public(path)
+        trusted[key_id(key)] = key
+    return trusted
 
 
 def public_pem(private: PrivateKey) -> bytes:

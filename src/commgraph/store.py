@@ -26,9 +26,10 @@ from commgraph.alerts import Action, Alert, AlertKind, AlertState, Decision
 from commgraph.engine import Changes, Engine, TimelineRow
 from commgraph.errors import StoreError
 from commgraph.events import VertexKind
-from commgraph.graph import SIZE_UNKNOWN, Label
+from commgraph.graph import SIZE_UNKNOWN, Graph, Label
 from commgraph.identity import Identity
 from commgraph.phases import LearningSettings, Mode, Phase, ServicePhase
+from commgraph.templates import Templates
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store"]
 
@@ -74,6 +75,14 @@ MIGRATIONS: list[str] = [
     # 2: notification links are single use
     """
     CREATE TABLE used_tokens (nonce TEXT PRIMARY KEY, used_at REAL NOT NULL);
+    """,
+    # 3: site models (signed envelopes as received), adopted models, the instance of an edge
+    """
+    CREATE TABLE models (
+        service TEXT NOT NULL, node TEXT NOT NULL, envelope BLOB NOT NULL,
+        received_at REAL NOT NULL, source TEXT NOT NULL, PRIMARY KEY (service, node));
+    ALTER TABLE services ADD COLUMN model_from TEXT;
+    ALTER TABLE edges ADD COLUMN instance TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -192,9 +201,16 @@ class Store:
         identity: Identity | None = None,
         *,
         node: str | None = None,
+        templates: Templates | None = None,
     ) -> Engine:
-        """An engine resumed exactly where the stored one stopped."""
-        engine = Engine(settings or self.settings() or LearningSettings(), identity, node=node)
+        """An engine resumed exactly where the stored one stopped (site models apart: the
+        caller checks their signatures and adopts them)."""
+        engine = Engine(
+            settings or self.settings() or LearningSettings(),
+            identity,
+            node=node,
+            templates=templates,
+        )
         graph, db = engine.graph, self._db
         for vid, name, kind, owner, first_seen, events in db.execute(
             "SELECT id, name, kind, owner, first_seen, events FROM vertices ORDER BY id"
@@ -228,9 +244,9 @@ class Store:
             if edge + 1 != eid:
                 raise StoreError(f"{self.path}: edge ids are not contiguous at {eid}")
         graph.take_dirty()
-        for vid, name, phase, started, ends, learned, at_start, mode in db.execute(
-            "SELECT vertex, name, phase, started_at, ends_at, learned_at, events_at_start, mode"
-            " FROM services"
+        for vid, name, phase, started, ends, learned, at_start, mode, model_from in db.execute(
+            "SELECT vertex, name, phase, started_at, ends_at, learned_at, events_at_start, mode,"
+            " model_from FROM services"
         ):
             engine.phases.states[vid] = ServicePhase(
                 service=name,
@@ -240,6 +256,7 @@ class Store:
                 learned_at=learned,
                 events_at_start=at_start,
                 mode=Mode(mode) if mode else None,
+                model_from=model_from,
             )
         for aid, edge, kind, state, count, first, last, node_name in db.execute(
             "SELECT id, edge, kind, state, count, first_seen, last_seen, node FROM alerts"
@@ -259,6 +276,19 @@ class Store:
             )
         for vid, instance in db.execute("SELECT service, instance FROM instances"):
             engine.instances.setdefault(vid, set()).add(instance)
+        for eid, instance in db.execute(
+            "SELECT id, instance FROM edges WHERE instance IS NOT NULL ORDER BY id"
+        ):
+            src, dst, _ = graph.endpoints(eid - 1)
+            service, topic = (src, dst) if graph.kind(dst) is VertexKind.TOPIC else (dst, src)
+            engine.templates.observe(graph.names[service], instance, graph.names[topic])
+        for src_name, dst_name, relation, at, by in db.execute(
+            "SELECT src, dst, relation, at, by FROM decisions"
+            " WHERE action IN ('approve', 'deny') AND src IS NOT NULL ORDER BY id"
+        ):
+            e = _edge_by_names(graph, src_name, dst_name, relation)
+            if e is not None and engine.decided.get(e, (float("-inf"), "")) <= (at, by):
+                engine.decided[e] = (at, by)
         last_row = db.execute(
             "SELECT minute, vertices, services, edges, learned, anomalies, learning"
             " FROM timeline ORDER BY minute DESC LIMIT 1"
@@ -304,23 +334,31 @@ class Store:
                 "INSERT OR IGNORE INTO instances (service, instance) VALUES (?, ?)",
                 changes.instances,
             )
+            instance_of = changes.edge_instances.get
             db.executemany(
                 "INSERT INTO edges (id, src, dst, relation, label, count, bytes, first_seen,"
-                " last_seen, ia_mean, ia_m2, size_min, size_max)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " last_seen, ia_mean, ia_m2, size_min, size_max, instance)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET label = excluded.label",
                 [
-                    (e + 1, *graph.endpoints(e), Label(graph.label[e]).text, *_counters(engine, e))
+                    (
+                        e + 1,
+                        *graph.endpoints(e),
+                        Label(graph.label[e]).text,
+                        *_counters(engine, e),
+                        instance_of(e),
+                    )
                     for e in sorted(changes.edges)
                 ],
             )
             states = engine.phases.states
             db.executemany(
                 "INSERT INTO services (vertex, name, phase, started_at, ends_at, learned_at,"
-                " events_at_start, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " events_at_start, mode, model_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (vertex) DO UPDATE SET phase = excluded.phase,"
                 " started_at = excluded.started_at, ends_at = excluded.ends_at,"
-                " learned_at = excluded.learned_at, events_at_start = excluded.events_at_start",
+                " learned_at = excluded.learned_at, events_at_start = excluded.events_at_start,"
+                " model_from = excluded.model_from",
                 [
                     (
                         vid,
@@ -331,6 +369,7 @@ class Store:
                         states[vid].learned_at,
                         states[vid].events_at_start,
                         _mode_text(states[vid].mode),
+                        states[vid].model_from,
                     )
                     for vid in sorted(changes.services | changes.modes)
                 ],
@@ -441,7 +480,7 @@ class Store:
         settings = settings or self.settings() or LearningSettings()
         rows = self._rows(
             "SELECT s.name, s.phase, s.mode AS owner_mode, s.started_at AS learning_started_at,"
-            " s.ends_at AS learning_ends_at, s.learned_at, v.events, v.first_seen,"
+            " s.ends_at AS learning_ends_at, s.learned_at, s.model_from, v.events, v.first_seen,"
             " (SELECT COUNT(*) FROM edges e WHERE e.src = s.vertex OR e.dst = s.vertex) AS edges,"
             " (SELECT COUNT(*) FROM alerts a JOIN edges e ON e.id = a.edge"
             "   WHERE a.state = 'pending' AND (e.src = s.vertex OR e.dst = s.vertex))"
@@ -524,6 +563,59 @@ class Store:
         except sqlite3.IntegrityError:
             return False
         return True
+
+    def audit(self, decision: Decision) -> int:
+        """Write one audit-log entry that is no engine change (a model received or refused),
+        durably; returns its id."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO decisions (action, by, at, reason, alert, service, src, dst,"
+                " relation, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    decision.action.value,
+                    decision.by,
+                    decision.at,
+                    decision.reason,
+                    decision.alert,
+                    decision.service,
+                    *(decision.edge or (None, None, None)),
+                    decision.detail,
+                ),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    # -- site models ----------------------------------------------------------------------
+
+    def save_model(
+        self, service: str, node: str, envelope: bytes, *, at: float, source: str
+    ) -> bool:
+        """Keep a trusted model envelope (the latest per service and issuing node), durably.
+        Returns False if the same envelope was already kept."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT envelope FROM models WHERE service = ? AND node = ?", (service, node)
+            ).fetchone()
+            if row is not None and bytes(row[0]) == envelope:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO models (service, node, envelope, received_at, source)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (service, node, envelope, at, source),
+            )
+        return True
+
+    def models(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Kept model envelopes: service, node, envelope (bytes), received_at, source."""
+        rows = self._rows(
+            "SELECT service, node, envelope, received_at, source FROM models"
+            + (" WHERE service = ?" if service is not None else "")
+            + " ORDER BY service, node",
+            (service,) if service is not None else (),
+        )
+        for row in rows:
+            row["envelope"] = bytes(row["envelope"])
+        return rows
 
     def last_decision_id(self) -> int:
         return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
@@ -611,6 +703,19 @@ _EMPTY_ROW: Mapping[str, Any] = {
     "anomalies": 0,
     "learning": 0,
 }
+
+
+def _edge_by_names(graph: Graph, src: str, dst: str, relation: str) -> int | None:
+    """The edge between two named vertices (either namespace), if there is one."""
+    rid = graph.relation_id_of(relation)
+    if rid is None:
+        return None
+    for s in graph.vertex_ids(src):
+        for d in graph.vertex_ids(dst):
+            e = graph.find(s, d, rid)
+            if e >= 0:
+                return e
+    return None
 
 
 def _mode_text(mode: Mode | None) -> str | None:

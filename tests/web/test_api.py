@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from commgraph.config import parse_config
 from commgraph.daemon import Daemon
-from commgraph.store import Store
+from commgraph.store import SCHEMA_VERSION, Store
 from commgraph.web import api
 from commgraph.web.app import CREDENTIALS, NODE
 from commgraph.web.auth import Credentials, load_or_create, make_action_token
@@ -103,7 +103,7 @@ def assert_error(body: Any, status: int, *words: str) -> None:
 async def test_healthz_needs_no_token(site: Site) -> None:
     response = await site.client.get("/healthz")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "node": "node-a", "schema": 2}
+    assert await response.json() == {"status": "ok", "node": "node-a", "schema": SCHEMA_VERSION}
 
 
 async def test_metrics_needs_the_token(site: Site) -> None:
