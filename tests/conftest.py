@@ -78,20 +78,21 @@ class Broker:
     log: Path
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Broker]:
-    """A private Mosquitto on a free loopback port, for one test."""
+def launch_mosquitto(directory: Path, *, name: str = "mosquitto", extra: str = "") -> Broker:
+    """Start a private Mosquitto on a free loopback port; ``extra`` is more mosquitto.conf
+    (e.g. a bridge). Fails the test if it does not accept connections within 10 s."""
     if not MOSQUITTO.exists() and shutil.which("mosquitto") is None:
         pytest.fail(
             "mosquitto is not installed; install it with: sudo apt-get install -y mosquitto"
         )
     binary = str(MOSQUITTO) if MOSQUITTO.exists() else str(shutil.which("mosquitto"))
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
+    conf = directory / f"{name}.conf"
     conf.write_text(
         f"listener {port} {HOST}\nallow_anonymous true\npersistence false\nmax_connections -1\n"
+        + extra
     )
-    log = tmp_path / "mosquitto.log"
+    log = directory / f"{name}.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             [binary, "-c", str(conf)],
@@ -107,15 +108,30 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
             if time.monotonic() >= deadline:
                 pytest.fail(f"mosquitto did not accept on port {port} within 10 s: {_tail(log)}")
             time.sleep(0.05)
-        yield Broker(HOST, port, process, log)
+    except BaseException:
+        stop_mosquitto(Broker(HOST, port, process, log))
+        raise
+    return Broker(HOST, port, process, log)
+
+
+def stop_mosquitto(broker: Broker) -> None:
+    if broker.process.poll() is None:
+        broker.process.terminate()
+        try:
+            broker.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            broker.process.kill()
+            broker.process.wait(timeout=10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A private Mosquitto on a free loopback port, for one test."""
+    broker = launch_mosquitto(tmp_path)
+    try:
+        yield broker
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_mosquitto(broker)
 
 
 # -- the commgraph proxy ----------------------------------------------------------------------
@@ -130,6 +146,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -216,6 +234,7 @@ def start_proxy(tmp_path: Path, mosquitto: Broker) -> Iterator[Callable[..., Pro
         }
         for section, keys in extra.items():
             sections.setdefault(section, {}).update(keys)
+        db = Path(sections["node"]["db"])
         config = tmp_path / f"site-{n}.toml"
         write_toml(config, sections)
         stderr_path = tmp_path / f"commgraph-{n}.stderr"
