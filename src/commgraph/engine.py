@@ -282,7 +282,7 @@ class Engine:
         if rel[4] is VertexKind.TOPIC and relation == "publish" and not graph.owner[d]:
             graph.owner[d] = s
             self.changes.vertices.add(d)
-        topical = graph.kind(counterpart) is VertexKind.TOPIC
+        topical = (rel[3] if rel[5] else rel[4]) is VertexKind.TOPIC
         instance = self._instance_of(address) if topical else None
         index = self.models.get(graph.names[subject])
         if index is not None:
@@ -303,7 +303,11 @@ class Engine:
 
     def _instance_of(self, address: str) -> str | None:
         bound = self._bindings.get(address)
-        return (bound or self.identity.resolve(address, AddressKind.HOST)).instance
+        if bound is not None:
+            return bound.instance
+        if not self.identity.rules:
+            return None
+        return self.identity.resolve(address, AddressKind.HOST).instance
 
     def _edge_added(self, e: int, subject: int, instance: str | None) -> None:
         self.changes.edges.add(e)
