@@ -8,13 +8,14 @@ line on stderr, never a traceback for bad input.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -25,14 +26,28 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from commgraph import __version__
-from commgraph.alerts import Action
+from commgraph.alerts import Action, Decision
 from commgraph.config import Config, format_duration, load_config, parse_duration
+from commgraph.engine import Engine
 from commgraph.errors import CommgraphError
-from commgraph.events import describe_edge
+from commgraph.events import VertexKind, describe_edge
 from commgraph.export import to_dot, to_graphml, to_json
 from commgraph.identity import Identity
-from commgraph.phases import LearningSettings, Mode
+from commgraph.model import (
+    ModelError,
+    ServiceModel,
+    SignedModel,
+    canonical_json,
+    diff,
+    open_model,
+    parse_model,
+    read_envelope,
+    sign_model,
+)
+from commgraph.phases import LearningSettings, Mode, Phase
+from commgraph.signing import PublicKey, key_id, load_private, load_trusted, public_pem
 from commgraph.store import Store
+from commgraph.templates import Templates
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -197,7 +212,8 @@ def replay(
 
     One event per line: {"ts": 1700000000.0, "src": "thermo-1", "dst": "home/kitchen/temp",
     "relation": "publish", "size": 12}. The database keeps what was learned: a second replay
-    continues where the first stopped.
+    continues where the first stopped. With --config, the kept service models its [keys]
+    trusted keys vouch for are adopted, as by a running node.
     """
     from commgraph.daemon import replay as run_replay
 
@@ -209,8 +225,14 @@ def replay(
         store.save_settings(settings)
         identity = Identity(config.identity) if config else None
         engine = store.load_engine(
-            settings, identity, node=node or (config.node if config else None)
+            settings,
+            identity,
+            node=node or (config.node if config else None),
+            templates=Templates(config.templates) if config else None,
         )
+        if config and config.trusted_keys:
+            # as the live node does: services with a trusted kept model adopt it
+            _adopt_kept(engine, store.models(), load_trusted(config.trusted_keys), "ignored")
         before = len(engine.alerts.by_id)
         if str(file) == "-":
             stream: IO[bytes] = sys.stdin.buffer
@@ -372,7 +394,8 @@ def status(ctx: Context, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def services(ctx: Context, as_json: bool) -> None:
-    """Services with their learning phase and mode."""
+    """Services with their learning phase and mode, and the node whose model a service
+    adopted instead of learning (model_from)."""
     with ctx.store() as store:
         rows = store.services()
     if as_json:
@@ -383,6 +406,8 @@ def services(ctx: Context, as_json: bool) -> None:
     )
     for r in rows:
         phase = "[yellow]learning[/]" if r["phase"] == "learning" else r["phase"]
+        if r.get("model_from"):
+            phase += f" (model from {esc(r['model_from'])})"
         ends = (
             "at next event"
             if r["phase"] == "learning" and r["learning_ends_at"] is None
@@ -583,9 +608,501 @@ def keygen(out_dir: Path, name: str) -> None:
     kid = write_keypair(private, public)
     out.print(f"Wrote {esc(str(private))} (private, 0600) and {esc(str(public))}; key id {kid}.")
     out.print(
-        f'Nodes trust it with [keys] trusted = ["{esc(str(public))}"]; issuers also set '
+        f'Nodes trust it with \\[keys] trusted = ["{esc(str(public))}"]; issuers also set '
         f'private = "{esc(str(private))}".'
     )
+
+
+# -- service models -------------------------------------------------------------------------
+
+
+@cli.group("model")
+def model_group() -> None:
+    """Service models: what each service may do, signed and shared between the site's nodes.
+
+    A node keeps the models it trusts (its own, the site broker's, imported files) and a
+    service with a kept model adopts it instead of learning.
+    """
+
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The site configuration (TOML): node name, [keys], templates, database.",
+)
+_trusted_option = click.option(
+    "--trusted",
+    "trusted_paths",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A trusted public key (PEM, from commgraph keygen); repeatable; adds to [keys] trusted.",
+)
+_STATUS_COLOURS = {"verified": "green", "not verified": "yellow"}
+
+
+def _site_config(ctx: Context, config_path: Path | None) -> Config | None:
+    """The site configuration if given; its [node] db is used unless --db names another."""
+    if config_path is None:
+        return None
+    config = load_config(config_path)
+    if config.db and ctx.db_path == default_db():
+        ctx.db_path = config.db
+    return config
+
+
+def _trusted_keys(config: Config | None, paths: Sequence[Path]) -> dict[str, PublicKey]:
+    """Key id -> public key, from [keys] trusted and --trusted (SigningError naming a file)."""
+    return dict(load_trusted([*(config.trusted_keys if config else ()), *paths]))
+
+
+def _read_input(file: Path) -> tuple[bytes, str]:
+    """The bytes of FILE (``-``: stdin) without surrounding whitespace, and its name."""
+    if str(file) == "-":
+        return sys.stdin.buffer.read().strip(), "stdin"
+    try:
+        return file.read_bytes().strip(), str(file)
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror or exc}")
+
+
+def _unverified(data: bytes) -> tuple[SignedModel, ServiceModel]:
+    """The envelope and the model it holds, read without checking the signature (for showing
+    and diffing only, never for keeping); raises ModelError."""
+    signed = read_envelope(data)
+    return signed, parse_model(signed.document)
+
+
+def _model_file(file: Path) -> ServiceModel:
+    data, name = _read_input(file)
+    try:
+        return _unverified(data)[1]
+    except ModelError as exc:
+        _fail(f"{name}: not a service model ({exc})")
+
+
+def _model_view(envelope: bytes, trusted: Mapping[str, PublicKey] | None) -> dict[str, Any]:
+    """What an envelope (or bare model document) holds, and its status: "verified" or
+    "refused: REASON" against ``trusted``, "not verified" when no key is given."""
+    view: dict[str, Any] = {
+        "version": None,
+        "issued_at": None,
+        "key": None,
+        "edges": None,
+        "status": "refused: malformed" if trusted is not None else "malformed",
+        "problem": None,
+        "model": None,
+    }
+    try:
+        signed, model = _unverified(envelope)
+    except ModelError as exc:
+        view["problem"] = str(exc)
+        return view
+    view.update(
+        version=model.version,
+        issued_at=model.issued_at,
+        key=signed.key_id if signed.signature is not None else None,
+        edges=len(model.edges),
+        model=json.loads(canonical_json(model)),
+        status="not verified",
+    )
+    if trusted is not None:
+        try:
+            open_model(envelope, trusted)
+        except ModelError as exc:
+            view["status"], view["problem"] = f"refused: {exc.reason}", str(exc)
+        else:
+            view["status"] = "verified"
+    return view
+
+
+def _status_text(status: str) -> str:
+    colour = "red" if status.startswith(("refused", "malformed")) else _STATUS_COLOURS[status]
+    return f"[{colour}]{esc(status)}[/]"
+
+
+def _labels_summary(edges: Sequence[Mapping[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for edge in edges:
+        counts[edge["label"]] = counts.get(edge["label"], 0) + 1
+    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+
+
+def _edges_text(count: int) -> str:
+    return "1 edge" if count == 1 else f"{count} edges"
+
+
+def _print_model_edges(title: str, document: Mapping[str, Any]) -> None:
+    colours = {"denied": "red", "approved": "green", "learned": "default", "pending": "yellow"}
+    table = _table(title, ["relation", "peer", "direction", "label", "decided at", "decided by"])
+    for edge in document["edges"]:
+        table.add_row(
+            esc(edge["relation"]),
+            esc(edge["peer"]),
+            edge["direction"],
+            f"[{colours.get(edge['label'], 'default')}]{edge['label']}[/]",
+            _when(edge["decided_at"]),
+            esc(edge["decided_by"] or "-"),
+        )
+    out.print(table)
+
+
+def _print_model(row: Mapping[str, Any]) -> None:
+    document = row["model"]
+    origin = f"file {row['file']}" if row["source"] == "file" else f"kept from {row['source']}"
+    out.print(
+        f"[bold]{esc(document['service'])}[/] from node {esc(document['node'])}: "
+        f"version {document['version']}, issued {_when(document['issued_at'])}, "
+        f"{esc(origin)}, key {esc(row['key'] or 'none (unsigned)')}, "
+        f"{_status_text(row['status'])}" + (f" ({esc(row['problem'])})" if row["problem"] else "")
+    )
+    if document["edges"]:
+        _print_model_edges(_edges_text(len(document["edges"])).capitalize(), document)
+    else:
+        out.print("no edges")
+
+
+@model_group.command("export")
+@click.argument("service")
+@_config_option
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The site's private key to sign with (default: [keys] private of --config).",
+)
+@_trusted_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write the signed model to this file (default: stdout).",
+)
+@click.pass_obj
+def model_export(
+    ctx: Context,
+    service: str,
+    config_path: Path | None,
+    key_path: Path | None,
+    trusted_paths: tuple[Path, ...],
+    output: Path | None,
+) -> None:
+    """Sign and write this node's current model of SERVICE.
+
+    The model holds what the service learned and the owner decided here, joined with the
+    kept site models of it that a trusted key signed (models signed by the signing key
+    itself count as trusted). Its version is one above the highest kept one.
+    """
+    config = _site_config(ctx, config_path)
+    key_file = key_path or (config.private_key if config else None)
+    if key_file is None:
+        _fail(
+            "no private key to sign the model with: make the site's key pair with "
+            "'commgraph keygen', then pass --key site.key (or set [keys] private in --config)"
+        )
+    private = load_private(key_file)
+    trusted = _trusted_keys(config, trusted_paths)
+    own_public = public_pem(private)
+    trusted.setdefault(key_id(own_public), own_public)
+    with ctx.store() as store:
+        node = config.node if config else _own_node(store)
+        engine = store.load_engine(
+            config.learning if config else None,
+            Identity(config.identity) if config else None,
+            node=node,
+            templates=Templates(config.templates) if config else None,
+        )
+        kept = store.models(service)
+    vid = engine.graph.vertex(VertexKind.SERVICE, service)
+    state = None if vid is None else engine.phases.states.get(vid)
+    if state is None:
+        _fail(f"there is no service {service!r} in {ctx.db_path} (see commgraph services)")
+    highest = 0
+    for row in kept:
+        with contextlib.suppress(ModelError):
+            highest = max(highest, _unverified(row["envelope"])[1].version)
+    _adopt_kept(engine, kept, trusted, "left out")
+    if state.phase is Phase.LEARNING:
+        err.print(
+            f"warning: {service} is still learning (until {_when(state.ends_at)}): "
+            "the model holds only what it learned so far",
+            markup=False,
+        )
+    now = time.time()
+    version = highest + 1
+    # model_of joins in the kept models; the issue (node, version, time) is this export's own
+    built = engine.model_of(service, node=node, issued_at=now, version=version)
+    model = ServiceModel(
+        service=service, version=version, node=node, issued_at=now, edges=built.edges
+    )
+    envelope = sign_model(model, private) + b"\n"
+    if output is None or str(output) == "-":
+        sys.stdout.buffer.write(envelope)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        output.write_bytes(envelope)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
+    out.print(
+        f"Wrote the model of {esc(service)} to {esc(str(output))}: version {version}, "
+        f"node {esc(node)}, {_edges_text(len(model.edges))}, "
+        f"signed with key {key_id(own_public)}."
+    )
+
+
+def _adopt_kept(
+    engine: Engine, kept: Sequence[Mapping[str, Any]], trusted: Mapping[str, PublicKey], verb: str
+) -> None:
+    """Adopt the kept models (``Store.models()`` rows) that a trusted key signed, as a running
+    node does when it starts; warn on stderr about each one left out."""
+    for row in kept:
+        try:
+            model = open_model(row["envelope"], trusted)
+            if model.service != row["service"]:
+                raise ModelError(f"it holds a model of {model.service!r}")
+        except ModelError as exc:
+            err.print(
+                f"warning: {verb} the kept model of {row['service']} from node {row['node']}: "
+                f"{exc}",
+                markup=False,
+            )
+            continue
+        engine.adopt(model, row["node"])
+
+
+def _own_node(store: Store) -> str:
+    """The name this database's node publishes its own models under, else "node"."""
+    own = [row for row in store.models() if row["source"] == "self"]
+    if not own:
+        return "node"
+    return str(max(own, key=lambda row: row["received_at"])["node"])
+
+
+def _claimed_service(data: bytes) -> str | None:
+    """The service a refused document says it describes, for the audit log (if readable)."""
+    try:
+        return _unverified(data)[1].service
+    except ModelError:
+        return None
+
+
+@model_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@_config_option
+@_trusted_option
+@click.option("--by", help="Who imports (default: user@host).")
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.pass_obj
+def model_import(
+    ctx: Context,
+    file: Path,
+    config_path: Path | None,
+    trusted_paths: tuple[Path, ...],
+    by: str | None,
+    reason: str,
+) -> None:
+    """Keep the model in FILE (- for stdin) if a trusted key signed it.
+
+    Kept or refused, the audit log says so. A node running on this database takes a kept
+    model in within a second: services of that type seen from then on adopt it instead of
+    learning, and its decisions apply to matching edges.
+    """
+    config = _site_config(ctx, config_path)
+    trusted = _trusted_keys(config, trusted_paths)
+    if not trusted:
+        _fail(
+            "no trusted key to check the model with: pass --trusted site.pub "
+            "(or set [keys] trusted in --config)"
+        )
+    data, name = _read_input(file)
+    who = by or _who()
+    with ctx.store(must_exist=False) as store:
+        now = time.time()
+        try:
+            model = open_model(data, trusted)
+        except ModelError as exc:
+            store.audit(
+                Decision(
+                    action=Action.MODEL_REJECTED,
+                    by=who,
+                    at=now,
+                    reason=str(exc),
+                    service=_claimed_service(data),
+                    detail=f"{exc.reason}; imported from {name}",
+                )
+            )
+            hints = {
+                "unknown-key": f"; this node trusts {', '.join(sorted(trusted))}",
+                "unsigned": " (commgraph model export signs models)",
+            }
+            _fail(f"refused the model in {name}: {exc}{hints.get(exc.reason, '')}")
+        for row in store.models(model.service):
+            if row["node"] != model.node:
+                continue
+            if row["envelope"] == data:
+                out.print(
+                    f"The model of {esc(model.service)} from node {esc(model.node)} "
+                    f"(version {model.version}) is already kept: nothing to do."
+                )
+                return
+            with contextlib.suppress(ModelError):
+                kept = _unverified(row["envelope"])[1]
+                if (kept.version, kept.issued_at) > (model.version, model.issued_at):
+                    _fail(
+                        f"not imported: the model of {model.service} from node {model.node} "
+                        f"kept here is newer (version {kept.version}, issued "
+                        f"{_when(kept.issued_at)}) than the one in {name} (version "
+                        f"{model.version}, issued {_when(model.issued_at)})"
+                    )
+        store.save_model(model.service, model.node, data, at=now, source="import")
+        store.audit(
+            Decision(
+                action=Action.MODEL_KEPT,
+                by=who,
+                at=now,
+                reason=reason,
+                service=model.service,
+                detail=f"version {model.version} from node {model.node}; imported from {name}",
+            )
+        )
+    document = json.loads(canonical_json(model))
+    signer = read_envelope(data).key_id
+    out.print(
+        f"Kept the model of [bold]{esc(model.service)}[/] from node {esc(model.node)}: "
+        f"version {model.version}, issued {_when(model.issued_at)}, "
+        f"{_edges_text(len(model.edges))}"
+        + (f" ({_labels_summary(document['edges'])})" if model.edges else "")
+        + f", signed with key {esc(signer or '')}."
+    )
+    if model.edges:
+        _print_model_edges("Edges", document)
+    out.print(
+        f"A node running on {esc(str(ctx.db_path))} takes it in within a second; services "
+        f"of that type seen from then on adopt it instead of learning."
+    )
+
+
+@model_group.command("show")
+@click.argument("target", metavar="[SERVICE|FILE]", required=False)
+@_config_option
+@_trusted_option
+@json_option
+@click.pass_obj
+def model_show(
+    ctx: Context,
+    target: str | None,
+    config_path: Path | None,
+    trusted_paths: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """The kept models, one service's, or the one in a file.
+
+    Without SERVICE, a table of the models this node keeps; with SERVICE, the edges of each
+    kept model of it; with FILE (- for stdin), the model in that file. With trusted keys
+    (--trusted, [keys] trusted), each says whether it is verified or refused, and why.
+    """
+    config = _site_config(ctx, config_path)
+    trusted = _trusted_keys(config, trusted_paths) or None
+    rows: list[dict[str, Any]]
+    if target is not None and (target == "-" or Path(target).is_file()):
+        data, name = _read_input(Path(target))
+        view = _model_view(data, trusted)
+        if view["model"] is None:
+            _fail(f"{name}: not a service model ({view['problem']})")
+        document = view["model"]
+        rows = [
+            {
+                "service": document["service"],
+                "node": document["node"],
+                "source": "file",
+                "file": name,
+                "received_at": None,
+                **view,
+            }
+        ]
+    else:
+        with ctx.store() as store:
+            kept = store.models(target)
+        rows = [
+            {
+                "service": row["service"],
+                "node": row["node"],
+                "source": row["source"],
+                "received_at": row["received_at"],
+                **_model_view(row["envelope"], trusted),
+            }
+            for row in kept
+        ]
+        if target is not None and not rows:
+            _fail(
+                f"no model of {target!r} is kept in {ctx.db_path}, and there is no file of "
+                "that name (see commgraph model show)"
+            )
+    if as_json:
+        _emit_json(rows)
+        return
+    if target is not None:
+        for row in rows:
+            if row["model"] is None:
+                out.print(
+                    f"[bold]{esc(row['service'])}[/] from node {esc(row['node'])}: "
+                    f"{_status_text(row['status'])} ({esc(row['problem'] or '')})"
+                )
+            else:
+                _print_model(row)
+        return
+    if not rows:
+        out.print(
+            f"No models kept in {esc(str(ctx.db_path))}: a node keeps its own, the site's "
+            "(with [sync]) and imported ones (commgraph model import FILE)."
+        )
+        return
+    table = _table(
+        "Service models",
+        ["service", "node", "source", "version", "edges", "issued at", "key", "status"],
+    )
+    for row in rows:
+        table.add_row(
+            esc(row["service"]),
+            esc(row["node"]),
+            row["source"],
+            "-" if row["version"] is None else str(row["version"]),
+            "-" if row["edges"] is None else str(row["edges"]),
+            _when(row["issued_at"]),
+            esc(row["key"] or "unsigned"),
+            _status_text(row["status"]),
+        )
+    out.print(table)
+
+
+@model_group.command("diff")
+@click.argument("a", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.argument("b", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@json_option
+def model_diff(a: Path, b: Path, as_json: bool) -> None:
+    """What changes from model file A to model file B.
+
+    A and B are signed envelopes or bare model documents (signatures are not checked). Lines:
+    + an edge B adds, - one it drops, ~ one whose label or figures change.
+    """
+    first, second = _model_file(a), _model_file(b)
+    if first.service != second.service:
+        err.print(
+            f"warning: {a} holds a model of {first.service}, {b} one of {second.service}",
+            markup=False,
+        )
+    lines = diff(first, second)
+    if as_json:
+        _emit_json([{"change": line[0], "what": line[2:], "line": line} for line in lines])
+        return
+    if not lines:
+        out.print("no differences")
+        return
+    colours = {"+": "green", "-": "red", "~": "yellow"}
+    for line in lines:
+        out.print(f"[{colours.get(line[0], 'default')}]{esc(line)}[/]")
 
 
 # -- pictures -----------------------------------------------------------------------------

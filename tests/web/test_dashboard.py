@@ -20,6 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from commgraph.alerts import Action
 from commgraph.config import parse_config
 from commgraph.daemon import Daemon
+from commgraph.model import ModelEdge, ServiceModel, sign_model
+from commgraph.signing import load_private, write_keypair
 from commgraph.store import Store
 from commgraph.web import dashboard
 from commgraph.web.app import CREDENTIALS, NODE
@@ -329,6 +331,50 @@ async def test_act_link_for_an_alert_decided_meanwhile(
     response = await client.post(link(site, "approve"))
     assert response.status == 409
     assert "approved" in (await response.text()).lower()
+
+
+# -- site models ------------------------------------------------------------------------------
+
+
+async def test_an_adopted_service_says_whose_model_it_follows(tmp_path: Path) -> None:
+    write_keypair(tmp_path / "site.key", tmp_path / "site.pub")
+    config = parse_config(
+        {"node": {"name": "node-a"}, "keys": {"trusted": ["site.pub"]}}, base=tmp_path
+    )
+    store = Store(tmp_path / "node.db")
+    daemon = Daemon(config, store)
+    model = ServiceModel(
+        service="valve-kitchen",
+        version=2,
+        node="node-b",
+        issued_at=time.time() - 60,
+        edges=(
+            ModelEdge(relation="deliver", peer="valves/+/set", direction="in", label="learned"),
+        ),
+    )
+    envelope = sign_model(model, load_private(tmp_path / "site.key"))
+    assert daemon.model_received("valve-kitchen", "node-b", envelope, source="sync")
+    daemon.observe(time.time(), "valves/kitchen/set", "valve-kitchen", "deliver", 3)
+    daemon.observe(time.time(), "thermo-kitchen", "home/kitchen/temp", "publish", 3)
+    await asyncio.sleep(0)
+    credentials = load_or_create(tmp_path / "credentials")
+    app = web.Application()
+    app[NODE] = daemon
+    app[CREDENTIALS] = credentials
+    dashboard.setup(app)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            await log_in(client, credentials.api_token)
+            page = await (await client.get("/")).text()
+            assert page.count("model from node node-b") == 1  # valve only, not the sensor
+            page = await (await client.get("/services/valve-kitchen")).text()
+            assert "model from node <b>node-b</b>" in page
+            assert "Adopted the site model from node node-b" in page
+            assert "Site models (1)" in page and "<td>node-b</td><td>sync</td><td>2</td>" in page
+            page = await (await client.get("/services/thermo-kitchen")).text()
+            assert "model from" not in page and "Site models" not in page
+    finally:
+        store.close()
 
 
 # -- end to end in Chromium -------------------------------------------------------------------

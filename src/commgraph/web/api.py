@@ -30,11 +30,20 @@ from commgraph.alerts import Action, AlertState, Decision
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.export import service_view
 from commgraph.graph import Label
+from commgraph.model import (
+    LABELS,
+    ModelError,
+    ServiceModel,
+    SignedModel,
+    canonical_json,
+    parse_model,
+    read_envelope,
+)
 from commgraph.phases import Mode
 from commgraph.web.app import CREDENTIALS, NODE, Node
 from commgraph.web.auth import TokenError, read_action_token, same_secret
 
-__all__ = ["COOKIE", "OPENAPI", "authorized", "setup"]
+__all__ = ["COOKIE", "OPENAPI", "authorized", "model_rows", "setup"]
 
 COOKIE: Final = "commgraph_token"
 PREFIX: Final = "/api/v1"
@@ -367,6 +376,50 @@ async def graph(request: web.Request) -> web.Response:
     return web.json_response({"vertices": vertices, "edges": edges})
 
 
+def model_rows(node: Node, service: str | None = None) -> list[dict[str, Any]]:
+    """The kept model envelopes, each with what its document says (the store only keeps
+    envelopes a trusted key signed; one that cannot be read has nulls)."""
+    rows = []
+    for row in node.store.models(service):
+        envelope = row["envelope"]
+        signed: SignedModel | None
+        model: ServiceModel | None
+        outer: Any
+        try:
+            signed = read_envelope(envelope)
+            model = parse_model(signed.document)
+            outer = json.loads(envelope)
+        except (ModelError, ValueError):
+            signed = model = outer = None
+        rows.append(
+            {
+                "service": row["service"],
+                "node": row["node"],
+                "source": row["source"],
+                "received_at": row["received_at"],
+                "version": None if model is None else model.version,
+                "issued_at": None if model is None else model.issued_at,
+                "key": None if signed is None else signed.key_id,
+                "edges": None if model is None else len(model.edges),
+                "model": None if model is None else json.loads(canonical_json(model)),
+                "envelope": outer,
+            }
+        )
+    return rows
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(model_rows(_node(request)))
+
+
+async def get_models(request: web.Request) -> web.Response:
+    service = request.match_info["service"]
+    rows = model_rows(_node(request), service)
+    if not rows:
+        raise ApiError(404, f"no model of service {service!r} is kept on this node")
+    return web.json_response(rows)
+
+
 async def timeline(request: web.Request) -> web.Response:
     return web.json_response(_node(request).store.timeline())
 
@@ -431,6 +484,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{p}/alerts/{{id}}/approve", approve, name="api.alert.approve")
     app.router.add_post(f"{p}/alerts/{{id}}/deny", deny, name="api.alert.deny")
     app.router.add_get(f"{p}/graph", graph, name="api.graph")
+    app.router.add_get(f"{p}/models", list_models, name="api.models")
+    app.router.add_get(f"{p}/models/{{service}}", get_models, name="api.models.service")
     app.router.add_get(f"{p}/timeline", timeline, name="api.timeline")
     app.router.add_get(f"{p}/decisions", decisions, name="api.decisions")
     app.router.add_post(f"{p}/act/{{token}}", act, name="api.act")
@@ -679,6 +734,24 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
             }
         },
+        f"{PREFIX}/models": {
+            "get": {
+                "summary": "The service models this node keeps (its own, the site's, imported).",
+                "operationId": "listModels",
+                "responses": {"200": _ok("Kept models.", _array("Model")), **_errors(401)},
+            }
+        },
+        f"{PREFIX}/models/{{service}}": {
+            "get": {
+                "summary": "The kept models of one service, one per issuing node.",
+                "operationId": "getModels",
+                "parameters": [_path_param("service", "The service's name.")],
+                "responses": {
+                    "200": _ok("Its kept models.", _array("Model")),
+                    **_errors(401, 404),
+                },
+            }
+        },
         f"{PREFIX}/timeline": {
             "get": {
                 "summary": "Per-minute graph size, anomalies and decisions.",
@@ -753,6 +826,76 @@ OPENAPI: Final[dict[str, Any]] = {
                     "edges": {"type": "integer"},
                     "pending_alerts": {"type": "integer"},
                     "instances": {"type": "array", "items": {"type": "string"}},
+                    "model_from": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "The node whose model the service adopted instead of "
+                        "learning.",
+                    },
+                },
+            },
+            "Model": {
+                "type": "object",
+                "properties": {
+                    "service": {"type": "string"},
+                    "node": {"type": "string", "description": "The node that issued it."},
+                    "source": {
+                        "type": "string",
+                        "enum": ["self", "sync", "import"],
+                        "description": "This node's own, from the site broker, or imported.",
+                    },
+                    "received_at": _TIME,
+                    "version": {"type": "integer", "nullable": True},
+                    "issued_at": _NULLABLE_TIME,
+                    "key": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "Id of the key that signed it.",
+                    },
+                    "edges": {
+                        "type": "integer",
+                        "nullable": True,
+                        "description": "How many edges the model holds.",
+                    },
+                    "model": {
+                        "allOf": [_ref("ModelDocument")],
+                        "nullable": True,
+                        "description": "The signed document, parsed.",
+                    },
+                    "envelope": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "The signed envelope as kept: the canonical document "
+                        "as a string, the key id and the base64 Ed25519 signature.",
+                        "properties": {
+                            "document": {"type": "string"},
+                            "key": {"type": "string"},
+                            "signature": {"type": "string"},
+                        },
+                    },
+                },
+            },
+            "ModelDocument": {
+                "type": "object",
+                "properties": {
+                    "schema": {"type": "integer"},
+                    "service": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "node": {"type": "string"},
+                    "issued_at": _TIME,
+                    "edges": {"type": "array", "items": _ref("ModelEdge")},
+                },
+            },
+            "ModelEdge": {
+                "type": "object",
+                "properties": {
+                    "relation": {"type": "string"},
+                    "peer": {"type": "string", "description": "Counterpart or its template."},
+                    "direction": {"type": "string", "enum": ["out", "in"]},
+                    "label": {"type": "string", "enum": sorted(LABELS)},
+                    "decided_at": _NULLABLE_TIME,
+                    "decided_by": {"type": "string", "nullable": True},
+                    "figures": {"type": "object", "additionalProperties": {"type": "number"}},
                 },
             },
             "Edge": {

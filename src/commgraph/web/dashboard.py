@@ -31,7 +31,7 @@ from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
 from commgraph.phases import Mode
 from commgraph.web import render
-from commgraph.web.api import COOKIE, authorized
+from commgraph.web.api import COOKIE, authorized, model_rows
 from commgraph.web.app import CREDENTIALS, NODE
 from commgraph.web.auth import ActionToken, TokenError, read_action_token, same_secret
 
@@ -237,7 +237,8 @@ async def graph(request: web.Request) -> web.Response:
 async def service(request: web.Request) -> web.Response:
     _require_login(request)
     name = request.match_info["name"]
-    store = request.app[NODE].store
+    node = request.app[NODE]
+    store = node.store
     found = [s for s in store.services() if s["name"] == name]
     if not found:
         raise web.HTTPNotFound(text=f"no service named {name!r}")
@@ -257,6 +258,7 @@ async def service(request: web.Request) -> web.Response:
         service=info,
         progress=progress,
         edges=store.edges(service=name),
+        models=model_rows(node, name),
         modes=MODES,
         now=now,
     )
