@@ -4,10 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from commgraph.daemon import replay
+from commgraph.config import Config
+from commgraph.daemon import Daemon, replay
 from commgraph.demo import heating_site
 from commgraph.errors import EventDecodeError
+from commgraph.model import ModelEdge, ServiceModel, sign_model
 from commgraph.phases import LearningSettings
+from commgraph.signing import generate_keypair
 from commgraph.store import Store
 
 
@@ -67,3 +70,58 @@ def heating_start() -> float:
     from commgraph.demo import DEMO_START
 
     return DEMO_START
+
+
+# -- site models in a node ---------------------------------------------------------------------
+
+
+def _model_node(tmp_path: Path) -> tuple[Daemon, Store, bytes]:
+    private, public = generate_keypair()
+    (tmp_path / "site.pub").write_bytes(public)
+    config = Config(node="node-a", trusted_keys=(tmp_path / "site.pub",))
+    store = Store(tmp_path / "n.db")
+    return Daemon(config, store), store, private
+
+
+def _thermo(version: int, *peers: str) -> ServiceModel:
+    return ServiceModel(
+        service="thermo",
+        version=version,
+        node="node-b",
+        issued_at=1_700_000_000.0 + version,
+        edges=tuple(
+            ModelEdge(relation="publish", peer=peer, direction="out", label="learned")
+            for peer in peers
+        ),
+    )
+
+
+def test_an_older_model_is_merged_but_never_replaces_the_kept_newer_one(tmp_path: Path) -> None:
+    daemon, store, private = _model_node(tmp_path)
+    with store:
+        newer = sign_model(_thermo(2, "home/+/temp"), private)
+        older = sign_model(_thermo(1, "home/+/old"), private)
+        assert daemon.model_received("thermo", "node-b", newer, source="sync")
+        assert not daemon.model_received("thermo", "node-b", newer, source="sync")  # again
+        assert not daemon.model_received("thermo", "node-b", older, source="sync")
+        (row,) = store.models("thermo")
+        assert row["envelope"] == newer
+        site = daemon.engine.models["thermo"].model
+        assert [edge.peer for edge in site.edges] == ["home/+/old", "home/+/temp"]
+        assert daemon.models_kept == 1 and daemon.models_rejected == 0
+
+
+def test_a_model_on_another_nodes_topic_is_refused_and_audited_once(tmp_path: Path) -> None:
+    daemon, store, private = _model_node(tmp_path)
+    with store:
+        envelope = sign_model(_thermo(1, "home/+/temp"), private)
+        for _ in range(2):
+            assert not daemon.model_received("thermo", "node-x", envelope, source="sync")
+        assert not daemon.model_received("lamp", "node-b", envelope, source="sync")
+        refusals = [d for d in store.decisions() if d["action"] == "model-rejected"]
+        assert [(d["service"], d["detail"]) for d in refusals] == [
+            ("thermo", "malformed; from node node-x"),
+            ("lamp", "malformed; from node node-b"),
+        ]
+        assert store.models() == [] and daemon.engine.models == {}
+        assert daemon.models_rejected == 3

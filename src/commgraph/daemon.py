@@ -29,7 +29,14 @@ from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError, EventDecodeError
 from commgraph.events import VertexKind, iter_event_lines
 from commgraph.identity import Identity
-from commgraph.model import ModelError, ServiceModel, open_model, sign_model
+from commgraph.model import (
+    ModelError,
+    ServiceModel,
+    open_model,
+    parse_model,
+    read_envelope,
+    sign_model,
+)
 from commgraph.notify import AlertNotice, Message, Notifier, Sender
 from commgraph.phases import Mode, Phase
 from commgraph.signing import PrivateKey, PublicKey, load_private, load_trusted
@@ -161,7 +168,7 @@ class Daemon:
         self.models_rejected = 0
         self._published: dict[str, tuple[ServiceModel, bytes]] = {}  # ours, per service
         self._model_dirty: set[str] = set()
-        self._refused: set[bytes] = set()  # digests of refused envelopes, audited once
+        self._refused: set[bytes] = set()  # refused (topic, envelope) digests, audited once
         self._flush_soon = False
         self._own_decisions: set[int] = set()
         self._last_decision = store.last_decision_id()
@@ -295,7 +302,7 @@ class Daemon:
     def _load_models(self) -> None:
         """Take in the models kept in the store (their signatures checked again: the trusted
         keys may have changed), and remember which of them are our own."""
-        for row in self.store.models():
+        for row in sorted(self.store.models(), key=lambda row: row["received_at"]):
             try:
                 model = open_model(row["envelope"], self.trusted)
             except ModelError as exc:
@@ -315,38 +322,57 @@ class Daemon:
     def model_received(self, service: str, node: str, payload: bytes, *, source: str) -> bool:
         """A model envelope from the site broker (or a file): checked, kept, merged.
 
-        Refused ones (unsigned, unknown key, tampered, malformed, or not of the service the
-        topic names) are audited once each and change nothing. Returns whether it was new.
+        Refused ones (unsigned, unknown key, tampered, malformed, or not the service and node
+        the topic names) are audited once each and change nothing. One older than the model
+        kept from the same node is merged (a join loses nothing) but does not replace it.
+        Returns whether it was new.
         """
         try:
             model = open_model(payload, self.trusted)
-            if model.service != service:
+            if (model.service, model.node) != (service, node):
                 raise ModelError(
-                    f"the message names service {service!r} but holds a model of {model.service!r}"
+                    f"the message is on the topic of {service!r} from node {node!r} but holds "
+                    f"a model of {model.service!r} from node {model.node!r}"
                 )
         except ModelError as exc:
             self._refuse(service, node, payload, exc)
             return False
-        if not self.store.save_model(service, node, payload, at=self.clock(), source=source):
-            return False  # the same envelope again (e.g. our own, echoed by the broker)
+        kept = self._kept(service, node)
+        if kept is not None and (kept.version, kept.issued_at) >= (model.version, model.issued_at):
+            if kept != model:
+                self.engine.adopt(model, node)
+                self._write_structure()
+            return False  # the same again (e.g. our own, echoed by the broker), or older
+        self.store.save_model(service, node, payload, at=self.clock(), source=source)
         self.models_kept += 1
         decisions = self.engine.adopt(model, node)
         self._model_dirty.add(service)
         self._write_structure()  # decisions it carried are durable before we go on
         log.info(
-            "model of %s from node %s kept (%d edges%s)",
+            "model of %s from node %s kept (version %d, %d edges%s)",
             service,
             node,
+            model.version,
             len(model.edges),
             f"; {len(decisions)} decisions applied here" if decisions else "",
         )
         return True
 
+    def _kept(self, service: str, node: str) -> ServiceModel | None:
+        """The model kept from ``node`` for ``service`` (already checked when it came)."""
+        for row in self.store.models(service):
+            if row["node"] == node:
+                with contextlib.suppress(ModelError):
+                    return parse_model(read_envelope(row["envelope"]).document)
+        return None
+
     def _refuse(self, service: str, node: str, payload: bytes, exc: ModelError) -> None:
         self.models_rejected += 1
-        digest = hashlib.sha256(payload).digest()
+        digest = hashlib.sha256(f"{service}\0{node}\0".encode() + payload).digest()
         if digest in self._refused:
             return
+        if len(self._refused) >= 10_000:  # bounded, whatever a broker is made to carry
+            self._refused.clear()
         self._refused.add(digest)
         log.warning("refused the model of %s from node %s: %s (%s)", service, node, exc, exc.reason)
         decision = Decision(
@@ -451,7 +477,8 @@ class Daemon:
             try:
                 model = open_model(row["envelope"], self.trusted)
             except ModelError as exc:
-                log.warning("imported model of %s is not trusted here: %s", service, exc)
+                if row["source"] == "import":
+                    log.warning("imported model of %s is not trusted here: %s", service, exc)
                 continue
             self.engine.adopt(model, row["node"])
         self._model_dirty.add(service)

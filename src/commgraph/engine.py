@@ -114,7 +114,7 @@ class Engine:
         self.phases = LearningPhases(self.settings)
         self.alerts = AlertBook()
         self.instances: dict[int, set[str]] = {}
-        # Trusted site models by service, and the node each latest came from.
+        # Trusted site models by service, and the node each first came from.
         self.models: dict[str, ModelIndex] = {}
         self.model_sources: dict[str, str] = {}
         # edge -> (when, by whom) of the owner's latest decision on it, here or on another node
@@ -513,7 +513,8 @@ class Engine:
             self.models[service] = index = ModelIndex(merged)
         else:
             index = known
-        self.model_sources[service] = source
+        # A service adopting the model is credited to the first node it came from.
+        self.model_sources.setdefault(service, source)
         vid = self.graph.vertex(VertexKind.SERVICE, service)
         if vid is None:
             return []
