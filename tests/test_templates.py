@@ -187,6 +187,26 @@ def test_not_learned_from_the_same_value() -> None:
     assert templates.learned("thermo") == []
 
 
+def test_two_topics_of_the_same_instances_are_not_an_instance_level() -> None:
+    templates = Templates()
+    templates.observe("thermo", "kitchen", "home/kitchen/temp")
+    templates.observe("thermo", "hall", "home/hall/temp")  # one value, two instances
+    templates.observe("thermo", "hall", "home/hall/light")
+    assert templates.learned("thermo") == []
+    assert templates.topic("home/hall/light", service="thermo", instance="hall") == ("home/+/light")
+
+
+def test_one_instance_using_two_values_unlearns_a_level() -> None:
+    templates = Templates()
+    templates.observe("thermo", "t1", "sensors/attic/temp")
+    templates.observe("thermo", "t2", "sensors/cellar/temp")
+    assert templates.learned("thermo") == ["sensors/+/temp"]
+    templates.observe("thermo", "t1", "sensors/garage/temp")
+    assert templates.learned("thermo") == []
+    templates.observe("thermo", "t3", "sensors/loft/temp")  # banned for good
+    assert templates.learned("thermo") == []
+
+
 def test_learned_after_instance_levels_are_opened() -> None:
     templates = Templates()
     templates.observe("thermo", "kitchen", "site/kitchen/sensor/1")

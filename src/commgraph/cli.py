@@ -9,6 +9,7 @@ line on stderr, never a traceback for bad input.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import os
@@ -28,6 +29,7 @@ from rich.table import Table
 from commgraph import __version__
 from commgraph.alerts import Action, Decision
 from commgraph.config import Config, format_duration, load_config, parse_duration
+from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
 from commgraph.errors import CommgraphError
 from commgraph.events import VertexKind, describe_edge
@@ -1106,6 +1108,177 @@ def model_diff(a: Path, b: Path, as_json: bool) -> None:
 
 
 # -- pictures -----------------------------------------------------------------------------
+
+
+# -- enforcement exports -----------------------------------------------------------------------
+
+
+@cli.group("export")
+def export_group() -> None:
+    """Let the broker (or the network) enforce what the site's models allow.
+
+    The models are this node's views of its services, joined with the kept site models that
+    a trusted key signed: learned and approved relationships are allowed, nothing else.
+    """
+
+
+def _site_models(
+    ctx: Context, config_path: Path | None, trusted_paths: Sequence[Path]
+) -> list[ServiceModel]:
+    config = _site_config(ctx, config_path)
+    trusted = _trusted_keys(config, trusted_paths)
+    with ctx.store() as store:
+        node = config.node if config else _own_node(store)
+        engine = store.load_engine(
+            config.learning if config else None,
+            Identity(config.identity) if config else None,
+            node=node,
+            templates=Templates(config.templates) if config else None,
+        )
+        kept = store.models()
+    _adopt_kept(engine, kept, trusted, "left out")
+    states = engine.phases.states.values()
+    here = sorted(state.service for state in states)
+    for state in states:
+        if state.phase is Phase.LEARNING:
+            err.print(
+                f"warning: {state.service} is still learning: only what it learned so far "
+                "is allowed",
+                markup=False,
+            )
+    now = time.time()
+    models = [
+        dataclasses.replace(view, version=max(view.version, 1))
+        for view in (engine.models_of(here, node=node, issued_at=now, version=0) if here else [])
+    ]
+    elsewhere = sorted(set(engine.models) - set(here))
+    models += [engine.models[name].model for name in elsewhere]
+    if not models:
+        _fail(f"no service models in {ctx.db_path}: nothing has been learned or imported yet")
+    return models
+
+
+def _usernames(pairs: Sequence[str]) -> dict[str, str]:
+    names = {}
+    for pair in pairs:
+        service, sep, username = pair.partition("=")
+        if not sep or not service or not username:
+            _fail(f"--username {pair!r}: expected SERVICE=USERNAME")
+        names[service] = username
+    return names
+
+
+def _write_text(text: str, output: Path | None, what: str) -> None:
+    if output is None or str(output) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
+    out.print(f"Wrote {what} to {esc(str(output))}.")
+
+
+_username_option = click.option(
+    "--username",
+    "username_pairs",
+    multiple=True,
+    metavar="SERVICE=USER",
+    help="The MQTT username a service logs in with (default: the service name); repeatable.",
+)
+_output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write to this file (default: stdout).",
+)
+
+
+@export_group.command("mosquitto-acl")
+@_config_option
+@_trusted_option
+@_username_option
+@_output_option
+@click.pass_obj
+def export_mosquitto_acl(
+    ctx: Context,
+    config_path: Path | None,
+    trusted_paths: tuple[Path, ...],
+    username_pairs: tuple[str, ...],
+    output: Path | None,
+) -> None:
+    """A Mosquitto acl_file: one user section per service, its allowed topics."""
+    models = _site_models(ctx, config_path, trusted_paths)
+    try:
+        text = mosquitto_acl(models, usernames=_usernames(username_pairs))
+    except EnforceError as exc:
+        _fail(str(exc))
+    _write_text(text, output, f"the ACL of {len(models)} services")
+
+
+@export_group.command("mosquitto-dynsec")
+@_config_option
+@_trusted_option
+@_username_option
+@click.option(
+    "--base",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An existing dynamic-security config to update (keeps its clients' passwords).",
+)
+@_output_option
+@click.pass_obj
+def export_mosquitto_dynsec(
+    ctx: Context,
+    config_path: Path | None,
+    trusted_paths: tuple[Path, ...],
+    username_pairs: tuple[str, ...],
+    base: Path | None,
+    output: Path | None,
+) -> None:
+    """A Mosquitto dynamic-security plugin config: one role and one client per service."""
+    models = _site_models(ctx, config_path, trusted_paths)
+    base_config = None
+    if base is not None:
+        try:
+            base_config = json.loads(base.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _fail(f"{base}: not a dynamic-security config ({exc})")
+    try:
+        config = mosquitto_dynsec(models, usernames=_usernames(username_pairs), base=base_config)
+    except EnforceError as exc:
+        _fail(str(exc))
+    _write_text(json.dumps(config, indent=2) + "\n", output, "the dynamic-security config")
+
+
+@export_group.command("mud")
+@click.argument("service")
+@click.option("--mud-url", required=True, help="Where the MUD file will be served (https://...).")
+@click.option("--broker", help="The MQTT broker's name or address (needed for MQTT models).")
+@click.option("--systeminfo", help="A short description of the device (60 characters).")
+@_config_option
+@_trusted_option
+@_output_option
+@click.pass_obj
+def export_mud(
+    ctx: Context,
+    service: str,
+    mud_url: str,
+    broker: str | None,
+    systeminfo: str | None,
+    config_path: Path | None,
+    trusted_paths: tuple[Path, ...],
+    output: Path | None,
+) -> None:
+    """An RFC 8520 MUD file for SERVICE's flow-level model."""
+    models = {m.service: m for m in _site_models(ctx, config_path, trusted_paths)}
+    model = models.get(service)
+    if model is None:
+        _fail(f"there is no model of {service!r} (see commgraph services, commgraph model show)")
+    try:
+        document = mud(model, mud_url=mud_url, broker=broker, systeminfo=systeminfo)
+    except EnforceError as exc:
+        _fail(str(exc))
+    _write_text(json.dumps(document, indent=2) + "\n", output, f"the MUD file of {service}")
 
 
 @cli.command()

@@ -11,7 +11,8 @@ counterparts become wildcards: ``home/kitchen/temp`` -> ``home/+/temp`` (MQTT to
 2. a level equal to the instance name (with or without the service prefix: ``thermo-kitchen``
    and ``kitchen`` are the same instance of ``thermo``) becomes ``+``;
 3. for concrete topics only, not subscription filters: a level learned by
-   :meth:`Templates.observe` to vary across instances of the service becomes ``+``.
+   :meth:`Templates.observe` to vary with the instance (each instance its own value, two
+   instances at least, never one value shared or one instance using two) becomes ``+``.
 
 Wildcards are only ever put where the concrete topic had a plain level (never for a ``$``
 first level), so a template always matches the topic it came from, and ``topic()`` is
@@ -116,31 +117,65 @@ def _normalize_rule(pattern: str) -> str:
 class _Shapes:
     """What :meth:`Templates.observe` remembers of one service, at most ``limit`` shapes.
 
-    A shape is a topic with one level left open, keyed ``(position, topic with + there)``.
-    ``pending`` holds the first instance and value seen for a shape (oldest evicted first);
-    a shape moves to ``varying`` when another instance fills the hole with another value.
+    A shape is a topic with one level left open, keyed ``(position, topic with + there)``;
+    ``seen`` maps it to the value each instance put in the hole (a few instances each). A
+    level is an instance's own only if the mapping is one to one: once two instances used
+    two values there, the shape is ``varying``. An instance using two values there, or two
+    instances using one, shows it is not (``home/+/temp`` and ``home/+/light`` published by
+    the same instances are two topics, not one per instance): the shape is ``banned``.
+    The oldest shape not yet varying is forgotten first.
     """
 
-    __slots__ = ("limit", "pending", "varying")
+    __slots__ = ("banned", "limit", "seen", "varying")
+
+    PER_SHAPE = 8  # instances remembered per shape: enough to see a contradiction
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.pending: dict[tuple[int, str], tuple[str, str]] = {}
+        self.seen: dict[tuple[int, str], dict[str, str]] = {}
         self.varying: set[tuple[int, str]] = set()
+        self.banned: set[tuple[int, str]] = set()
+
+    def __len__(self) -> int:
+        return len(self.seen) + len(self.banned)
 
     def record(self, shape: tuple[int, str], instance: str, value: str) -> None:
-        if shape in self.varying:
+        if shape in self.banned:
             return
-        first = self.pending.get(shape)
-        if first is None:
-            if len(self.pending) + len(self.varying) >= self.limit:
-                if not self.pending:
-                    return
-                del self.pending[next(iter(self.pending))]
-            self.pending[shape] = (instance, value)
-        elif first[0] != instance and first[1] != value:
-            del self.pending[shape]
-            self.varying.add(shape)
+        values = self.seen.get(shape)
+        if values is None:
+            if len(self) >= self.limit and not self._forget_one():
+                return
+            self.seen[shape] = {instance: value}
+            return
+        known = values.get(instance)
+        if known is not None:
+            if known != value:
+                self._ban(shape)
+            return
+        if value in values.values():
+            self._ban(shape)
+            return
+        if len(values) < self.PER_SHAPE:
+            values[instance] = value
+        self.varying.add(shape)
+
+    def _ban(self, shape: tuple[int, str]) -> None:
+        del self.seen[shape]
+        self.varying.discard(shape)
+        if len(self) >= self.limit and not self._forget_one():
+            return
+        self.banned.add(shape)
+
+    def _forget_one(self) -> bool:
+        for shape in self.seen:
+            if shape not in self.varying:
+                del self.seen[shape]
+                return True
+        if self.banned:
+            self.banned.pop()
+            return True
+        return False
 
 
 class Templates:
@@ -175,7 +210,8 @@ class Templates:
         """Learn from ``instance`` of ``service`` using concrete ``topic``.
 
         Topics no config rule covers are remembered by shape (bounded per service); once two
-        instances use topics differing in exactly one level, that level is open for the service.
+        instances use topics differing in exactly one level, each instance always with its own
+        value there, that level is open for the service.
         Filters, and topics of an unknown instance, teach nothing.
         """
         if instance is None:
@@ -200,7 +236,7 @@ class Templates:
     def shape_count(self, service: str) -> int:
         """How many topic shapes are remembered for ``service`` (never above ``max_shapes``)."""
         shapes = self._shapes.get(service)
-        return len(shapes.pending) + len(shapes.varying) if shapes else 0
+        return len(shapes) if shapes else 0
 
     def route(self, route: str) -> str:
         """The template of an HTTP route, ``[METHOD ]path``: identifier levels -> ``{id}``.
