@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     [
         ("engine.py", {"events_per_s", "new_edges_per_s", "bytes_per_edge", "edges"}),
         ("replay.py", {"events_per_s", "parse_per_s", "events"}),
+        ("models.py", {"envelope_bytes", "sign_ms", "open_ms", "merge_ms"}),
         (
             "mqtt_proxy.py",
             {"rtt_direct_p50_ms", "rtt_proxy_p50_ms", "msgs_per_s_direct", "msgs_per_s_proxy"},
