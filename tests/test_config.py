@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from commgraph.config import format_duration, load_config, parse_address, parse_duration
+from commgraph.config import (
+    format_duration,
+    load_config,
+    parse_address,
+    parse_config,
+    parse_duration,
+)
 from commgraph.errors import ConfigError
 from commgraph.identity import AddressKind, Identity
 from commgraph.phases import Mode
@@ -90,6 +97,10 @@ def test_full_site_config(tmp_path: Path) -> None:
         ('[[identity.rules]]\nmatch = "mac"\nequals = "x"\nservice = "y"\n', "rules[0].match"),
         ('[[identity.rules]]\ncidr = "10.0.0.0/33"\nservice = "y"\n', "identity.rules[0].cidr"),
         ('[[identity.rules]]\nequals = "a"\nservice = "b"\ncolour = "red"\n', "rules[0].colour"),
+        ('[[identity.rules]]\nscope = "moon"\nservice = "b"\n', "rules[0]: 'scope' must be"),
+        ("[[identity.rules]]\ndns = 1\n", "identity.rules[0].dns: expected"),
+        ('[templates]\ntopics = ["a/#/b"]\n', "templates.topics: topic template"),
+        ("[templates]\ntopics = [3]\n", "templates.topics: entry 1 must be a string"),
         ("[node]\nname = 3\n", "node.name: expected a string, got int"),
         ('[mqtt]\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nfail = "x"\n', "mqtt.fail"),
         ('[mqtt]\nlisten = "127.0.0.1:1"\n', "mqtt.upstream: listen and upstream go together"),
@@ -177,3 +188,18 @@ def test_api_and_notify_sections(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=key):
             load_config(write(tmp_path, f"[notify]\n{bad}\n"))
+
+
+def test_scope_dns_and_relation_rules_and_templates() -> None:
+    config = parse_config(
+        tomllib.loads(
+            '[[identity.rules]]\nscope = "internet"\nrelation = "udp/123"\n'
+            'service = "ntp@internet"\n'
+            "[[identity.rules]]\ndns = true\n"
+            '[templates]\ntopics = ["home/{room}/temperature"]\n'
+        )
+    )
+    ntp, dns = config.identity
+    assert (ntp.scope, ntp.relation, ntp.service) == ("internet", "udp/123", "ntp@internet")
+    assert dns.dns and dns.service is None
+    assert [rule.template for rule in config.templates] == ["home/+/temperature"]

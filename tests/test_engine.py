@@ -609,3 +609,33 @@ def test_bind_ties_a_connection_to_the_service_an_adapter_resolved() -> None:
     engine.unbind("mqtt:c-17")
     engine.observe(ev(23, "mqtt:c-17", "home/x"))
     assert engine.graph.vertex(VertexKind.SERVICE, "mqtt:c-17") is not None
+
+
+def test_destinations_named_by_dns_and_port_classes() -> None:
+    identity = Identity(
+        [
+            IdentityRule(scope="internet", relation="udp/123", service="ntp@internet"),
+            IdentityRule(dns=True),
+        ]
+    )
+    engine = Engine(LearningSettings(duration=LEARN_5), identity)
+    engine.observe(ev(0, "hub", "35.1.2.3", "tcp/8883"))
+    engine.learn_name("35.1.2.4", "a1b2.iot.eu-west-1.amazonaws.com")
+    engine.observe(ev(1, "hub", "35.1.2.4", "tcp/8883"))
+    engine.learn_name("35.1.2.3", "a1b2.iot.eu-west-1.amazonaws.com")
+    engine.observe(ev(2, "hub", "35.1.2.3", "tcp/8883"))  # now the same name: the same edge
+    for n, server in enumerate(("162.159.200.1", "162.159.200.123", "192.168.1.1")):
+        engine.observe(ev(3 + n, "hub", server, "udp/123"))
+    engine.observe(ev(6, "hub", "162.159.200.1", "tcp/443"))
+    graph = engine.graph
+    edges = sorted(
+        (graph.names[d], graph.relations[r], graph.count[e])
+        for e, (s, d, r) in ((e, graph.endpoints(e)) for e in range(graph.edge_count))
+    )
+    assert edges == [
+        ("162.159.200.1", "tcp/443", 1),
+        ("192.168.1.1", "udp/123", 1),  # a LAN time server is not "internet"
+        ("35.1.2.3", "tcp/8883", 1),  # before its name was known
+        ("a1b2.iot.eu-west-1.amazonaws.com", "tcp/8883", 2),
+        ("ntp@internet", "udp/123", 2),
+    ]

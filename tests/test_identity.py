@@ -224,3 +224,61 @@ def test_resolve_client_tries_each_rule_against_the_address_of_its_kind() -> Non
     assert identity.resolve_client("other", "thermo-9", None) == Resolved("other")
     # with a certificate and no rule, the certificate's name is the identity
     assert identity.resolve_client("other", None, "cam-2") == Resolved("cam-2")
+
+
+# -- scopes, relations and names from DNS ------------------------------------------------------
+
+
+def test_scope_rules_tell_local_from_internet_addresses() -> None:
+    identity = Identity(
+        [
+            IdentityRule(scope="internet", relation="udp/123", service="ntp@internet"),
+            IdentityRule(scope="local", relation="udp/67", service="dhcp@lan"),
+        ]
+    )
+    assert identity.resolve("162.159.200.1", relation="udp/123") == Resolved(
+        "ntp@internet", "162.159.200.1"
+    )
+    # the same host on another relation is itself; a LAN NTP server is not "internet"
+    assert identity.resolve("162.159.200.1", relation="tcp/443") == Resolved("162.159.200.1")
+    assert identity.resolve("192.168.1.1", relation="udp/123") == Resolved("192.168.1.1")
+    for lan in ("192.168.1.1", "255.255.255.255", "224.0.0.251", "fe80::1", "127.0.0.1"):
+        assert identity.resolve(lan, relation="udp/67").service == "dhcp@lan", lan
+    assert identity.resolve("8.8.8.8", relation="udp/67") == Resolved("8.8.8.8")
+    assert identity.resolve("ntp.example", relation="udp/123") == Resolved("ntp.example")
+    assert identity.relation_specific("udp/123") and not identity.relation_specific("udp/53")
+
+
+def test_relation_patterns() -> None:
+    rule = IdentityRule(scope="internet", relation="tcp/*", service="web")
+    assert rule.applies_to("tcp/443") and rule.applies_to("tcp/8883")
+    assert not rule.applies_to("udp/443") and not rule.applies_to(None)
+
+
+def test_dns_names_travel_and_are_bounded() -> None:
+    identity = Identity([IdentityRule(dns=True)], max_names=2)
+    assert identity.resolve("35.1.2.3") == Resolved("35.1.2.3")
+    assert identity.learn_name("35.1.2.3", "A1B2.iot.eu-west-1.amazonaws.com.")
+    assert not identity.learn_name("35.1.2.3", "a1b2.iot.eu-west-1.amazonaws.com")
+    assert identity.resolve("35.1.2.3") == Resolved("a1b2.iot.eu-west-1.amazonaws.com")
+    identity.learn_name("35.1.2.4", "a1b2.iot.eu-west-1.amazonaws.com")
+    identity.learn_name("35.1.2.5", "other.example")
+    assert identity.resolve("35.1.2.3") == Resolved("35.1.2.3")  # forgotten: the oldest
+    assert identity.resolve("35.1.2.4").service == "a1b2.iot.eu-west-1.amazonaws.com"
+    assert not Identity().learn_name("35.1.2.3", "x.example")  # no dns rule: nothing kept
+    assert not identity.learn_name("not-an-ip", "x.example")
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"scope": "mars", "service": "x"}, "'scope' must be"),
+        ({"scope": "internet"}, "need 'service'"),
+        ({"dns": True, "service": "x"}, "leave out 'service'"),
+        ({"dns": True, "match": AddressKind.USERNAME}, "match IP addresses"),
+        ({"dns": True, "cidr": ipaddress.ip_network("10.0.0.0/8")}, "exactly one of"),
+    ],
+)
+def test_bad_scope_and_dns_rules(fields: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        IdentityRule(**fields)  # type: ignore[arg-type]

@@ -266,6 +266,9 @@ def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
                 equals=r.get("equals", str),
                 pattern=pattern,
                 cidr=cidr,
+                scope=r.get("scope", str),
+                dns=r.get("dns", bool, False),
+                relation=r.get("relation", str),
                 service=r.get("service", str),
                 instance=r.get("instance", str),
             )

@@ -134,6 +134,9 @@ class Engine:
         self._relations: dict[
             str, tuple[int, dict[str, int], dict[str, int], VertexKind, VertexKind, bool]
         ] = {}
+        # Every cache that holds host addresses: the kind's, and those of relations with
+        # rules of their own (see _relation).
+        self._host_caches: list[dict[str, int]] = [self._caches[VertexKind.HOST]]
         self._minute: int | None = None
         self._minute_learned = 0
         self._minute_anomalies = 0
@@ -166,7 +169,7 @@ class Engine:
             s = self._vertex(rel[3], src, ts)
         d = rel[2].get(dst)
         if d is None:
-            d = self._vertex(rel[4], dst, ts)
+            d = self._vertex(rel[4], dst, ts, relation, rel[2])
         graph = self.graph
         e = graph.record(s, d, rel[0], ts, size)
         if e < 0:
@@ -186,10 +189,15 @@ class Engine:
         src_kind, dst_kind = endpoint_kinds(name)
         rid = self.graph.relation_id(name)
         self.changes.relations.add(rid)
+        dst_cache = self._caches[dst_kind]
+        if dst_kind is VertexKind.HOST and self.identity.relation_specific(name):
+            # Rules for this relation name its hosts differently: a cache of its own.
+            dst_cache = {}
+            self._host_caches.append(dst_cache)
         rel = (
             rid,
             self._caches[src_kind],
-            self._caches[dst_kind],
+            dst_cache,
             src_kind,
             dst_kind,
             dst_kind is VertexKind.SERVICE,
@@ -197,12 +205,20 @@ class Engine:
         self._relations[name] = rel
         return rel
 
-    def _vertex(self, kind: VertexKind, address: str, ts: float) -> int:
-        """Resolve an address met in a ``kind`` slot to a vertex (cache miss path)."""
+    def _vertex(
+        self,
+        kind: VertexKind,
+        address: str,
+        ts: float,
+        relation: str | None = None,
+        cache: dict[str, int] | None = None,
+    ) -> int:
+        """Resolve an address met in a ``kind`` slot (of ``relation``) to a vertex, and
+        remember it in ``cache`` (default: the kind's). The cache miss path."""
         graph = self.graph
         if kind in (VertexKind.SERVICE, VertexKind.HOST):
             bound = self._bindings.get(address) if kind is VertexKind.SERVICE else None
-            resolved = bound or self.identity.resolve(address, _KIND_ADDRESS[kind])
+            resolved = bound or self.identity.resolve(address, _KIND_ADDRESS[kind], relation)
             name = resolved.service
         else:
             resolved, name = None, address
@@ -227,8 +243,15 @@ class Engine:
             if resolved.instance not in known:
                 known.add(resolved.instance)
                 self.changes.instances.append((vid, resolved.instance))
-        self._caches[kind][address] = vid
+        (self._caches[kind] if cache is None else cache)[address] = vid
         return vid
+
+    def learn_name(self, address: str, name: str) -> None:
+        """A DNS answer named ``address`` (an adapter saw it): with a ``dns`` identity rule,
+        the address's next events count for ``name``. Edges already made stay as they are."""
+        if self.identity.learn_name(address, name):
+            for cache in self._host_caches:
+                cache.pop(address, None)
 
     def bind(self, address: str, resolved: Resolved, ts: float) -> None:
         """Tie a concrete address (an MQTT connection's key) to a service an adapter resolved.

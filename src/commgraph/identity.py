@@ -7,21 +7,34 @@ Rules are tried in order; the first that matches decides. A rule matches one kin
 - regex:  ``pattern = '^(?P<service>thermo)-(?P<instance>.+)$'`` (group ``service`` required,
   ``instance`` optional)
 - CIDR:   ``cidr = "10.0.3.0/24"``, ``service = "cameras"`` (``ip`` rules; instance = the address)
+- scope:  ``scope = "internet"`` or ``"local"`` (private, loopback, link-local, multicast and
+  broadcast addresses are local), ``service = "ntp@internet"`` (instance = the address)
+- DNS:    ``dns = true``: an address a DNS answer named is that name (``a1b2.iot.eu-west-1.
+  amazonaws.com`` rather than whichever of its addresses answered); names come in through
+  :meth:`Identity.learn_name`, from the DNS answers an adapter sees.
 
-An address no rule maps is its own identity. When an adapter does not say what kind of
-address it has (JSON lines, flow logs), IP literals are tried against ``ip``/``any`` rules and
-every other string against the name kinds.
+Any rule may also name the ``relation`` it is for (``"udp/123"``, or a pattern such as
+``"tcp/*"``): then it maps only counterparts of that relation, so "any internet host on
+udp/123 is ntp@internet" is one rule. An address no rule maps is its own identity. When an
+adapter does not say what kind of address it has (JSON lines, flow logs), IP literals are
+tried against ``ip``/``any`` rules and every other string against the name kinds.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["AddressKind", "Identity", "IdentityRule", "Resolved"]
+__all__ = ["MAX_NAMES", "SCOPES", "AddressKind", "Identity", "IdentityRule", "Resolved"]
+
+SCOPES = frozenset({"local", "internet"})
+MAX_NAMES = 100_000
+"""Addresses whose DNS name is remembered; the least recently named are forgotten first."""
 
 
 class AddressKind(StrEnum):
@@ -50,31 +63,65 @@ class Resolved:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IdentityRule:
-    """One rule; exactly one of ``equals``, ``pattern``, ``cidr`` is set."""
+    """One rule; exactly one of ``equals``, ``pattern``, ``cidr``, ``scope``, ``dns`` is set,
+    and optionally the ``relation`` (an fnmatch pattern) it is limited to."""
 
     match: AddressKind = AddressKind.ANY
     equals: str | None = None
     pattern: re.Pattern[str] | None = None
     cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    scope: str | None = None
+    dns: bool = False
+    relation: str | None = None
     service: str | None = None
     instance: str | None = None
 
     def __post_init__(self) -> None:
-        forms = sum(x is not None for x in (self.equals, self.pattern, self.cidr))
-        if forms != 1:
-            raise ValueError("a rule needs exactly one of 'equals', 'pattern', 'cidr'")
+        given = (self.equals, self.pattern, self.cidr, self.scope, self.dns or None)
+        if sum(x is not None for x in given) != 1:
+            raise ValueError(
+                "a rule needs exactly one of 'equals', 'pattern', 'cidr', 'scope', 'dns'"
+            )
         if self.pattern is not None:
             if "service" not in self.pattern.groupindex:
                 raise ValueError("'pattern' needs a named group (?P<service>...)")
+        elif self.dns:
+            if self.service is not None:
+                raise ValueError("'dns' rules name the address by DNS: leave out 'service'")
         elif not self.service:
-            raise ValueError("'equals' and 'cidr' rules need 'service'")
-        if self.cidr is not None and self.match not in (AddressKind.IP, AddressKind.ANY):
-            raise ValueError("'cidr' rules match IP addresses: use match = \"ip\"")
+            raise ValueError("'equals', 'cidr' and 'scope' rules need 'service'")
+        if self.scope is not None and self.scope not in SCOPES:
+            raise ValueError(f'\'scope\' must be "local" or "internet", not {self.scope!r}')
+        needs_ip = self.cidr is not None or self.scope is not None or self.dns
+        if needs_ip and self.match not in (AddressKind.IP, AddressKind.ANY):
+            raise ValueError(
+                "'cidr', 'scope' and 'dns' rules match IP addresses: use match = \"ip\""
+            )
+        if self.relation is not None and not self.relation:
+            raise ValueError("'relation' must not be empty")
+
+    def applies_to(self, relation: str | None) -> bool:
+        """Whether the rule may map a counterpart of ``relation`` (None: not known)."""
+        if self.relation is None:
+            return True
+        return relation is not None and fnmatch.fnmatchcase(relation, self.relation)
 
     def apply(
-        self, address: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+        self,
+        address: str,
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+        names: dict[str, str] | None = None,
     ) -> Resolved | None:
-        """The identity if this rule maps ``address`` (``ip`` is its parsed form, if any)."""
+        """The identity if this rule maps ``address`` (``ip`` is its parsed form, if any;
+        ``names`` the names DNS gave addresses)."""
+        if self.dns:
+            name = None if names is None or ip is None else names.get(address)
+            return None if name is None else Resolved(name, self.instance)
+        if self.scope is not None:
+            if ip is None or _scope(ip) != self.scope:
+                return None
+            assert self.service is not None
+            return Resolved(self.service, self.instance or address)
         if self.equals is not None:
             if address == self.equals:
                 assert self.service is not None
@@ -95,22 +142,47 @@ class IdentityRule:
 class Identity:
     """Ordered identity rules; :meth:`resolve` is pure and cheap enough to cache per address."""
 
-    def __init__(self, rules: Sequence[IdentityRule] = ()) -> None:
+    def __init__(self, rules: Sequence[IdentityRule] = (), *, max_names: int = MAX_NAMES) -> None:
         self.rules = tuple(rules)
+        self.names: OrderedDict[str, str] = OrderedDict()  # address -> name from DNS
+        self.max_names = max_names
+        self.uses_dns = any(rule.dns for rule in self.rules)
 
-    def resolve(self, address: str, kind: AddressKind | None = None) -> Resolved:
+    def resolve(
+        self, address: str, kind: AddressKind | None = None, relation: str | None = None
+    ) -> Resolved:
         """Map a concrete address to its identity; unmapped addresses are their own identity.
 
         ``kind`` is what the adapter knows the address to be; ``None`` means unknown.
+        ``relation`` is the relation the address is the counterpart of, if any.
         """
         ip = _parse_ip(address)
         for rule in self.rules:
-            if not _applies(rule.match, kind, ip is not None):
+            if not _applies(rule.match, kind, ip is not None) or not rule.applies_to(relation):
                 continue
-            resolved = rule.apply(address, ip)
+            resolved = rule.apply(address, ip, self.names)
             if resolved is not None:
                 return resolved
         return Resolved(address)
+
+    def relation_specific(self, relation: str) -> bool:
+        """Whether some rule maps counterparts of ``relation`` differently from others."""
+        return any(rule.relation is not None and rule.applies_to(relation) for rule in self.rules)
+
+    def learn_name(self, address: str, name: str) -> bool:
+        """A DNS answer named ``address``; returns whether that changes what it resolves to
+        (only when a ``dns`` rule is configured)."""
+        if not self.uses_dns or not name or _parse_ip(address) is None:
+            return False
+        name = name.rstrip(".").lower()
+        if self.names.get(address) == name:
+            self.names.move_to_end(address)
+            return False
+        self.names[address] = name
+        self.names.move_to_end(address)
+        while len(self.names) > self.max_names:
+            self.names.popitem(last=False)
+        return True
 
     def resolve_client(
         self, client_id: str, username: str | None = None, cert_cn: str | None = None
@@ -141,6 +213,14 @@ def _applies(rule_kind: AddressKind, kind: AddressKind | None, is_ip: bool) -> b
     if kind is not None:
         return rule_kind is kind or (rule_kind is AddressKind.IP and is_ip)
     return rule_kind is AddressKind.IP if is_ip else rule_kind in _NAME_KINDS
+
+
+def _scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """ "internet" for globally routed addresses, "local" for the rest (private, loopback,
+    link-local, multicast, broadcast, documentation...)."""
+    if ip.is_multicast:
+        return "local"
+    return "internet" if ip.is_global else "local"
 
 
 def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
