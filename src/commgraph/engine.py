@@ -681,6 +681,21 @@ class Engine:
         src, dst, rid = self.graph.endpoints(edge)
         return self.graph.names[src], self.graph.names[dst], self.graph.relations[rid]
 
+    def edge_names(self, edge: int) -> tuple[str, str, str]:
+        """``(src, dst, relation)`` of an edge, by name."""
+        return self._edge_names(edge)
+
+    def edge_of(self, src: str, dst: str, relation: str) -> int | None:
+        """The edge concrete addresses were last counted on, if they have been observed."""
+        rel = self._relations.get(relation)
+        if rel is None:
+            return None
+        s, d = rel[1].get(src), rel[2].get(dst)
+        if s is None or d is None:
+            return None
+        e = self.graph.find(s, d, rel[0])
+        return e if e >= 0 else None
+
     def alert_edge(self, alert: Alert) -> tuple[str, str, str]:
         """``(src, dst, relation)`` of the edge an alert is about."""
         return self._edge_names(alert.edge)

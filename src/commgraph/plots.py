@@ -1,0 +1,100 @@
+"""Pictures for evaluations: the sweep curve and the timeline, as PNG files (matplotlib).
+
+matplotlib is an optional extra (``pip install 'commgraph[eval]'``); without it these raise
+:class:`PlotError` saying so. Only this module imports it, and only when a picture is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from commgraph.engine import TimelineRow
+from commgraph.errors import CommgraphError
+from commgraph.evaluate import EvalResult
+
+__all__ = ["PlotError", "sweep_curve", "timeline_chart"]
+
+
+class PlotError(CommgraphError):
+    """A picture cannot be drawn (matplotlib missing, the file cannot be written)."""
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(
+            "drawing needs matplotlib: pip install 'commgraph[eval]' (or pip install matplotlib)"
+        ) from None
+    return plt
+
+
+def _save(figure: Any, path: Path) -> None:
+    try:
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as exc:
+        raise PlotError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _hours(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:g}m"
+    return f"{seconds / 3600:g}h"
+
+
+def sweep_curve(results: Sequence[EvalResult], path: Path, *, title: str = "") -> None:
+    """Owner interactions per day after learning, and the share of malicious flows flagged,
+    against the length of the learning phase."""
+    plt = _pyplot()
+    runs = sorted(results, key=lambda r: r.learning_s)
+    x = [r.learning_s / 3600 for r in runs]
+    figure, left = plt.subplots(figsize=(7, 4))
+    try:
+        per_day = [r.alerts_per_day if r.alerts_per_day is not None else float("nan") for r in runs]
+        left.plot(x, per_day, marker="o", color="#c0392b", label="owner interactions / day")
+        left.set_xscale("log")
+        left.set_xticks(x, [_hours(r.learning_s) for r in runs])
+        left.set_xlabel("learning phase")
+        left.set_ylabel("alerts per day after learning", color="#c0392b")
+        left.grid(True, which="both", alpha=0.3)
+        if any(r.malicious_flows for r in runs):
+            right = left.twinx()
+            rate = [100 * (r.detection_rate or 0.0) for r in runs]
+            right.plot(x, rate, marker="s", color="#2c3e50", label="malicious flows flagged")
+            right.set_ylabel("malicious flows flagged (%)", color="#2c3e50")
+            right.set_ylim(0, 105)
+        left.set_title(title or "Learning phase length against the owner's work")
+        _save(figure, path)
+    finally:
+        plt.close(figure)
+
+
+def timeline_chart(rows: Sequence[TimelineRow], path: Path, *, title: str = "") -> None:
+    """The graph over time: services, edges, services learning, and anomalies per minute."""
+    plt = _pyplot()
+    if not rows:
+        raise PlotError("nothing to draw: the timeline is empty")
+    times = [datetime.fromtimestamp(r.minute * 60, tz=UTC) for r in rows]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    try:
+        top.step(times, [r.edges for r in rows], where="post", label="edges", color="#2980b9")
+        top.step(times, [r.services for r in rows], where="post", label="services", color="#27ae60")
+        top.step(times, [r.learning for r in rows], where="post", label="learning", color="#f39c12")
+        top.set_ylabel("count")
+        top.legend(loc="upper left")
+        top.grid(True, alpha=0.3)
+        bottom.bar(times, [r.anomalies for r in rows], width=1 / 1440, color="#c0392b")
+        bottom.set_ylabel("anomalies / min")
+        bottom.set_xlabel("time (UTC)")
+        bottom.grid(True, alpha=0.3)
+        top.set_title(title or "The communication graph over time")
+        figure.autofmt_xdate()
+        _save(figure, path)
+    finally:
+        plt.close(figure)
