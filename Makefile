@@ -18,7 +18,7 @@ APT_PACKAGES ?= mosquitto chromium
 
 help:
 	@echo "commgraph make targets:"
-	@echo "  setup      create $(VENV) and install -e '.[dev]' (plus APT_PACKAGES via scripts/ensure-apt)"
+	@echo "  setup      create $(VENV) and install -e '.[dev,eval]' (plus APT_PACKAGES via scripts/ensure-apt)"
 	@echo "  lint       ruff check + ruff format --check on $(LINT_PATHS)"
 	@echo "  typecheck  mypy (strict, on src/)"
 	@echo "  test       setup, lint, typecheck, then pytest (PYTEST_ARGS=...)"
@@ -33,8 +33,8 @@ setup: $(STAMP)
 apt-deps:
 	@if [ -n "$(strip $(APT_PACKAGES))" ]; then scripts/ensure-apt $(APT_PACKAGES); fi
 
-# Rebuilt only when pyproject.toml changes, so repeated `make test` is fast.
-$(STAMP): pyproject.toml | apt-deps
+# Rebuilt only when pyproject.toml or this file changes, so repeated `make test` is fast.
+$(STAMP): pyproject.toml Makefile | apt-deps
 	@if [ ! -x "$(BIN)/python" ]; then \
 		echo "Creating virtualenv in $(VENV)"; \
 		if ! $(PYTHON) -m venv "$(VENV)"; then \
@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml | apt-deps
 		fi; \
 	fi
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,eval]'
 	@touch $@
 
 lint: setup
