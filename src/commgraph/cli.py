@@ -32,7 +32,8 @@ from commgraph.config import Config, format_duration, load_config, parse_duratio
 from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
 from commgraph.errors import CommgraphError
-from commgraph.events import VertexKind, describe_edge
+from commgraph.evaluate import EvalResult, LabelledFlow
+from commgraph.events import MAX_SIZE, VertexKind, describe_edge
 from commgraph.export import to_dot, to_graphml, to_json
 from commgraph.identity import Identity
 from commgraph.model import (
@@ -1108,6 +1109,139 @@ def model_diff(a: Path, b: Path, as_json: bool) -> None:
 
 
 # -- pictures -----------------------------------------------------------------------------
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def _labelled_flows(file: Path) -> list[LabelledFlow]:
+    """Flows of a Zeek conn.log (TSV or JSON) or IoT-23 CSV, in time order, with labels."""
+    from commgraph.adapters.zeek import flows_in_time_order, relation
+
+    try:
+        records, errors = flows_in_time_order(file)
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror or exc}")
+    for error in errors[:5]:
+        err.print(f"warning: {file}: skipped {error}", markup=False)
+    if len(errors) > 5:
+        err.print(f"warning: {file}: {len(errors) - 5} more bad lines skipped", markup=False)
+    if not records:
+        _fail(f"{file}: no flows found (expected a Zeek conn.log or an IoT-23 CSV)")
+    flows: list[LabelledFlow] = []
+    for r in records:
+        sizes = [n for n in (r.orig_bytes, r.resp_bytes) if n is not None]
+        size = min(sum(sizes), MAX_SIZE) if sizes else None
+        flows.append((r.ts, r.orig_h, r.resp_h, relation(r), size, r.label))
+    return flows
+
+
+def _durations(text: str, option: str) -> list[float]:
+    try:
+        return [parse_duration(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        _fail(f"{option}: {exc}")
+
+
+def _eval_table(results: Sequence[EvalResult]) -> Table:
+    table = _table(
+        "Evaluation",
+        [
+            "learning",
+            "flows",
+            "malicious flagged",
+            "benign flagged",
+            "alerts",
+            "alerts/day",
+            "first detection after",
+        ],
+    )
+    for r in results:
+        delay = "-" if r.detection_delay_s is None else format_duration(r.detection_delay_s)
+        table.add_row(
+            format_duration(r.learning_s),
+            str(r.flows),
+            f"{r.malicious_flagged}/{r.malicious_flows}",
+            f"{r.benign_flagged}/{r.benign_flows}",
+            str(r.alerts),
+            "-" if r.alerts_per_day is None else f"{r.alerts_per_day:.1f}",
+            delay,
+        )
+    return table
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--learning", metavar="DURATION", default="1h", show_default=True, help="Learning phase."
+)
+@click.option("--sweep", metavar="D1,D2,...", help="Several learning phases, e.g. 5m,15m,1h,4h.")
+@click.option("--min-events", type=click.IntRange(min=0), default=0, help="Also learn N events.")
+@_config_option
+@click.option(
+    "--timeline",
+    "timeline_png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw the graph over time to this PNG (needs commgraph[eval]).",
+)
+@click.option(
+    "--plot",
+    "plot_png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw owner interactions against the learning phase to this PNG (with --sweep).",
+)
+@json_option
+def eval_command(
+    file: Path,
+    learning: str,
+    sweep: str | None,
+    min_events: int,
+    config_path: Path | None,
+    timeline_png: Path | None,
+    plot_png: Path | None,
+    as_json: bool,
+) -> None:
+    """How well anomalies are found in labelled traffic, and how often the owner would act.
+
+    FILE is a Zeek conn.log (tab-separated or JSON lines) or an IoT-23 labelled CSV. Each
+    service learns for the learning phase from its first flow; after that every new edge is
+    an alert the owner would have been sent.
+    """
+    from commgraph.evaluate import sweep as run_sweep
+
+    config = load_config(config_path) if config_path else None
+    identity = Identity(config.identity) if config else None
+    flows = _labelled_flows(file)
+    phases = _durations(sweep, "--sweep") if sweep else _durations(learning, "--learning")
+    if not phases:
+        _fail("--sweep: give at least one duration, e.g. 5m,15m,1h")
+    results = run_sweep(flows, phases, identity=identity, min_events=min_events)
+    if plot_png is not None or timeline_png is not None:
+        from commgraph.plots import sweep_curve, timeline_chart
+
+        if plot_png is not None:
+            sweep_curve(results, plot_png, title=f"{file.name}: learning against owner's work")
+        if timeline_png is not None:
+            timeline_chart(results[-1].timeline, timeline_png, title=file.name)
+    if as_json:
+        rows = [r.to_json() for r in results]
+        _emit_json(rows if sweep else rows[0])
+        return
+    out.print(_eval_table(results))
+    last = results[-1]
+    if last.alert_edges:
+        shown = last.alert_edges[:20]
+        out.print(
+            f"What the owner would have been asked with {format_duration(last.learning_s)} "
+            f"of learning ({len(last.alert_edges)} alerts):"
+        )
+        for src, relation, dst, label in shown:
+            out.print(f"  {esc(src)} {esc(relation)} {esc(dst)}  ({label})")
+        if len(last.alert_edges) > len(shown):
+            out.print(f"  ... and {len(last.alert_edges) - len(shown)} more")
+    for picture in (plot_png, timeline_png):
+        if picture is not None:
+            out.print(f"Wrote {esc(str(picture))}.")
 
 
 # -- enforcement exports -----------------------------------------------------------------------
