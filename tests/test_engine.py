@@ -635,7 +635,21 @@ def test_destinations_named_by_dns_and_port_classes() -> None:
     assert edges == [
         ("162.159.200.1", "tcp/443", 1),
         ("192.168.1.1", "udp/123", 1),  # a LAN time server is not "internet"
-        ("35.1.2.3", "tcp/8883", 1),  # before its name was known
+        # seen before its name was known, and the name was taken by then: stays an address
+        ("35.1.2.3", "tcp/8883", 1),
         ("a1b2.iot.eu-west-1.amazonaws.com", "tcp/8883", 2),
         ("ntp@internet", "udp/123", 2),
     ]
+
+
+def test_a_host_seen_before_its_dns_answer_takes_the_name() -> None:
+    engine = Engine(LearningSettings(duration=LEARN_5), Identity([IdentityRule(dns=True)]))
+    engine.observe(ev(0, "hub", "47.89.226.20", "tcp/1883"))
+    engine.tick(at(10))
+    engine.learn_name("47.89.226.20", "broker.example")
+    engine.learn_name("47.89.226.21", "broker.example")
+    # after learning: the old address and a new one of the same name are the known edge
+    for address in ("47.89.226.20", "47.89.226.21"):
+        assert engine.observe(ev(11, "hub", address, "tcp/1883")) == LEARNED
+    assert engine.graph.edge_count == 1
+    assert engine.graph.names[engine.graph.endpoints(0)[1]] == "broker.example"

@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -33,7 +33,7 @@ from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
 from commgraph.errors import CommgraphError
 from commgraph.evaluate import EvalResult, LabelledFlow
-from commgraph.events import MAX_SIZE, VertexKind, describe_edge
+from commgraph.events import MAX_SIZE, VertexKind, describe_edge, iter_event_lines
 from commgraph.export import to_dot, to_graphml, to_json
 from commgraph.identity import Identity
 from commgraph.model import (
@@ -151,39 +151,45 @@ def _settings(
 
 
 class _Progress:
-    """A progress bar over the bytes of the input when stderr is a terminal."""
+    """A progress bar when stderr is a terminal: over the bytes of ``stream`` when there is
+    one, else over ``total`` records (a count, with no end, when the total is unknown)."""
 
-    def __init__(self, stream: IO[bytes], total: int | None) -> None:
-        self.stream, self.total = stream, total
+    def __init__(self, stream: IO[bytes] | None, total: int | None, unit: str = "lines") -> None:
+        self.stream, self.total, self.unit = stream, total, unit
         self.bar: Any = None
         self.task: Any = None
-        if total and err.is_terminal:
+        if err.is_terminal:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
+                MofNCompleteColumn,
                 Progress,
+                SpinnerColumn,
                 TextColumn,
                 TimeRemainingColumn,
             )
 
-            self.bar = Progress(
-                TextColumn("replaying"),
-                BarColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[lines]:,} lines"),
-                TimeRemainingColumn(),
-                console=err,
-                transient=True,
-            )
-            self.task = self.bar.add_task("replay", total=total, lines=0)
+            by_bytes = stream is not None and total is not None
+            columns: list[Any] = [SpinnerColumn(), TextColumn("replaying")]
+            if by_bytes:
+                columns += [BarColumn(), DownloadColumn()]
+            elif total is not None:
+                columns += [BarColumn(), MofNCompleteColumn()]
+            columns.append(TextColumn(f"{{task.fields[done]:,}} {unit}"))
+            if total is not None:
+                columns.append(TimeRemainingColumn())
+            self.bar = Progress(*columns, console=err, transient=True)
+            self.task = self.bar.add_task("replay", total=total, done=0)
             self.bar.start()
 
     def lines(self) -> Iterator[bytes]:
+        assert self.stream is not None
         yield from self.stream
 
-    def __call__(self, line_no: int) -> None:
+    def __call__(self, position: int) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=self.stream.tell(), lines=line_no)
+            completed = self.stream.tell() if self.stream is not None and self.total else position
+            self.bar.update(self.task, completed=completed, done=position)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -211,14 +217,17 @@ def replay(
     strict: bool,
     as_json: bool,
 ) -> None:
-    """Run recorded JSON-lines events through the engine, in event time.
+    """Run recorded traffic through the engine, in event time.
 
-    One event per line: {"ts": 1700000000.0, "src": "thermo-1", "dst": "home/kitchen/temp",
-    "relation": "publish", "size": 12}. The database keeps what was learned: a second replay
+    FILE is JSON-lines events (one per line: {"ts": 1700000000.0, "src": "thermo-1", "dst":
+    "home/kitchen/temp", "relation": "publish", "size": 12}; - reads them from stdin), a pcap
+    or pcapng capture, or a Zeek conn.log (tab-separated or JSON) or IoT-23 CSV; the format
+    is told from the first bytes. The database keeps what was learned: a second replay
     continues where the first stopped. With --config, the kept service models its [keys]
     trusted keys vouch for are adopted, as by a running node.
     """
-    from commgraph.daemon import replay as run_replay
+    from commgraph.adapters.recorded import open_recording
+    from commgraph.daemon import replay_records
 
     config = load_config(config_path) if config_path else None
     if config and config.db and ctx.db_path == default_db():
@@ -238,24 +247,31 @@ def replay(
             _adopt_kept(engine, store.models(), load_trusted(config.trusted_keys), "ignored")
         before = len(engine.alerts.by_id)
         if str(file) == "-":
-            stream: IO[bytes] = sys.stdin.buffer
-            total = None
+            progress = _Progress(None, None)
+            records: Iterable[tuple[int, Any]] = iter_event_lines(sys.stdin.buffer)
+            recording = None
         else:
             try:
-                stream = file.open("rb")
+                recording = open_recording(
+                    file, on_dns=lambda answer: engine.learn_name(answer.ip, answer.name)
+                )
             except OSError as exc:
-                _fail(f"cannot read {file}: {exc.strerror}")
-            total = file.stat().st_size
-        progress = _Progress(stream, total)
+                _fail(f"cannot read {file}: {exc.strerror or exc}")
+            records = recording.records
+            if recording.stream is not None:
+                progress = _Progress(recording.stream, file.stat().st_size, recording.unit)
+            else:
+                progress = _Progress(None, recording.total, recording.unit)
         try:
-            summary = run_replay(progress.lines(), engine, store, strict=strict, progress=progress)
+            summary = replay_records(records, engine, store, strict=strict, progress=progress)
         finally:
             progress.close()
-            if stream is not sys.stdin.buffer:
-                stream.close()
+            if recording is not None:
+                recording.close()
         pending = store.alerts(state="pending")
         report = {
             "file": str(file),
+            "format": recording.format.value if recording is not None else "events",
             "events": summary.events,
             "skipped": summary.skipped,
             "seconds": round(summary.seconds, 3),
@@ -272,7 +288,7 @@ def replay(
         _emit_json(report)
         return
     for error in summary.errors:
-        err.print(f"[yellow]skipped[/] {esc(str(file))}:{esc(str(error))}")
+        err.print(f"[yellow]skipped[/] {esc(str(file))}: {esc(str(error))}")
     if summary.skipped > len(summary.errors):
         err.print(f"[yellow]... and {summary.skipped - len(summary.errors)} more skipped lines[/]")
     out.print(

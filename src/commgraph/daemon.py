@@ -27,7 +27,7 @@ from commgraph.config import Config, NotifySettings, format_duration
 from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError, EventDecodeError
-from commgraph.events import VertexKind, iter_event_lines
+from commgraph.events import Record, VertexKind, iter_event_lines
 from commgraph.identity import Identity
 from commgraph.model import (
     ModelError,
@@ -80,30 +80,56 @@ def replay(
     progress: Callable[[int], None] | None = None,
     keep_errors: int = 20,
 ) -> ReplaySummary:
-    """Run JSON-lines events through ``engine``, committing to ``store`` as it goes.
+    """Run JSON-lines events through ``engine``: :func:`replay_records` of the lines."""
+    return replay_records(
+        iter_event_lines(lines),
+        engine,
+        store,
+        strict=strict,
+        progress=progress,
+        keep_errors=keep_errors,
+    )
 
-    ``progress`` is called with the number of lines read so far, every few thousand lines.
-    A malformed line raises :class:`EventDecodeError` with its line number when ``strict``;
-    otherwise it is skipped, counted and the first ``keep_errors`` are kept for the report.
-    Everything observed is committed before this returns, also when it raises.
+
+def replay_records(
+    records: Iterable[tuple[int, Record]],
+    engine: Engine,
+    store: Store,
+    *,
+    strict: bool = False,
+    progress: Callable[[int], None] | None = None,
+    keep_errors: int = 20,
+) -> ReplaySummary:
+    """Run recorded events through ``engine`` in event time, committing to ``store`` as it
+    goes. ``records`` are ``(position, record)`` pairs from any adapter (line or packet
+    number): an :class:`Event`, the checked fields ``(ts, src, dst, relation, size)`` for
+    :meth:`Engine.observe_fields`, or the adapter's decode error.
+
+    ``progress`` is called with the position reached, every few thousand records. A decode
+    error is raised when ``strict``; otherwise it is skipped, counted and the first
+    ``keep_errors`` are kept for the report. Everything observed is committed before this
+    returns, also when it raises.
     """
     summary = ReplaySummary()
     started = time.perf_counter()
-    observe, tick = engine.observe, engine.tick
+    observe, observe_fields, tick = engine.observe, engine.observe_fields, engine.tick
     next_tick = float("-inf")
     since_check = 0
-    line_no = 0
+    position = 0
     committed = started
     try:
-        for line_no, item in iter_event_lines(lines):
-            if isinstance(item, EventDecodeError):
+        for position, item in records:
+            if isinstance(item, tuple):
+                ts = item[0]
+            elif isinstance(item, EventDecodeError):
                 if strict:
                     raise item
                 summary.skipped += 1
                 if len(summary.errors) < keep_errors:
                     summary.errors.append(item)
                 continue
-            ts = item.ts
+            else:
+                ts = item.ts
             if ts >= next_tick or since_check >= CHECK_EVERY:
                 if ts >= next_tick:
                     tick(ts)
@@ -116,8 +142,8 @@ def replay(
                     store.flush(engine)
                     committed = now
                     if progress is not None:
-                        progress(line_no)
-            verdict = observe(item)
+                        progress(position)
+            verdict = observe_fields(*item) if isinstance(item, tuple) else observe(item)
             if verdict.alert is not None:
                 summary.new_alerts.append(verdict.alert)
             summary.events += 1
@@ -131,7 +157,7 @@ def replay(
         store.flush(engine)
         summary.seconds = time.perf_counter() - started
         if progress is not None:
-            progress(line_no)
+            progress(position)
     return summary
 
 

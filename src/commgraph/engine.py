@@ -248,10 +248,22 @@ class Engine:
 
     def learn_name(self, address: str, name: str) -> None:
         """A DNS answer named ``address`` (an adapter saw it): with a ``dns`` identity rule,
-        the address's next events count for ``name``. Edges already made stay as they are."""
-        if self.identity.learn_name(address, name):
-            for cache in self._host_caches:
-                cache.pop(address, None)
+        the address's next events count for ``name``. A host vertex of the address is renamed
+        to the name unless that name is taken (then its edges stay under the address)."""
+        if not self.identity.learn_name(address, name):
+            return
+        for cache in self._host_caches:
+            cache.pop(address, None)
+        graph = self.graph
+        name = self.identity.names[address]
+        vid = graph.vertex(VertexKind.HOST, address)
+        if (
+            vid is not None
+            and graph.kind(vid) is VertexKind.HOST
+            and graph.vertex(VertexKind.HOST, name) is None
+        ):
+            graph.rename(vid, name)
+            self.changes.vertices.add(vid)
 
     def bind(self, address: str, resolved: Resolved, ts: float) -> None:
         """Tie a concrete address (an MQTT connection's key) to a service an adapter resolved.

@@ -19,6 +19,8 @@ from commgraph.errors import EventDecodeError
 
 __all__ = [
     "Event",
+    "EventFields",
+    "Record",
     "VertexKind",
     "describe_edge",
     "endpoint_kinds",
@@ -139,6 +141,14 @@ def describe_edge(src: str, dst: str, relation: str) -> str:
     if relation.startswith("http:"):
         return f"{src} calls {relation[5:]} on {dst}"
     return f"{src} connects to {dst} ({relation})"
+
+
+EventFields = tuple[float, str, str, str, int | None]
+"""An event's checked fields ``(ts, src, dst, relation, size)``, as adapters on the hot path
+hand them to :meth:`commgraph.engine.Engine.observe_fields`."""
+
+Record = Event | EventFields | EventDecodeError
+"""What an adapter yields per position (line, packet): an event, its fields, or an error."""
 
 
 def endpoint_kinds(relation: str) -> tuple[VertexKind, VertexKind]:

@@ -164,6 +164,13 @@ class Graph:
         self._index[namespace_of(kind)][name] = vid
         return vid
 
+    def rename(self, vid: int, name: str) -> None:
+        """Give a vertex another name in its namespace (caller checked the name is free)."""
+        index = self._index[namespace_of(self.kind(vid))]
+        del index[self.names[vid]]
+        index[name] = vid
+        self.names[vid] = name
+
     def vertex_ids(self, name: str) -> list[int]:
         """The ids of every vertex called ``name``, whatever its namespace."""
         return [vid for index in self._index.values() if (vid := index.get(name)) is not None]

@@ -317,7 +317,7 @@ class Store:
             db.executemany(
                 "INSERT INTO vertices (id, name, kind, owner, first_seen, events)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET kind = excluded.kind, owner = excluded.owner",
+                " SET name = excluded.name, kind = excluded.kind, owner = excluded.owner",
                 [
                     (
                         vid,

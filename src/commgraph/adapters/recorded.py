@@ -1,0 +1,110 @@
+"""Recorded traffic -> records for :func:`commgraph.daemon.replay_records`, whatever the file.
+
+Which adapter reads a file is told by its first bytes: a pcap or pcapng magic number is a
+capture (:mod:`.pcap`); a Zeek header line (``#separator``), an IoT-23 CSV header (``ts,``)
+or a JSON object with Zeek's ``id.orig_h`` is a conn.log (:mod:`.zeek`); any other JSON
+object is our own JSON-lines events (:mod:`commgraph.events`). A conn.log is read whole and
+sorted by time first, since Zeek writes rows in completion order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import IO
+
+from commgraph.adapters.pcap import DNSAnswer, PacketDecoder, read_packets
+from commgraph.adapters.zeek import flow_fields, flows_in_time_order
+from commgraph.errors import CommgraphError
+from commgraph.events import Record, iter_event_lines
+
+__all__ = ["Format", "Recording", "open_recording", "sniff"]
+
+_PCAP_MAGICS = (
+    b"\xd4\xc3\xb2\xa1",
+    b"\xa1\xb2\xc3\xd4",
+    b"\x4d\x3c\xb2\xa1",
+    b"\xa1\xb2\x3c\x4d",
+    b"\x0a\x0d\x0d\x0a",
+)
+
+
+class Format(StrEnum):
+    EVENTS = "events"
+    PCAP = "pcap"
+    CONNLOG = "conn.log"
+
+
+def sniff(head: bytes) -> Format:
+    """The format of a file that starts with ``head`` (its first few KiB)."""
+    if head[:4] in _PCAP_MAGICS:
+        return Format.PCAP
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"#") or text.startswith(b"ts,") or text.startswith(b'"ts",'):
+        return Format.CONNLOG
+    if text.startswith(b"{"):
+        first = text.split(b"\n", 1)[0]
+        try:
+            record = json.loads(first)
+        except ValueError:
+            return Format.EVENTS  # its decode error will name the line
+        if isinstance(record, dict) and ("id.orig_h" in record or "id" in record):
+            return Format.CONNLOG
+    return Format.EVENTS
+
+
+@dataclass(slots=True)
+class Recording:
+    """An open recording: its records, how many there are if known, and what they are."""
+
+    format: Format
+    records: Iterator[tuple[int, Record]]
+    unit: str  # what a position counts: lines, packets, flows
+    total: int | None = None
+    _closing: ExitStack = field(default_factory=ExitStack, repr=False)
+    stream: IO[bytes] | None = None  # for a byte-progress bar of JSON lines
+
+    def close(self) -> None:
+        self._closing.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_recording(
+    path: Path,
+    *,
+    on_dns: Callable[[DNSAnswer], None] | None = None,
+    mqtt_ports: frozenset[int] = frozenset({1883}),
+    format: Format | None = None,
+) -> Recording:
+    """Open ``path`` for replay; ``on_dns`` hears the DNS answers of a capture as they come
+    (the engine's :meth:`~commgraph.engine.Engine.learn_name`). Raises OSError if the file
+    cannot be read, CommgraphError for a conn.log with no readable row."""
+    if format is None:
+        with path.open("rb") as probe:
+            format = sniff(probe.read(4096))
+    if format is Format.PCAP:
+        decoder = PacketDecoder(on_dns=on_dns, mqtt_ports=mqtt_ports)
+        return Recording(Format.PCAP, read_packets(path, decoder=decoder), "packets")
+    if format is Format.CONNLOG:
+        flows, errors = flows_in_time_order(path)
+        if not flows and errors:
+            raise CommgraphError(f"{path}: no readable flow ({errors[0]})")
+        records: list[tuple[int, Record]] = list(enumerate(flow_fields(flows), start=1))
+        # Bad rows are reported at the end, with their line numbers.
+        records += [(error.line or 0, error) for error in errors]
+        return Recording(Format.CONNLOG, iter(records), "flows", total=len(records))
+    recording = Recording(Format.EVENTS, iter(()), "lines")
+    stream = recording._closing.enter_context(path.open("rb"))
+    recording.stream = stream
+    recording.records = iter_event_lines(stream)
+    recording.total = None
+    return recording
