@@ -19,7 +19,12 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("script", "keys"),
     [
         ("engine.py", {"events_per_s", "new_edges_per_s", "bytes_per_edge", "edges"}),
-        ("replay.py", {"events_per_s", "parse_per_s", "events"}),
+        (
+            "replay.py",
+            {"events_per_s", "parse_per_s", "events", "pcap_packets_per_s", "connlog_rows_per_s"},
+        ),
+        ("pcap.py", {"pcap_packets_per_s", "parse_packets_per_s"}),
+        ("connlog.py", {"connlog_rows_per_s", "parse_rows_per_s"}),
         ("models.py", {"envelope_bytes", "sign_ms", "open_ms", "merge_ms"}),
         (
             "mqtt_proxy.py",

@@ -122,6 +122,11 @@ class AlertBook:
         if alert.state is AlertState.PENDING:
             self._open[(alert.edge, alert.kind)] = alert
 
+    @property
+    def open_alerts(self) -> dict[tuple[int, AlertKind], Alert]:
+        """The live (edge, kind) -> open alert index (shared, not a copy: read only)."""
+        return self._open
+
     def get(self, alert_id: int) -> Alert:
         alert = self.by_id.get(alert_id)
         if alert is None:

@@ -41,8 +41,10 @@ class Verdict:
 
 
 _LEARNED, _APPROVED = int(Label.LEARNED), int(Label.APPROVED)  # ints: cheaper than enums
+_PENDING = int(Label.PENDING)
 _MODEL_LABELS = {"learned": Label.LEARNED, "approved": Label.APPROVED, "denied": Label.DENIED}
 _VERDICTS = {(label, block): Verdict(label, block) for label in Label for block in (False, True)}
+_PENDING_VERDICTS = (_VERDICTS[(Label.PENDING, False)], _VERDICTS[(Label.PENDING, True)])
 ALLOW_LEARNED = _VERDICTS[(Label.LEARNED, False)]
 ALLOW_APPROVED = _VERDICTS[(Label.APPROVED, False)]
 
@@ -113,6 +115,7 @@ class Engine:
         self.graph = Graph()
         self.phases = LearningPhases(self.settings)
         self.alerts = AlertBook()
+        self._open = self.alerts.open_alerts  # (edge, kind) -> the alert open on it
         self.instances: dict[int, set[str]] = {}
         # Trusted site models by service, and the node each first came from.
         self.models: dict[str, ModelIndex] = {}
@@ -384,16 +387,24 @@ class Engine:
         return _VERDICTS[(label, self._blocks(subject, label))]
 
     def _flagged(self, e: int, subject: int, ts: float, node: str | None) -> Verdict:
-        label = Label(self.graph.label[e])
-        if label is Label.PENDING:
-            alert, is_new = self.alerts.raise_or_repeat(
-                e, AlertKind.NEW_EDGE, ts, node or self.node
-            )
-            if is_new:  # cannot happen while the edge is pending, kept for safety
-                self.changes.alerts.add(alert.id)
-            else:
+        """A known edge that is pending or denied: count it on its alert, block if asked.
+        Flows of an attack repeat on such edges, so this path stays plain too."""
+        label = self.graph.label[e]
+        if label == _PENDING:
+            alert = self._open.get((e, AlertKind.NEW_EDGE))
+            if alert is not None:
+                alert.count += 1
+                if ts > alert.last_seen:
+                    alert.last_seen = ts
                 self._bumped.add(alert.id)
-        return _VERDICTS[(label, self._blocks(subject, label))]
+            else:  # cannot happen while the edge is pending, kept for safety
+                alert, _ = self.alerts.raise_or_repeat(
+                    e, AlertKind.NEW_EDGE, ts, node or self.node
+                )
+                self.changes.alerts.add(alert.id)
+            block = self.settings.block_pending and self.phases.mode(subject) is Mode.PROTECT
+            return _PENDING_VERDICTS[block]
+        return _VERDICTS[(Label(label), self._blocks(subject, Label(label)))]
 
     def _blocks(self, subject: int, label: Label) -> bool:
         if self.phases.mode(subject) is not Mode.PROTECT:
