@@ -101,6 +101,10 @@ def test_full_site_config(tmp_path: Path) -> None:
         ("[[identity.rules]]\ndns = 1\n", "identity.rules[0].dns: expected"),
         ('[templates]\ntopics = ["a/#/b"]\n', "templates.topics: topic template"),
         ("[templates]\ntopics = [3]\n", "templates.topics: entry 1 must be a string"),
+        ("[capture]\nports = [80]\n", "capture.interface: is required"),
+        ('[capture]\ninterface = "lo"\nports = [0]\n', "capture.ports: 0 is not a port"),
+        ('[capture]\ninterface = "lo"\nhosts = ["hub"]\n', "capture.hosts: 'hub' is not"),
+        ('[capture]\ninterface = "lo"\nfilter = "tcp"\n', "capture.filter: unknown key"),
         ("[node]\nname = 3\n", "node.name: expected a string, got int"),
         ('[mqtt]\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nfail = "x"\n', "mqtt.fail"),
         ('[mqtt]\nlisten = "127.0.0.1:1"\n', "mqtt.upstream: listen and upstream go together"),
@@ -203,3 +207,13 @@ def test_scope_dns_and_relation_rules_and_templates() -> None:
     assert (ntp.scope, ntp.relation, ntp.service) == ("internet", "udp/123", "ntp@internet")
     assert dns.dns and dns.service is None
     assert [rule.template for rule in config.templates] == ["home/+/temperature"]
+
+
+def test_capture_section() -> None:
+    config = parse_config(
+        tomllib.loads('[capture]\ninterface = "eth0"\nports = [1883, 53]\nhosts = ["10.0.0.2"]\n')
+    )
+    assert config.capture is not None
+    assert (config.capture.interface, config.capture.ports) == ("eth0", (1883, 53))
+    assert (config.capture.hosts, config.capture.mqtt_ports) == (("10.0.0.2",), (1883,))
+    assert parse_config({}).capture is None

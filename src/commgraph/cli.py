@@ -204,6 +204,13 @@ class _Progress:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--node", help="Name of the observing node.")
 @click.option("--strict", is_flag=True, help="Stop at the first malformed line.")
+@click.option(
+    "--mqtt-port",
+    "mqtt_ports",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    help="A capture's TCP port to decode as MQTT (default 1883); repeatable.",
+)
 @json_option
 @click.pass_obj
 def replay(
@@ -215,6 +222,7 @@ def replay(
     config_path: Path | None,
     node: str | None,
     strict: bool,
+    mqtt_ports: tuple[int, ...],
     as_json: bool,
 ) -> None:
     """Run recorded traffic through the engine, in event time.
@@ -253,7 +261,9 @@ def replay(
         else:
             try:
                 recording = open_recording(
-                    file, on_dns=lambda answer: engine.learn_name(answer.ip, answer.name)
+                    file,
+                    on_dns=lambda answer: engine.learn_name(answer.ip, answer.name),
+                    mqtt_ports=frozenset(mqtt_ports or (1883,)),
                 )
             except OSError as exc:
                 _fail(f"cannot read {file}: {exc.strerror or exc}")
@@ -323,7 +333,8 @@ def replay(
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision applied and more.")
 @click.pass_obj
 def run(ctx: Context, config_path: Path, verbose: bool) -> None:
-    """Run this node: the MQTT proxy in front of the broker, learning and enforcing.
+    """Run this node: the MQTT proxy in front of the broker and/or a passive capture on an
+    interface ([capture]), learning, alerting and (the proxy) enforcing.
 
     Stops cleanly on Ctrl-C or SIGTERM, writing the statistics it holds.
     """
@@ -332,8 +343,11 @@ def run(ctx: Context, config_path: Path, verbose: bool) -> None:
     from commgraph.daemon import run_daemon
 
     config = load_config(config_path)
-    if config.mqtt.upstream is None:
-        _fail(f"{config_path}: [mqtt] needs listen and upstream for commgraph run")
+    if config.mqtt.upstream is None and config.capture is None:
+        _fail(
+            f"{config_path}: nothing to observe: set [mqtt] listen and upstream (the proxy), "
+            "or [capture] interface (passive), or both"
+        )
     if config.db and ctx.db_path == default_db():
         ctx.db_path = config.db
     logging.basicConfig(
@@ -345,6 +359,8 @@ def run(ctx: Context, config_path: Path, verbose: bool) -> None:
         run_daemon(config, ctx.db_path)
     except OSError as exc:  # e.g. the listen port is taken
         _fail(f"cannot start the proxy: {exc.strerror or exc}")
+    except CommgraphError as exc:  # e.g. capture without CAP_NET_RAW
+        _fail(str(exc))
 
 
 # -- listings -----------------------------------------------------------------------------

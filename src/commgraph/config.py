@@ -24,6 +24,7 @@ from commgraph.templates import TemplateRule
 
 __all__ = [
     "APISettings",
+    "CaptureSettings",
     "Config",
     "MQTTSettings",
     "NotifySettings",
@@ -107,6 +108,16 @@ class MQTTSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureSettings:
+    """Passive observation on a network interface, beside or instead of the proxy."""
+
+    interface: str
+    ports: tuple[int, ...] = ()  # keep packets with one of these ports (either end); () = all
+    hosts: tuple[str, ...] = ()  # ... and with one of these IP addresses; () = all
+    mqtt_ports: tuple[int, ...] = (1883,)  # TCP ports whose streams are decoded as MQTT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class APISettings:
     """The REST API and dashboard of the node."""
 
@@ -135,6 +146,7 @@ class Config:
     identity: tuple[IdentityRule, ...] = ()
     templates: tuple[TemplateRule, ...] = ()
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
+    capture: CaptureSettings | None = None
     api: APISettings = field(default_factory=APISettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     sync_broker: Address | None = None
@@ -279,6 +291,39 @@ def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
     return tuple(rules)
 
 
+def _capture(capture: _Reader) -> CaptureSettings | None:
+    interface = capture.get("interface", str)
+    ports = {
+        key: _ports(capture, key, default)
+        for key, default in (("ports", []), ("mqtt_ports", [1883]))
+    }
+    hosts = capture.get("hosts", list, [])
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host if isinstance(host, str) else "")
+        except ValueError:
+            raise capture.error("hosts", f"{host!r} is not an IP address") from None
+    capture.finish()
+    if interface is None:
+        if capture.table:
+            raise capture.error("interface", "is required to capture (e.g. eth0)")
+        return None
+    return CaptureSettings(
+        interface=interface,
+        ports=ports["ports"],
+        hosts=tuple(hosts),
+        mqtt_ports=ports["mqtt_ports"],
+    )
+
+
+def _ports(section: _Reader, key: str, default: list[int]) -> tuple[int, ...]:
+    values = section.get(key, list, default)
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 0xFFFF:
+            raise section.error(key, f"{value!r} is not a port (1-65535)")
+    return tuple(values)
+
+
 def _mqtt(mqtt: _Reader, base: Path) -> MQTTSettings:
     listen, upstream = _address(mqtt, "listen"), _address(mqtt, "upstream")
     fail = mqtt.get("fail", str, "open")
@@ -378,6 +423,7 @@ def parse_config(
     templates.finish()
 
     mqtt_settings = _mqtt(top.sub("mqtt"), base)
+    capture = _capture(top.sub("capture"))
     api = top.sub("api")
     api_listen = _address(api, "listen")
     credentials = api.get("credentials", str)
@@ -419,6 +465,7 @@ def parse_config(
         identity=rules,
         templates=tuple(topic_templates),
         mqtt=mqtt_settings,
+        capture=capture,
         api=APISettings(
             listen=api_listen, credentials=(base / credentials) if credentials else None
         ),

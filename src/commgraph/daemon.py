@@ -185,6 +185,8 @@ class Daemon:
             templates=Templates(config.templates),
         )
         self.proxy: MQTTProxy | None = None
+        self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
+        self.decoder_stats: Any = None  # adapters.pcap.DecoderStats while capturing
         self.sync: ModelSync | None = None
         self.private_key: PrivateKey | None = (
             load_private(config.private_key) if config.private_key else None
@@ -515,17 +517,19 @@ class Daemon:
     async def run(self) -> None:
         """Serve until :meth:`stop` (or SIGINT/SIGTERM), then close and flush."""
         mqtt = self.config.mqtt
-        self.proxy = MQTTProxy(mqtt, self.observe, self.identify, node=self.config.node)
-        await self.proxy.start()
         loop = asyncio.get_running_loop()
+        if mqtt.upstream is not None:
+            self.proxy = MQTTProxy(mqtt, self.observe, self.identify, node=self.config.node)
+            await self.proxy.start()
+        capturing = self._start_capture(loop)
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(signum, self.stop)
-        where = ", ".join(f"{h}:{p}" for h, p in self.proxy.addresses)
+        if self.proxy is not None:
+            where = ", ".join(f"{h}:{p}" for h, p in self.proxy.addresses)
+            log.info("MQTT proxy on %s -> broker %s", where, mqtt.upstream)
         log.info(
-            "MQTT proxy on %s -> broker %s (node %s, default mode %s, learning %s), db %s",
-            where,
-            mqtt.upstream,
+            "node %s: default mode %s, learning %s, db %s",
             self.config.node,
             self.config.learning.mode.value,
             format_duration(self.config.learning.duration),
@@ -548,7 +552,12 @@ class Daemon:
             ticker.cancel()
             if web_runner is not None:
                 await web_runner.cleanup()
-            await self.proxy.close()
+            if capturing is not None:
+                capturing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await capturing
+            if self.proxy is not None:
+                await self.proxy.close()
             if self.sync is not None:
                 await self.sync.close()
             for notifier in self.notifiers:
@@ -562,6 +571,47 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _start_capture(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
+        """Observe an interface passively if ``[capture]`` says so (raises CaptureError)."""
+        settings = self.config.capture
+        if settings is None:
+            return None
+        from commgraph.adapters.capture import CaptureFilter, LiveCapture
+        from commgraph.adapters.pcap import PacketDecoder
+
+        live = LiveCapture(
+            settings.interface,
+            CaptureFilter(ports=frozenset(settings.ports), hosts=frozenset(settings.hosts)),
+        )
+        decoder = PacketDecoder(
+            mqtt_ports=frozenset(settings.mqtt_ports),
+            on_dns=lambda answer: self.engine.learn_name(answer.ip, answer.name),
+        )
+        self.capture_stats = live.stats
+        self.decoder_stats = decoder.stats
+        log.info(
+            "capturing on %s (ports %s, hosts %s)",
+            settings.interface,
+            ", ".join(map(str, settings.ports)) or "all",
+            ", ".join(settings.hosts) or "all",
+        )
+        return loop.create_task(self._observe_capture(live, decoder))
+
+    async def _observe_capture(self, live: Any, decoder: Any) -> None:
+        from commgraph.adapters.capture import live_events
+
+        try:
+            async for _, item in live_events(live, decoder):
+                if isinstance(item, tuple):
+                    try:
+                        self.observe(*item)
+                    except Exception:  # a failing engine never stops the capture
+                        log.exception("observing a captured packet failed")
+                else:
+                    log.debug("skipped a captured packet: %s", item)
+        finally:
+            live.close()
 
     def link_base(self) -> str:
         """Where the owner's phone reaches this node's action links."""

@@ -4,6 +4,7 @@ capture is saved as a pcap and read back as topic-level events. Needs CAP_NET_RA
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import subprocess
@@ -33,9 +34,10 @@ from commgraph.adapters.pcap import (
     read_packets,
 )
 from commgraph.events import Event
-from conftest import HOST, Broker, free_port, wait_until
+from conftest import HOST, Broker, free_port, wait_until, write_toml
 
 TIMEOUT = 10.0
+COMMGRAPH = Path(sys.executable).parent / "commgraph"
 
 
 def open_capture(capture_filter: CaptureFilter) -> LiveCapture:
@@ -262,3 +264,143 @@ def test_filter_on_ports_and_hosts() -> None:
     raw = lock[14:]
     assert mqtt_ports.matches(raw, LinkType.RAW)
     assert not mqtt_ports.matches(lock[:30])  # too short to tell
+
+
+def test_a_capture_of_proxied_traffic_gives_the_edges_the_proxy_records(
+    tmp_path: Path, start_proxy: Any
+) -> None:
+    """The same traffic seen twice: by the proxy, and as packets on ``lo`` saved to a pcap
+    and replayed. Publish, subscribe and deliver edges must be the same."""
+    proxy = start_proxy(mode="monitor", learning="1h")
+    live = open_capture(CaptureFilter(ports=frozenset({proxy.port})))
+    stop = threading.Event()
+    frames: list[Any] = []
+    collector = threading.Thread(
+        target=lambda: frames.extend(live.collect(30, stop=stop.is_set)), daemon=True
+    )
+    collector.start()
+    clients: list[Client] = []
+    try:
+        at_proxy = Broker(HOST, proxy.port, proxy.process, proxy.stderr_path)  # type: ignore[arg-type]
+        controller = Client(at_proxy, "controller", MQTTv311)
+        lamp = Client(at_proxy, "lamp-kitchen", MQTTv5)
+        sensor = Client(at_proxy, "sensor-1", MQTTv311)
+        clients += [controller, lamp, sensor]
+        controller.subscribe([("home/+/temp", 1), ("lamp/+/state", 0)])
+        lamp.subscribe([("lamp/kitchen/cmd", 1)])
+        for n in range(3):
+            sensor.publish("home/kitchen/temp", f"{20 + n}".encode(), qos=1)
+        controller.publish("lamp/kitchen/cmd", b"on", qos=1)
+        lamp.publish("lamp/kitchen/state", b"on", qos=0)
+        wait_until(lambda: len(controller.received) >= 4, TIMEOUT, what="deliveries")
+        wait_until(lambda: lamp.received, TIMEOUT, what="the lamp's command")
+    finally:
+        for client in clients:
+            client.close()
+        stop.set()
+        collector.join(TIMEOUT)
+        live.close()
+    pcap = tmp_path / "proxied.pcap"
+    assert save_pcap(pcap, frames) == len(frames) > 0
+
+    def mqtt_edges(db: Path) -> set[tuple[str, str, str]]:
+        done = subprocess.run(
+            [str(COMMGRAPH), "--db", str(db), "edges", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return {
+            (row["src"], row["relation"], row["dst"])
+            for row in json.loads(done.stdout)
+            if row["relation"] in ("publish", "subscribe", "deliver")
+        }
+
+    wait_until(lambda: len(mqtt_edges(proxy.db)) >= 8, TIMEOUT, what="the proxy's edges")
+    replayed = tmp_path / "replayed.db"
+    done = subprocess.run(
+        [
+            str(COMMGRAPH),
+            "--db",
+            str(replayed),
+            "replay",
+            str(pcap),
+            "--mqtt-port",
+            str(proxy.port),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        mqtt_edges(replayed)
+        == mqtt_edges(proxy.db)
+        == {
+            ("controller", "subscribe", "home/+/temp"),
+            ("controller", "subscribe", "lamp/+/state"),
+            ("lamp-kitchen", "subscribe", "lamp/kitchen/cmd"),
+            ("sensor-1", "publish", "home/kitchen/temp"),
+            ("home/kitchen/temp", "deliver", "controller"),
+            ("controller", "publish", "lamp/kitchen/cmd"),
+            ("lamp/kitchen/cmd", "deliver", "lamp-kitchen"),
+            ("lamp-kitchen", "publish", "lamp/kitchen/state"),
+            ("lamp/kitchen/state", "deliver", "controller"),
+        }
+    )
+
+
+def test_commgraph_run_observes_an_interface_without_a_proxy(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    open_capture(CaptureFilter()).close()  # skips without the capability
+    db = tmp_path / "passive.db"
+    config = tmp_path / "site.toml"
+    write_toml(
+        config,
+        {
+            "node": {"name": "sniffer", "db": str(db)},
+            "learning": {"duration": "1h"},
+            "capture": {
+                "interface": "lo",
+                "ports": [mosquitto.port],
+                "mqtt_ports": [mosquitto.port],
+            },
+        },
+    )
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(COMMGRAPH), "run", "--config", str(config)], stdout=out, stderr=out
+        )
+    clients: list[Client] = []
+    try:
+        wait_until(lambda: b"capturing on lo" in log.read_bytes(), TIMEOUT, what="the capture")
+        sensor = Client(mosquitto, "sensor-9", MQTTv311)
+        clients.append(sensor)
+        sensor.publish("home/attic/temp", b"19", qos=1)
+
+        def edges() -> set[tuple[str, str, str]]:
+            done = subprocess.run(
+                [str(COMMGRAPH), "--db", str(db), "edges", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if done.returncode != 0:
+                return set()
+            return {(r["src"], r["relation"], r["dst"]) for r in json.loads(done.stdout)}
+
+        found = wait_until(
+            lambda: ("sensor-9", "publish", "home/attic/temp") in edges() and edges(),
+            TIMEOUT,
+            what="the captured publish in the database",
+        )
+        assert ("127.0.0.1", f"tcp/{mosquitto.port}", "127.0.0.1") in found
+    finally:
+        for client in clients:
+            client.close()
+        process.terminate()
+        assert process.wait(timeout=TIMEOUT) == 0, log.read_text()
