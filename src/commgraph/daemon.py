@@ -113,13 +113,15 @@ def replay_records(
     summary = ReplaySummary()
     started = time.perf_counter()
     observe, observe_fields, tick = engine.observe, engine.observe_fields, engine.tick
+    new_alert = summary.new_alerts.append
     next_tick = float("-inf")
-    since_check = 0
+    last_ts = float("-inf")
+    since_check = events = 0
     position = 0
     committed = started
     try:
         for position, item in records:
-            if isinstance(item, tuple):
+            if isinstance(item, tuple):  # the adapters' fast form: checked fields
                 ts = item[0]
             elif isinstance(item, EventDecodeError):
                 if strict:
@@ -145,14 +147,16 @@ def replay_records(
                         progress(position)
             verdict = observe_fields(*item) if isinstance(item, tuple) else observe(item)
             if verdict.alert is not None:
-                summary.new_alerts.append(verdict.alert)
-            summary.events += 1
+                new_alert(verdict.alert)
+            events += 1
             since_check += 1
-            if summary.last_ts is None or ts > summary.last_ts:
-                summary.last_ts = ts
+            if ts > last_ts:
+                last_ts = ts
     finally:
-        if summary.last_ts is not None:
-            engine.tick(summary.last_ts)
+        summary.events = events
+        if events:
+            summary.last_ts = last_ts
+            engine.tick(last_ts)
         engine.flush_minute()
         store.flush(engine)
         summary.seconds = time.perf_counter() - started
