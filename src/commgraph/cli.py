@@ -1254,7 +1254,7 @@ def eval_command(
         if plot_png is not None:
             sweep_curve(results, plot_png, title=f"{file.name}: learning against owner's work")
         if timeline_png is not None:
-            timeline_chart(results[-1].timeline, timeline_png, title=file.name)
+            timeline_chart(results[-1], timeline_png, title=file.name)
     if as_json:
         rows = [r.to_json() for r in results]
         _emit_json(rows if sweep else rows[0])

@@ -60,7 +60,10 @@ class EvalResult:
     first_malicious_alert_at: float | None
     detection_delay_s: float | None
     alert_edges: tuple[tuple[str, str, str, str], ...] = ()  # (src, relation, dst, label)
+    first_at: float | None = None
+    last_at: float | None = None
     timeline: tuple[TimelineRow, ...] = field(default=(), repr=False)
+    flagged_per_minute: tuple[tuple[int, int], ...] = field(default=(), repr=False)
 
     @property
     def detection_rate(self) -> float | None:
@@ -73,6 +76,7 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         result = asdict(self)
         result.pop("timeline")
+        result.pop("flagged_per_minute")
         result["alert_edges"] = [
             {"src": src, "relation": relation, "dst": dst, "label": label}
             for src, relation, dst, label in self.alert_edges
@@ -107,6 +111,7 @@ def evaluate(
     alert_first: dict[int, float] = {}  # edge -> when its alert was raised
     first_malicious: float | None = None
     timeline: list[TimelineRow] = []
+    flagged: dict[int, int] = {}  # minute -> flows flagged in it
     graph = engine.graph
     for ts, src, dst, relation, size, label in flows:
         if ts >= next_tick:
@@ -126,6 +131,8 @@ def evaluate(
         if verdict.anomalous:
             tally[1] += 1
             edge_flagged.add(e)
+            minute = int(ts // 60)
+            flagged[minute] = flagged.get(minute, 0) + 1
         if verdict.alert is not None:
             alert_first.setdefault(e, ts)
     if flows:
@@ -181,7 +188,10 @@ def evaluate(
                 for e in alert_first
             )
         ),
+        first_at=flows[0][0] if flows else None,
+        last_at=flows[-1][0] if flows else None,
         timeline=tuple(timeline),
+        flagged_per_minute=tuple(sorted(flagged.items())),
     )
 
 

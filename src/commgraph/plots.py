@@ -75,24 +75,50 @@ def sweep_curve(results: Sequence[EvalResult], path: Path, *, title: str = "") -
         plt.close(figure)
 
 
-def timeline_chart(rows: Sequence[TimelineRow], path: Path, *, title: str = "") -> None:
-    """The graph over time: services, edges, services learning, and anomalies per minute."""
+def timeline_chart(result: EvalResult, path: Path, *, title: str = "") -> None:
+    """The graph over time (services, edges, services learning) above the flows flagged per
+    minute, with a mark at each alert the owner would have been sent."""
     plt = _pyplot()
+    rows: Sequence[TimelineRow] = result.timeline
     if not rows:
         raise PlotError("nothing to draw: the timeline is empty")
-    times = [datetime.fromtimestamp(r.minute * 60, tz=UTC) for r in rows]
+
+    def when(seconds: float) -> datetime:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+
+    times = [when(r.minute * 60) for r in rows]
+    # The last row holds until the traffic ends: draw it to there.
+    end = when(result.last_at) if result.last_at is not None else times[-1]
+    times.append(max(end, times[-1]))
+    last = rows[-1]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     try:
-        top.step(times, [r.edges for r in rows], where="post", label="edges", color="#2980b9")
-        top.step(times, [r.services for r in rows], where="post", label="services", color="#27ae60")
-        top.step(times, [r.learning for r in rows], where="post", label="learning", color="#f39c12")
+        for label, values, colour in (
+            ("edges", [r.edges for r in rows] + [last.edges], "#2980b9"),
+            ("services", [r.services for r in rows] + [last.services], "#27ae60"),
+            ("services learning", [r.learning for r in rows] + [last.learning], "#f39c12"),
+        ):
+            top.step(times, values, where="post", label=label, color=colour)
         top.set_ylabel("count")
         top.legend(loc="upper left")
         top.grid(True, alpha=0.3)
-        bottom.bar(times, [r.anomalies for r in rows], width=1 / 1440, color="#c0392b")
-        bottom.set_ylabel("anomalies / min")
+        flagged = result.flagged_per_minute
+        if flagged:
+            bottom.bar(
+                [when(minute * 60) for minute, _ in flagged],
+                [count for _, count in flagged],
+                width=1 / 1440,
+                color="#c0392b",
+                label="flows flagged",
+            )
+        alerts = [when(r.minute * 60) for r in rows if r.anomalies]
+        if alerts:
+            bottom.plot(alerts, [0] * len(alerts), "v", color="black", label="alerts")
+        bottom.set_ylabel("flagged / min")
         bottom.set_xlabel("time (UTC)")
         bottom.grid(True, alpha=0.3)
+        if flagged or alerts:
+            bottom.legend(loc="upper left")
         top.set_title(title or "The communication graph over time")
         figure.autofmt_xdate()
         _save(figure, path)
