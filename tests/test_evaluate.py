@@ -180,3 +180,17 @@ def test_sweep_table_curve_and_timeline_pictures(tmp_path: Path) -> None:
         [str(COMMGRAPH), "eval", str(curve)], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 1 and "no flows found" in bad.stderr
+
+
+def test_a_capture_without_labels_still_counts_the_owners_work() -> None:
+    lockly = DATA / "oconnor_lockly-hub-01.pcap"
+    if not lockly.exists():
+        pytest.fail(f"{lockly} is missing: the project's test data (../shared/data) is needed")
+    hour, day = run_eval(lockly, "--sweep", "1h,24h")
+    assert (hour["flows"], hour["malicious_flows"], hour["unlabelled_flows"]) == (32989, 0, 32989)
+    # DNS and ICMP to the router first come at the first reconnect, 2.15 h in
+    assert [(a["relation"], a["dst"]) for a in hour["alert_edges"]] == [
+        ("icmp", "192.168.1.1"),
+        ("udp/53", "192.168.1.1"),
+    ]
+    assert day["alerts"] == 0  # a day of learning sees a reconnect: nothing left to ask

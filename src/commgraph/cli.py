@@ -33,7 +33,7 @@ from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
 from commgraph.errors import CommgraphError
 from commgraph.evaluate import EvalResult, LabelledFlow
-from commgraph.events import MAX_SIZE, VertexKind, describe_edge, iter_event_lines
+from commgraph.events import MAX_SIZE, Event, VertexKind, describe_edge, iter_event_lines
 from commgraph.export import to_dot, to_graphml, to_json
 from commgraph.identity import Identity
 from commgraph.model import (
@@ -1147,24 +1147,41 @@ def model_diff(a: Path, b: Path, as_json: bool) -> None:
 
 
 def _labelled_flows(file: Path) -> list[LabelledFlow]:
-    """Flows of a Zeek conn.log (TSV or JSON) or IoT-23 CSV, in time order, with labels."""
+    """The flows of a recording in time order, with labels where it has them: a Zeek
+    conn.log or IoT-23 CSV (labelled), a pcap or JSON-lines events (no labels)."""
+    from commgraph.adapters.recorded import Format, open_recording, sniff
     from commgraph.adapters.zeek import flows_in_time_order, relation
 
     try:
-        records, errors = flows_in_time_order(file)
+        with file.open("rb") as probe:
+            kind = sniff(probe.read(4096))
+        if kind is Format.CONNLOG:
+            records, errors = flows_in_time_order(file)
+            skipped = [str(error) for error in errors]
+            flows: list[LabelledFlow] = []
+            for r in records:
+                sizes = [n for n in (r.orig_bytes, r.resp_bytes) if n is not None]
+                size = min(sum(sizes), MAX_SIZE) if sizes else None
+                flows.append((r.ts, r.orig_h, r.resp_h, relation(r), size, r.label))
+        else:
+            flows, skipped = [], []
+            with open_recording(file, format=kind) as recording:
+                for _, item in recording.records:
+                    if isinstance(item, tuple):
+                        flows.append((*item, None))
+                    elif isinstance(item, Event):
+                        flows.append((item.ts, item.src, item.dst, item.relation, item.size, None))
+                    else:
+                        skipped.append(str(item))
+            flows.sort(key=lambda flow: flow[0])
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror or exc}")
-    for error in errors[:5]:
-        err.print(f"warning: {file}: skipped {error}", markup=False)
-    if len(errors) > 5:
-        err.print(f"warning: {file}: {len(errors) - 5} more bad lines skipped", markup=False)
-    if not records:
-        _fail(f"{file}: no flows found (expected a Zeek conn.log or an IoT-23 CSV)")
-    flows: list[LabelledFlow] = []
-    for r in records:
-        sizes = [n for n in (r.orig_bytes, r.resp_bytes) if n is not None]
-        size = min(sum(sizes), MAX_SIZE) if sizes else None
-        flows.append((r.ts, r.orig_h, r.resp_h, relation(r), size, r.label))
+    for problem in skipped[:5]:
+        err.print(f"warning: {file}: skipped {problem}", markup=False)
+    if len(skipped) > 5:
+        err.print(f"warning: {file}: {len(skipped) - 5} more bad records skipped", markup=False)
+    if not flows:
+        _fail(f"{file}: no flows found (expected a conn.log, IoT-23 CSV, pcap or JSON lines)")
     return flows
 
 
@@ -1235,9 +1252,10 @@ def eval_command(
 ) -> None:
     """How well anomalies are found in labelled traffic, and how often the owner would act.
 
-    FILE is a Zeek conn.log (tab-separated or JSON lines) or an IoT-23 labelled CSV. Each
-    service learns for the learning phase from its first flow; after that every new edge is
-    an alert the owner would have been sent.
+    FILE is a Zeek conn.log (tab-separated or JSON lines) or an IoT-23 labelled CSV; a pcap
+    or JSON-lines events work too, without labels (alerts and timeline only). Each service
+    learns for the learning phase from its first flow; after that every new edge is an alert
+    the owner would have been sent.
     """
     from commgraph.evaluate import sweep as run_sweep
 
