@@ -2,7 +2,9 @@
 
     CommgraphError                 root: everything commgraph raises on purpose
     ├── DecodeError                bytes or records from outside could not be read
-    │   ├── EventDecodeError       one JSON-lines event record is malformed
+    │   ├── EventDecodeError       one recorded event is malformed (names line or packet)
+    │   │   ├── FlowDecodeError    (adapters.zeek) a conn.log row; names line and field
+    │   │   └── PacketDecodeError  (adapters.pcap) a captured frame or record; names it
     │   └── MQTTDecodeError        (adapters.mqtt.codec) a malformed MQTT packet
     ├── ConfigError                the site configuration is wrong (names the key)
     ├── StoreError                 the database cannot be used (names the file)
@@ -10,6 +12,9 @@
     │   └── UnknownItemError       no alert / service / edge with that name or id
     ├── SigningError (signing)     a key file is missing, unreadable or would be overwritten
     ├── ModelError (model)         a service model is malformed, unsigned, tampered or untrusted
+    ├── EnforceError (enforce)     a model cannot be written as an ACL / dynsec / MUD file
+    ├── CaptureError (adapters.capture) no such interface, or no CAP_NET_RAW
+    ├── PlotError (plots)          a picture cannot be drawn (matplotlib missing)
     ├── DeliveryError (notify)     a notification service refused a message
     └── TokenError (web.auth)      a notification link is damaged, forged or expired
 
