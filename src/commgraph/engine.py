@@ -398,9 +398,7 @@ class Engine:
                     alert.last_seen = ts
                 self._bumped.add(alert.id)
             else:  # cannot happen while the edge is pending, kept for safety
-                alert, _ = self.alerts.raise_or_repeat(
-                    e, AlertKind.NEW_EDGE, ts, node or self.node
-                )
+                alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, node or self.node)
                 self.changes.alerts.add(alert.id)
             block = self.settings.block_pending and self.phases.mode(subject) is Mode.PROTECT
             return _PENDING_VERDICTS[block]
