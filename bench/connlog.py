@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -42,12 +43,8 @@ from commgraph.engine import Engine
 from commgraph.phases import LearningSettings
 from commgraph.store import Store
 
-SOURCE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "iot23_CTU-Malware-Capture-8-1-labeled.csv"
-)
+DATA = Path(os.environ.get("COMMGRAPH_DATA") or Path(__file__).resolve().parents[2] / "shared/data")
+SOURCE = DATA / "iot23_CTU-Malware-Capture-8-1-labeled.csv"
 DAY = 86_400
 LEARNING = LearningSettings(duration=3600.0)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import struct
@@ -35,7 +36,8 @@ from commgraph.adapters.pcap import PacketDecodeError, read_packets
 from commgraph.phases import LearningSettings
 from commgraph.store import Store
 
-CAPTURE = Path(__file__).resolve().parent.parent.parent / "shared/data/oconnor_lockly-hub-01.pcap"
+DATA = Path(os.environ.get("COMMGRAPH_DATA") or Path(__file__).resolve().parents[2] / "shared/data")
+CAPTURE = DATA / "oconnor_lockly-hub-01.pcap"
 COMMIT_SECONDS = 0.5  # as commgraph.daemon.replay
 CHECK_EVERY = 5000
 

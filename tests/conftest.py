@@ -6,6 +6,7 @@ Every wait is bounded by a deadline; nothing here sleeps without one.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import signal
@@ -21,6 +22,31 @@ from typing import Any
 import pytest
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
+# The real IoT traffic the tests use, by path (never copied into the repository).
+DATA = Path(
+    os.environ.get("COMMGRAPH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+
+def data_file(name: str) -> Path:
+    """A file of the shared test data; fails the test (it is no optional part) if missing."""
+    path = DATA / name
+    if not path.exists():
+        pytest.fail(
+            f"{path} is missing: the tests need the real IoT traffic of ../shared/data "
+            "(or set COMMGRAPH_DATA to its directory)"
+        )
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared test data directory; fails the test if it is missing."""
+    if not DATA.is_dir():
+        data_file("README.md")
+    return DATA
+
+
 COMMGRAPH = Path(sys.executable).parent / "commgraph"
 HOST = "127.0.0.1"
 

@@ -13,9 +13,9 @@ import pytest
 
 from commgraph.evaluate import LabelledFlow, evaluate, sweep
 from commgraph.identity import Identity, IdentityRule
+from conftest import DATA
 
 T0 = 1_600_000_000.0
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def at(minute: float) -> float:
@@ -29,6 +29,7 @@ def scripted() -> list[LabelledFlow]:
         flows.append((at(minute), "dev", "ntp", "udp/123", 90, "benign"))
     for minute in range(10, 60 * 24):  # a day of normal traffic afterwards
         flows.append((at(minute), "dev", "cloud", "tcp/443", 100, "benign"))
+        flows.append((at(minute), "dev", "ntp", "udp/123", 90, "benign"))
     flows.append((at(100), "dev", "c2", "tcp/50", None, "malicious"))
     flows.append((at(101), "dev", "c2", "tcp/50", None, "malicious"))
     flows.append((at(200), "dev", "cdn", "tcp/443", 100, "benign"))  # a false alarm
@@ -38,21 +39,21 @@ def scripted() -> list[LabelledFlow]:
 
 def test_scripted_flows_are_counted_per_flow_per_edge_and_per_alert() -> None:
     r = evaluate(scripted(), 600)
-    assert (r.flows, r.malicious_flows, r.malicious_flagged) == (1454, 2, 2)
-    assert (r.benign_flows, r.benign_flagged, r.unlabelled_flows) == (1451, 1, 1)
+    assert (r.flows, r.malicious_flows, r.malicious_flagged) == (2884, 2, 2)
+    assert (r.benign_flows, r.benign_flagged, r.unlabelled_flows) == (2881, 1, 1)
     assert r.flows_while_learning == 20
     assert (r.edges, r.malicious_edges, r.malicious_edges_flagged) == (5, 1, 1)
     assert (r.benign_edges, r.benign_edges_flagged) == (3, 1)
     assert (r.alerts, r.alerts_on_malicious_edges) == (3, 1)
     assert r.alert_edges == (
-        ("dev", "tcp/22", "other", "unlabelled"),
-        ("dev", "tcp/443", "cdn", "benign"),
-        ("dev", "tcp/50", "c2", "malicious"),
+        ("dev", "tcp/22", "other", "unlabelled", "new-edge"),
+        ("dev", "tcp/443", "cdn", "benign", "new-edge"),
+        ("dev", "tcp/50", "c2", "malicious", "new-edge"),
     )
     assert r.first_malicious_at == at(100) and r.detection_delay_s == 0.0
     assert r.days_after_learning == pytest.approx((24 * 60 - 1 - 10) / 1440)
     assert r.alerts_per_day == pytest.approx(3 / r.days_after_learning)
-    assert r.detection_rate == 1.0 and r.false_alarm_rate == pytest.approx(1 / 1451)
+    assert r.detection_rate == 1.0 and r.false_alarm_rate == pytest.approx(1 / 2881)
     assert {"flows", "malicious_flows", "malicious_flagged", "benign_flows"} <= set(r.to_json())
     assert r.timeline and r.timeline[-1].edges == 5
 
@@ -129,14 +130,30 @@ def test_mirai_44_1_and_the_honeypot_numbers_the_readme_explains(tmp_path: Path)
     # DDoS flow 1h44m later is new, and it is the one thing the owner is asked about.
     mirai = run_eval(capture("Malware-Capture-44-1"), "--sweep", "30m,1h")
     assert [(r["malicious_flagged"], r["malicious_flows"]) for r in mirai] == [(1, 26)] * 2
-    assert [(r["benign_flagged"], r["alerts"]) for r in mirai] == [(0, 1)] * 2
-    assert mirai[0]["alert_edges"] == [
-        {"src": "192.168.1.199", "relation": "udp/80", "dst": "86.136.151.56", "label": "malicious"}
+    assert [r["benign_flagged"] for r in mirai] == [0, 0]
+    # Besides: NTP servers used while learning and then no more fall silent (periodicity).
+    assert [r["alerts_by_kind"] for r in mirai] == [
+        {"new-edge": 1, "rate": 0, "periodicity": 4, "size": 0},
+        {"new-edge": 1, "rate": 0, "periodicity": 6, "size": 0},
     ]
+    new_edges = [a for a in mirai[0]["alert_edges"] if a["kind"] == "new-edge"]
+    assert new_edges == [
+        {
+            "src": "192.168.1.199",
+            "relation": "udp/80",
+            "dst": "86.136.151.56",
+            "label": "malicious",
+            "kind": "new-edge",
+        }
+    ]
+    assert {a["relation"] for a in mirai[0]["alert_edges"] if a["kind"] == "periodicity"} == {
+        "udp/123"
+    }
     assert round(mirai[0]["detection_delay_s"]) == 6279
     echo = capture("Honeypot-Capture-5-1")
     plain = run_eval(echo, "--learning", "1h")
-    assert (plain["benign_flows"], plain["benign_flagged"], plain["alerts"]) == (1374, 176, 75)
+    assert (plain["benign_flows"], plain["benign_flagged"], plain["alerts"]) == (1374, 186, 88)
+    assert plain["alerts_by_kind"] == {"new-edge": 75, "rate": 0, "periodicity": 3, "size": 10}
     rules = tmp_path / "ports.toml"
     rules.write_text(
         "".join(
@@ -150,7 +167,8 @@ def test_mirai_44_1_and_the_honeypot_numbers_the_readme_explains(tmp_path: Path)
         )
     )
     classes = run_eval(echo, "--learning", "1h", "--config", rules)
-    assert (classes["benign_flagged"], classes["alerts"]) == (3, 3)
+    assert (classes["benign_flagged"], classes["alerts"]) == (9, 11)
+    assert classes["alerts_by_kind"] == {"new-edge": 3, "rate": 0, "periodicity": 2, "size": 6}
 
 
 def test_sweep_table_curve_and_timeline_pictures(tmp_path: Path) -> None:
@@ -189,8 +207,9 @@ def test_a_capture_without_labels_still_counts_the_owners_work() -> None:
     hour, day = run_eval(lockly, "--sweep", "1h,24h")
     assert (hour["flows"], hour["malicious_flows"], hour["unlabelled_flows"]) == (32989, 0, 32989)
     # DNS and ICMP to the router first come at the first reconnect, 2.15 h in
-    assert [(a["relation"], a["dst"]) for a in hour["alert_edges"]] == [
+    assert [(a["relation"], a["dst"]) for a in hour["alert_edges"] if a["kind"] == "new-edge"] == [
         ("icmp", "192.168.1.1"),
         ("udp/53", "192.168.1.1"),
     ]
-    assert day["alerts"] == 0  # a day of learning sees a reconnect: nothing left to ask
+    # a day of learning sees a reconnect: no new edge is left to ask about
+    assert day["alerts_by_kind"]["new-edge"] == 0

@@ -249,6 +249,7 @@ def replay(
             identity,
             node=node or (config.node if config else None),
             templates=Templates(config.templates) if config else None,
+            detectors=config.detectors if config else None,
         )
         if config and config.trusted_keys:
             # as the live node does: services with a trusted kept model adopt it
@@ -1265,7 +1266,13 @@ def eval_command(
     phases = _durations(sweep, "--sweep") if sweep else _durations(learning, "--learning")
     if not phases:
         _fail("--sweep: give at least one duration, e.g. 5m,15m,1h")
-    results = run_sweep(flows, phases, identity=identity, min_events=min_events)
+    results = run_sweep(
+        flows,
+        phases,
+        identity=identity,
+        min_events=min_events,
+        detectors=config.detectors if config else None,
+    )
     if plot_png is not None or timeline_png is not None:
         from commgraph.plots import sweep_curve, timeline_chart
 
@@ -1285,8 +1292,8 @@ def eval_command(
             f"What the owner would have been asked with {format_duration(last.learning_s)} "
             f"of learning ({len(last.alert_edges)} alerts):"
         )
-        for src, relation, dst, label in shown:
-            out.print(f"  {esc(src)} {esc(relation)} {esc(dst)}  ({label})")
+        for src, relation, dst, label, kind in shown:
+            out.print(f"  {esc(src)} {esc(relation)} {esc(dst)}  ({kind}, {label})")
         if len(last.alert_edges) > len(shown):
             out.print(f"  ... and {len(last.alert_edges) - len(shown)} more")
     for picture in (plot_png, timeline_png):

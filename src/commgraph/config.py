@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from commgraph.detectors import KINDS, DetectorSettings
 from commgraph.errors import ConfigError
 from commgraph.identity import AddressKind, IdentityRule
 from commgraph.phases import LearningSettings, Mode
@@ -143,6 +144,7 @@ class Config:
     node: str = "node"
     db: Path | None = None
     learning: LearningSettings = field(default_factory=LearningSettings)
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
     identity: tuple[IdentityRule, ...] = ()
     templates: tuple[TemplateRule, ...] = ()
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
@@ -291,6 +293,43 @@ def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
     return tuple(rules)
 
 
+def _detectors(section: _Reader) -> DetectorSettings:
+    kinds = section.get("kinds", list, sorted(KINDS))
+    for kind in kinds:
+        if kind not in KINDS:
+            raise section.error("kinds", f"{kind!r} is not one of {', '.join(sorted(KINDS))}")
+    numbers: dict[str, float] = {}
+    for key, default in (
+        ("rate_factor", 5.0),
+        ("rate_min_count", 10.0),
+        ("silence_periods", 3.0),
+        ("size_margin", 2.0),
+    ):
+        value = section.get(key, (int, float), default)
+        if isinstance(value, bool) or value < 1:
+            raise section.error(key, f"{value!r} must be a number of at least 1")
+        numbers[key] = float(value)
+    windows = {
+        key: _duration(section, key, default)
+        for key, default in (("short_window", 60.0), ("long_window", 3600.0), ("burst_gap", 1.0))
+    }
+    for key, value in windows.items():
+        if value <= 0:
+            raise section.error(key, "must be longer than 0s")
+    size_slack = section.get("size_slack", int, 64)
+    min_hits = section.get("min_period_hits", int, 5)
+    if size_slack < 0 or min_hits < 2:
+        raise section.error("size_slack" if size_slack < 0 else "min_period_hits", "is too small")
+    section.finish()
+    return DetectorSettings(
+        kinds=frozenset(kinds),
+        size_slack=size_slack,
+        min_period_hits=min_hits,
+        **numbers,
+        **windows,
+    )
+
+
 def _capture(capture: _Reader) -> CaptureSettings | None:
     interface = capture.get("interface", str)
     ports = {
@@ -401,6 +440,8 @@ def parse_config(
     mode_services.finish()
     modes.finish()
 
+    detectors = _detectors(top.sub("detectors"))
+
     protect = top.sub("protect")
     pending = protect.get("pending", str, "block")
     if pending not in ("block", "allow"):
@@ -462,6 +503,7 @@ def parse_config(
             modes=overrides,
             block_pending=pending == "block",
         ),
+        detectors=detectors,
         identity=rules,
         templates=tuple(topic_templates),
         mqtt=mqtt_settings,

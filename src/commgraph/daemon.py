@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
-from commgraph.alerts import Action, Decision
+from commgraph.alerts import Action, AlertKind, Decision
 from commgraph.config import Config, NotifySettings, format_duration
 from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
 from commgraph.engine import Engine, Verdict
@@ -168,6 +168,14 @@ def replay_records(
 # -- the live daemon --------------------------------------------------------------------
 
 
+_WHAT = {
+    AlertKind.NEW_EDGE: "never seen before",
+    AlertKind.RATE: "far more often than it learned",
+    AlertKind.PERIODICITY: "silent for longer than its period allows",
+    AlertKind.SIZE: "with messages of a size it never learned",
+}
+
+
 class Daemon:
     """One node: the proxy in front of the broker, the engine, the store, and the clock.
 
@@ -187,6 +195,7 @@ class Daemon:
             Identity(config.identity),
             node=config.node,
             templates=Templates(config.templates),
+            detectors=config.detectors,
         )
         self.proxy: MQTTProxy | None = None
         self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
@@ -220,13 +229,10 @@ class Daemon:
     ) -> Verdict:
         """The proxy's hook: classify, and have new structure written right after."""
         verdict = self._observe(ts, src, dst, relation, size)
-        # Structure only changes with a new edge (which may also end a phase or raise an
-        # alert: today every alert is about a new edge): one length compare per message
-        # instead of looking through the outbox.
-        if len(self._edge_keys) != self._edges_written:
+        # Structure changes with a new edge (which may also end a phase or raise an alert),
+        # and with an alert on a known edge (rate, size): one compare each per message.
+        if len(self._edge_keys) != self._edges_written or verdict.alert is not None:
             self._edges_written = len(self._edge_keys)
-            if verdict.alert is not None:
-                self._announce(verdict.alert)
             self._schedule_write()
         return verdict
 
@@ -251,13 +257,13 @@ class Daemon:
         alert = self.engine.alerts.by_id[alert_id]
         src, dst, relation = self.engine.alert_edge(alert)
         log.warning(
-            "alert %d (%s): %s %s %s, never seen before; approve with: commgraph --db %s "
-            "approve %d (or deny %d)",
+            "alert %d (%s): %s %s %s, %s; approve with: commgraph --db %s approve %d (or deny %d)",
             alert.id,
             alert.kind.value,
             src,
             relation,
             dst,
+            _WHAT[alert.kind],
             self.store.path,
             alert.id,
             alert.id,
@@ -315,6 +321,8 @@ class Daemon:
     def _write_structure(self) -> None:
         self._flush_soon = False
         changes = self.engine.take_changes()
+        for alert_id in changes.raised:  # new edges, rates, sizes, silences
+            self._announce(alert_id)
         if changes.edges or changes.services:
             self._model_dirty.update(self._services_touched(changes.edges, changes.services))
         self._own_decisions.update(self.store.write_changes(self.engine, changes))

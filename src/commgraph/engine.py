@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from commgraph.alerts import Action, Alert, AlertBook, AlertKind, AlertState, Decision
+from commgraph.detectors import PERIODICITY, RATE, SIZE, DetectorSettings, Features
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import Event, VertexKind, endpoint_kinds
-from commgraph.graph import Graph, Label
+from commgraph.graph import SIZE_UNKNOWN, Graph, Label
 from commgraph.identity import AddressKind, Identity, Resolved
 from commgraph.model import ModelEdge, ModelIndex, ServiceModel, build_model, merge
 from commgraph.phases import LearningPhases, LearningSettings, Mode, Phase, PhaseChange
@@ -42,6 +43,8 @@ class Verdict:
 
 _LEARNED, _APPROVED = int(Label.LEARNED), int(Label.APPROVED)  # ints: cheaper than enums
 _PENDING = int(Label.PENDING)
+_FIGURE_KINDS = {RATE: AlertKind.RATE, SIZE: AlertKind.SIZE, PERIODICITY: AlertKind.PERIODICITY}
+_KIND_CODES = {kind: code for code, kind in _FIGURE_KINDS.items()}
 _MODEL_LABELS = {"learned": Label.LEARNED, "approved": Label.APPROVED, "denied": Label.DENIED}
 _VERDICTS = {(label, block): Verdict(label, block) for label in Label for block in (False, True)}
 _PENDING_VERDICTS = (_VERDICTS[(Label.PENDING, False)], _VERDICTS[(Label.PENDING, True)])
@@ -73,6 +76,7 @@ class Changes:
     modes: set[int] = field(default_factory=set)  # services whose owner-set mode changed
     alerts: set[int] = field(default_factory=set)
     instances: list[tuple[int, str]] = field(default_factory=list)
+    raised: list[int] = field(default_factory=list)  # alerts raised, of every kind
     edge_instances: dict[int, str] = field(default_factory=dict)  # new edge -> its instance
     phase_changes: list[PhaseChange] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
@@ -107,8 +111,11 @@ class Engine:
         *,
         node: str | None = None,
         templates: Templates | None = None,
+        detectors: DetectorSettings | None = None,
     ) -> None:
         self.settings = settings or LearningSettings()
+        self.features = Features(detectors)
+        self._update = self.features.update
         self.identity = identity or Identity()
         self.templates = templates or Templates()
         self.node = node
@@ -180,10 +187,11 @@ class Engine:
         subject = d if rel[5] else s
         graph.events[subject] += 1
         label = graph.label[e]
-        if label == _LEARNED:
-            return ALLOW_LEARNED
-        if label == _APPROVED:
-            return ALLOW_APPROVED
+        if label in (_LEARNED, _APPROVED):
+            kind = self._update(e, graph.gap, size)
+            if kind:
+                return self._figure_alert(e, kind, subject, ts, node)
+            return ALLOW_LEARNED if label == _LEARNED else ALLOW_APPROVED
         return self._flagged(e, subject, ts, node)
 
     def _relation(
@@ -336,6 +344,7 @@ class Engine:
         self._edge_added(e, subject, instance)
         alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, node or self.node)
         self.changes.alerts.add(alert.id)
+        self.changes.raised.append(alert.id)
         self._minute_anomalies += 1
         return Verdict(Label.PENDING, self._blocks(subject, Label.PENDING), alert.id)
 
@@ -349,6 +358,7 @@ class Engine:
 
     def _edge_added(self, e: int, subject: int, instance: str | None) -> None:
         self.changes.edges.add(e)
+        self._update(e, 0.0, None)  # its first event, for the rates
         if instance is not None:
             # An instance's topics teach the templates of its service type.
             self.changes.edge_instances[e] = instance
@@ -386,6 +396,49 @@ class Engine:
             self._minute_learned += 1
         return _VERDICTS[(label, self._blocks(subject, label))]
 
+    def _figure_alert(
+        self, e: int, kind: int, subject: int, ts: float, node: str | None
+    ) -> Verdict:
+        """A known edge whose rate or size is not what was learned: one alert per (edge,
+        kind) until decided; repeats count on it. The event itself is allowed."""
+        label = Label(self.graph.label[e])
+        if self.phases.mode(subject) is Mode.LEARN:
+            return _VERDICTS[(label, False)]
+        alert_kind = _FIGURE_KINDS[kind]
+        open_alert = self._open.get((e, alert_kind))
+        if open_alert is not None:
+            open_alert.count += 1
+            if ts > open_alert.last_seen:
+                open_alert.last_seen = ts
+            self._bumped.add(open_alert.id)
+            return _VERDICTS[(label, False)]
+        alert, _ = self.alerts.raise_or_repeat(e, alert_kind, ts, node or self.node)
+        self.changes.alerts.add(alert.id)
+        self.changes.raised.append(alert.id)
+        self._at_minute(ts)
+        self._minute_anomalies += 1
+        return Verdict(label, False, alert.id)
+
+    def _silences(self, now: float) -> None:
+        """Periodic edges silent for too long: a periodicity alert each (checked in tick)."""
+        graph = self.graph
+        for e in self.features.silent(now, graph.last):
+            if graph.label[e] not in (_LEARNED, _APPROVED):
+                continue
+            if (e, AlertKind.PERIODICITY) in self._open:
+                continue
+            src, dst, rid = graph.endpoints(e)
+            subject = dst if self._relation_subject_is_dst(rid) else src
+            if self.phases.mode(subject) is Mode.LEARN:
+                continue
+            alert, _ = self.alerts.raise_or_repeat(e, AlertKind.PERIODICITY, now, self.node)
+            self.changes.alerts.add(alert.id)
+            self.changes.raised.append(alert.id)
+            self._minute_anomalies += 1
+
+    def _relation_subject_is_dst(self, rid: int) -> bool:
+        return endpoint_kinds(self.graph.relations[rid])[1] is VertexKind.SERVICE
+
     def _flagged(self, e: int, subject: int, ts: float, node: str | None) -> Verdict:
         """A known edge that is pending or denied: count it on its alert, block if asked.
         Flows of an attack repeat on such edges, so this path stays plain too."""
@@ -412,9 +465,11 @@ class Engine:
     # -- time -----------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Let time pass to ``now``: end learning phases that are due, close timeline minutes."""
+        """Let time pass to ``now``: end learning phases that are due, close timeline minutes,
+        and raise a periodicity alert for each periodic edge silent for too long."""
         self._at_minute(now)
         self._end_phases(now)
+        self._silences(now)
 
     def _end_phases(self, now: float) -> None:
         for change in self.phases.due(now, self.graph.events):
@@ -461,6 +516,23 @@ class Engine:
     def _phase_changed(self, vid: int, change: PhaseChange) -> None:
         self.changes.services.add(vid)
         self.changes.phase_changes.append(change)
+        if change.after is Phase.ACTIVE and change.before is Phase.LEARNING:
+            self._learn_figures(vid)
+
+    def _learn_figures(self, vid: int) -> None:
+        """The service has learned: the figures of its normal edges become their baseline."""
+        graph = self.graph
+        for e, _, _ in self._edges_of(vid):
+            if graph.label[e] in (_LEARNED, _APPROVED):
+                self._learn_edge(e)
+
+    def _learn_edge(self, e: int) -> None:
+        graph = self.graph
+        low, high = graph.size_min[e], graph.size_max[e]
+        if low == SIZE_UNKNOWN:  # sizes never seen: any size is fine
+            low, high = 0, SIZE_UNKNOWN
+        self.features.learn(e, low, high)
+        graph.touch(e)  # the baseline is written with the counters
 
     # -- the owner's decisions ------------------------------------------------------------
 
@@ -484,6 +556,17 @@ class Engine:
         label = Label.APPROVED if alert.state is AlertState.APPROVED else Label.DENIED
         self.graph.set_label(alert.edge, label)
         self.decided[alert.edge] = (at, by)
+        if label is Label.APPROVED:
+            if alert.kind is AlertKind.NEW_EDGE:
+                self._learn_edge(alert.edge)  # what it does from now on is its baseline
+            else:
+                graph = self.graph
+                self.features.widen(
+                    alert.edge,
+                    _KIND_CODES[alert.kind],
+                    graph.size_min[alert.edge],
+                    graph.size_max[alert.edge],
+                )
         self.changes.alerts.add(alert.id)
         self.changes.edges.add(alert.edge)
         decision = Decision(

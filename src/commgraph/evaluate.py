@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from commgraph.alerts import AlertKind
+from commgraph.detectors import DetectorSettings
 from commgraph.engine import Engine, TimelineRow
 from commgraph.identity import Identity
 from commgraph.phases import LearningSettings, Mode
@@ -51,7 +53,8 @@ class EvalResult:
     malicious_edges_flagged: int
     benign_edges: int
     benign_edges_flagged: int
-    alerts: int
+    alerts: int  # of every kind: each is an owner interaction
+    alerts_by_kind: dict[str, int]  # new-edge, rate, periodicity, size
     alerts_on_malicious_edges: int
     days: float  # span of the traffic
     days_after_learning: float
@@ -59,7 +62,8 @@ class EvalResult:
     first_malicious_at: float | None
     first_malicious_alert_at: float | None
     detection_delay_s: float | None
-    alert_edges: tuple[tuple[str, str, str, str], ...] = ()  # (src, relation, dst, label)
+    # (src, relation, dst, label, kind) of each alert, label "malicious", "benign", "unlabelled"
+    alert_edges: tuple[tuple[str, str, str, str, str], ...] = ()
     first_at: float | None = None
     last_at: float | None = None
     timeline: tuple[TimelineRow, ...] = field(default=(), repr=False)
@@ -78,8 +82,8 @@ class EvalResult:
         result.pop("timeline")
         result.pop("flagged_per_minute")
         result["alert_edges"] = [
-            {"src": src, "relation": relation, "dst": dst, "label": label}
-            for src, relation, dst, label in self.alert_edges
+            {"src": src, "relation": relation, "dst": dst, "label": label, "kind": kind}
+            for src, relation, dst, label, kind in self.alert_edges
         ]
         result["detection_rate"] = self.detection_rate
         result["false_alarm_rate"] = self.false_alarm_rate
@@ -96,19 +100,21 @@ def evaluate(
     *,
     identity: Identity | None = None,
     min_events: int = 0,
+    detectors: DetectorSettings | None = None,
 ) -> EvalResult:
     """Run ``flows`` (sorted by time) through an engine whose services learn for ``learning``
-    seconds from their first flow, in monitor mode, and count what it flagged."""
+    seconds from their first flow, in monitor mode, and count what it flagged: a flow is
+    flagged when its edge is not normal or it raised a rate or size alert."""
     engine = Engine(
         LearningSettings(duration=learning, min_events=min_events, mode=Mode.MONITOR),
         identity,
+        detectors=detectors,
     )
     observe, tick = engine.observe_fields, engine.tick
     next_tick = -math.inf
     counts = {"malicious": [0, 0], "benign": [0, 0], None: [0, 0]}  # label -> [flows, flagged]
     edge_labels: dict[int, set[str | None]] = {}
     edge_flagged: set[int] = set()
-    alert_first: dict[int, float] = {}  # edge -> when its alert was raised
     first_malicious: float | None = None
     timeline: list[TimelineRow] = []
     flagged: dict[int, int] = {}  # minute -> flows flagged in it
@@ -128,13 +134,11 @@ def evaluate(
         e = engine.edge_of(src, dst, relation)
         assert e is not None
         edge_labels.setdefault(e, set()).add(key)
-        if verdict.anomalous:
+        if verdict.anomalous or verdict.alert is not None:
             tally[1] += 1
             edge_flagged.add(e)
             minute = int(ts // 60)
             flagged[minute] = flagged.get(minute, 0) + 1
-        if verdict.alert is not None:
-            alert_first.setdefault(e, ts)
     if flows:
         engine.tick(flows[-1][0])
         engine.flush_minute()
@@ -146,7 +150,11 @@ def evaluate(
     last_ts = flows[-1][0] if flows else 0.0
     learned_until = first_ts + learning
     after = max(0.0, last_ts - learned_until) / DAY
-    malicious_alerts = sorted(ts for e, ts in alert_first.items() if e in malicious_edges)
+    raised = sorted(engine.alerts.by_id.values(), key=lambda alert: alert.id)
+    by_kind = {kind.value: 0 for kind in AlertKind}
+    for alert in raised:
+        by_kind[alert.kind.value] += 1
+    malicious_alerts = sorted(a.first_seen for a in raised if a.edge in malicious_edges)
     first_alert = next(
         (ts for ts in malicious_alerts if first_malicious is not None and ts >= first_malicious),
         None,
@@ -165,11 +173,12 @@ def evaluate(
         malicious_edges_flagged=len(malicious_edges & edge_flagged),
         benign_edges=len(benign_edges),
         benign_edges_flagged=len(benign_edges & edge_flagged),
-        alerts=len(alert_first),
+        alerts=len(raised),
+        alerts_by_kind=by_kind,
         alerts_on_malicious_edges=len(malicious_alerts),
         days=(last_ts - first_ts) / DAY,
         days_after_learning=after,
-        alerts_per_day=len(alert_first) / after if after > 0 else None,
+        alerts_per_day=len(raised) / after if after > 0 else None,
         first_malicious_at=first_malicious,
         first_malicious_alert_at=first_alert,
         detection_delay_s=None
@@ -178,14 +187,15 @@ def evaluate(
         alert_edges=tuple(
             sorted(
                 (
-                    *_names(engine, e),
+                    *_names(engine, alert.edge),
                     "malicious"
-                    if e in malicious_edges
+                    if alert.edge in malicious_edges
                     else "benign"
-                    if e in benign_edges
+                    if alert.edge in benign_edges
                     else "unlabelled",
+                    alert.kind.value,
                 )
-                for e in alert_first
+                for alert in raised
             )
         ),
         first_at=flows[0][0] if flows else None,
@@ -221,9 +231,10 @@ def sweep(
     *,
     identity: Identity | None = None,
     min_events: int = 0,
+    detectors: DetectorSettings | None = None,
 ) -> list[EvalResult]:
     """:func:`evaluate` once per learning phase, shortest first."""
     return [
-        evaluate(flows, learning, identity=identity, min_events=min_events)
+        evaluate(flows, learning, identity=identity, min_events=min_events, detectors=detectors)
         for learning in sorted(learnings)
     ]

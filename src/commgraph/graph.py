@@ -134,6 +134,7 @@ class Graph:
         # edges whose counters moved since the last take (written behind by the store)
         self._dirty = bytearray()
         self._dirty_list: list[int] = []
+        self.gap = 0.0  # the interval the last record() counted
         # open addressing, linear probing: slot -> edge id + 1 (0 = empty); the key column
         # tells whether a probed edge is the one sought
         self._bits = 10
@@ -265,6 +266,7 @@ class Graph:
             gap = ts - last
         else:
             gap = 0.0  # out-of-order or simultaneous: an interval of zero
+        self.gap = gap  # for the detectors, right after
         mean = self.ia_mean[e]
         delta = gap - mean
         mean += delta / n  # n intervals now
@@ -329,6 +331,12 @@ class Graph:
         self.size_min[e] = SIZE_UNKNOWN if size_min is None else size_min
         self.size_max[e] = 0 if size_max is None else size_max
         return e
+
+    def touch(self, e: int) -> None:
+        """Have edge ``e``'s counters (and figures) written at the next take."""
+        if not self._dirty[e]:
+            self._dirty[e] = 1
+            self._dirty_list.append(e)
 
     def take_dirty(self) -> list[int]:
         """Edges whose counters moved since the last call, in id order; clears the marks."""

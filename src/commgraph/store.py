@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from commgraph.alerts import Action, Alert, AlertKind, AlertState, Decision
+from commgraph.detectors import DetectorSettings, figures_from
 from commgraph.engine import Changes, Engine, TimelineRow
 from commgraph.errors import StoreError
 from commgraph.events import VertexKind
@@ -83,6 +84,10 @@ MIGRATIONS: list[str] = [
         received_at REAL NOT NULL, source TEXT NOT NULL, PRIMARY KEY (service, node));
     ALTER TABLE services ADD COLUMN model_from TEXT;
     ALTER TABLE edges ADD COLUMN instance TEXT;
+    """,
+    # 4: per-edge figures of the rate, periodicity and size detectors (packed)
+    """
+    ALTER TABLE edges ADD COLUMN figures BLOB;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -202,6 +207,7 @@ class Store:
         *,
         node: str | None = None,
         templates: Templates | None = None,
+        detectors: DetectorSettings | None = None,
     ) -> Engine:
         """An engine resumed exactly where the stored one stopped (site models apart: the
         caller checks their signatures and adopts them)."""
@@ -210,6 +216,7 @@ class Store:
             identity,
             node=node,
             templates=templates,
+            detectors=detectors,
         )
         graph, db = engine.graph, self._db
         for vid, name, kind, owner, first_seen, events in db.execute(
@@ -222,11 +229,12 @@ class Store:
         for rid, name in db.execute("SELECT id, name FROM relations ORDER BY id"):
             if graph.relation_id(name) != rid:
                 raise StoreError(f"{self.path}: relation ids are not contiguous at {rid}")
+        figures = engine.features
         for row in db.execute(
             "SELECT id, src, dst, relation, label, count, bytes, first_seen, last_seen,"
-            " ia_mean, ia_m2, size_min, size_max FROM edges ORDER BY id"
+            " ia_mean, ia_m2, size_min, size_max, figures FROM edges ORDER BY id"
         ):
-            eid, src, dst, rid, label, count, nbytes, first, last, mean, m2, smin, smax = row
+            eid, src, dst, rid, label, count, nbytes, first, last, mean, m2, smin, smax = row[:13]
             edge = graph.restore_edge(
                 src,
                 dst,
@@ -243,6 +251,11 @@ class Store:
             )
             if edge + 1 != eid:
                 raise StoreError(f"{self.path}: edge ids are not contiguous at {eid}")
+            if row[13] is not None:
+                try:
+                    figures.restore(edge, bytes(row[13]))
+                except ValueError as exc:
+                    raise StoreError(f"{self.path}: {exc}") from None
         graph.take_dirty()
         for vid, name, phase, started, ends, learned, at_start, mode, model_from in db.execute(
             "SELECT vertex, name, phase, started_at, ends_at, learned_at, events_at_start, mode,"
@@ -337,8 +350,8 @@ class Store:
             instance_of = changes.edge_instances.get
             db.executemany(
                 "INSERT INTO edges (id, src, dst, relation, label, count, bytes, first_seen,"
-                " last_seen, ia_mean, ia_m2, size_min, size_max, instance)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " last_seen, ia_mean, ia_m2, size_min, size_max, figures, instance)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET label = excluded.label",
                 [
                     (
@@ -446,7 +459,7 @@ class Store:
         with self._transaction(durable=False) as db:
             db.executemany(
                 "UPDATE edges SET count = ?, bytes = ?, first_seen = ?, last_seen = ?,"
-                " ia_mean = ?, ia_m2 = ?, size_min = ?, size_max = ? WHERE id = ?",
+                " ia_mean = ?, ia_m2 = ?, size_min = ?, size_max = ?, figures = ? WHERE id = ?",
                 [(*_counters(engine, e), e + 1) for e in edges],
             )
             subjects: set[int] = set()
@@ -513,7 +526,7 @@ class Store:
         rows = self._rows(
             "SELECT e.id, vs.name AS src, vd.name AS dst, r.name AS relation, e.label,"
             " e.count, e.bytes, e.first_seen, e.last_seen, e.ia_mean, e.ia_m2,"
-            " e.size_min, e.size_max, e.src AS src_id, e.dst AS dst_id,"
+            " e.size_min, e.size_max, e.figures, e.src AS src_id, e.dst AS dst_id,"
             " vs.kind AS src_kind, vd.kind AS dst_kind"
             " FROM edges e JOIN vertices vs ON vs.id = e.src JOIN vertices vd ON vd.id = e.dst"
             " JOIN relations r ON r.id = e.relation"
@@ -528,6 +541,10 @@ class Store:
             row["interval_stdev_s"] = (m2 / intervals) ** 0.5 if intervals >= 2 else None
             if row["size_min"] == SIZE_UNKNOWN:
                 row["size_min"] = row["size_max"] = None
+            figures = figures_from(row.pop("figures"))
+            row["period_s"] = figures.period_s
+            row["jitter_s"] = figures.jitter_s
+            row["rate_per_min"] = figures.rate_per_min
         return rows
 
     def alerts(self, *, state: str | None = None) -> list[dict[str, Any]]:
@@ -734,4 +751,5 @@ def _counters(engine: Engine, e: int) -> tuple[Any, ...]:
         g.ia_m2[e],
         smin,
         g.size_max[e],
+        engine.features.pack(e),
     )

@@ -36,10 +36,10 @@ from commgraph.engine import Engine
 from commgraph.errors import EventDecodeError
 from commgraph.events import Event
 from commgraph.phases import LearningSettings
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 LOCKLY = DATA / "oconnor_lockly-hub-01.pcap"
-needs_lockly = pytest.mark.skipif(not LOCKLY.exists(), reason=f"{LOCKLY} not found")
+needs_lockly = pytest.mark.usefixtures("shared_data")  # fails, not skips, without the data
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 HUB = "192.168.1.128"

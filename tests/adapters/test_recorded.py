@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from commgraph.adapters.recorded import Format, sniff
+from conftest import DATA
 
 COMMGRAPH = Path(sys.executable).parent / "commgraph"
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 LOCKLY = DATA / "oconnor_lockly-hub-01.pcap"
 HUB = "192.168.1.128"
 BROKER_NAME = "a1guxefynxg.iot-as-mqtt.us-west-1.aliyuncs.com"

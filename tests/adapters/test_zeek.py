@@ -32,15 +32,13 @@ from commgraph.engine import Engine
 from commgraph.errors import EventDecodeError
 from commgraph.events import MAX_SIZE, Event
 from commgraph.phases import LearningSettings
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MALWARE_8_1 = DATA / "iot23_CTU-Malware-Capture-8-1-labeled.csv"
 MALWARE_44_1 = DATA / "iot23_CTU-Malware-Capture-44-1-labeled.csv"
 HONEYPOT_5_1 = DATA / "iot23_CTU-Honeypot-Capture-5-1-labeled.csv"
 IOT23 = (MALWARE_8_1, MALWARE_44_1, HONEYPOT_5_1)
-needs_data = pytest.mark.skipif(
-    not all(path.exists() for path in IOT23), reason=f"IoT-23 CSVs not found under {DATA}"
-)
+needs_data = pytest.mark.usefixtures("shared_data")  # fails, not skips, without the data
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Zeek's conn.log columns as IoT-23 has them, and their Zeek types.
