@@ -422,7 +422,7 @@ class Engine:
     def _silences(self, now: float) -> None:
         """Periodic edges silent for too long: a periodicity alert each (checked in tick)."""
         graph = self.graph
-        for e in self.features.silent(now, graph.last):
+        for e, due in sorted(self.features.silent(now, graph.last)):
             if graph.label[e] not in (_LEARNED, _APPROVED):
                 continue
             if (e, AlertKind.PERIODICITY) in self._open:
@@ -431,7 +431,7 @@ class Engine:
             subject = dst if self._relation_subject_is_dst(rid) else src
             if self.phases.mode(subject) is Mode.LEARN:
                 continue
-            alert, _ = self.alerts.raise_or_repeat(e, AlertKind.PERIODICITY, now, self.node)
+            alert, _ = self.alerts.raise_or_repeat(e, AlertKind.PERIODICITY, due, self.node)
             self.changes.alerts.add(alert.id)
             self.changes.raised.append(alert.id)
             self._minute_anomalies += 1

@@ -176,13 +176,19 @@ class Features:
             self.base_period[e] = 0.0
             self.periodic.discard(e)
 
-    def silent(self, now: float, last: array[float]) -> list[int]:
-        """Periodic edges whose silence at ``now`` is longer than the detector allows."""
+    def silent(self, now: float, last: array[float]) -> list[tuple[int, float]]:
+        """Periodic edges whose silence at ``now`` is longer than the detector allows, each
+        with the moment it became too long (time may have jumped: a replay, a late tick)."""
         if not self.periodic:
             return []
         allowed = self.settings.silence_periods
         period, jitter = self.base_period, self.base_jitter
-        return [e for e in self.periodic if now - last[e] > period[e] * allowed + 3.0 * jitter[e]]
+        found = []
+        for e in self.periodic:
+            due = last[e] + period[e] * allowed + 3.0 * jitter[e]
+            if now > due:
+                found.append((e, due))
+        return found
 
     def figures(self, e: int) -> EdgeFigures:
         if e >= len(self.baseline):
