@@ -174,3 +174,20 @@ def test_bad_settings_are_refused() -> None:
         DetectorSettings(kinds=frozenset({"speed"}))
     with pytest.raises(ValueError, match="rate_factor must be at least 1"):
         DetectorSettings(rate_factor=0.5)
+
+
+def test_learned_figures_travel_in_the_model_and_are_enforced_elsewhere() -> None:
+    engine = learned()
+    model = engine.model_of("sensor", node="a", issued_at=T0 + LEARN + 60, version=1)
+    (edge,) = model.edges
+    assert edge.figures["period_s"] == pytest.approx(60.0, abs=0.5)
+    assert edge.figures["size_min"] == edge.figures["size_max"] == 20
+    assert edge.figures["rate_per_min"] >= 1.0
+    elsewhere = Engine(LearningSettings(duration=LEARN))
+    elsewhere.adopt(model, "a")
+    start = LEARN * 10
+    assert heartbeat(elsewhere, start, start + 300) == [None] * 5  # adopted: no learning
+    heartbeat(elsewhere, start + 300, start + 1500, every=6.0)  # a flood at once
+    heartbeat(elsewhere, start + 1500, start + 1800, size=400)
+    elsewhere.tick(T0 + start + 10_000)  # and it falls silent
+    assert kinds(elsewhere) == [AlertKind.RATE, AlertKind.SIZE, AlertKind.PERIODICITY]

@@ -390,6 +390,18 @@ class Engine:
         label = _MODEL_LABELS[known.label]
         e = self.graph.add_edge(s, d, rid, label, ts, size)
         self._edge_added(e, subject, instance)
+        if known.figures and label is not Label.DENIED:
+            # what the service was learned to do elsewhere: rate, period, sizes
+            figures = known.figures
+            size_min, size_max = figures.get("size_min"), figures.get("size_max")
+            self.features.seed(
+                e,
+                rate_per_min=figures.get("rate_per_min"),
+                period_s=figures.get("period_s"),
+                jitter_s=figures.get("jitter_s"),
+                size_min=None if size_min is None else int(size_min),
+                size_max=None if size_max is None else int(size_max),
+            )
         if known.decided_at is not None and known.decided_by is not None:
             self.decided[e] = (known.decided_at, known.decided_by)
         if label is Label.LEARNED:
@@ -734,6 +746,7 @@ class Engine:
                     "label": Label(graph.label[e]).text,
                     "decided_at": None if decided is None else decided[0],
                     "decided_by": None if decided is None else decided[1],
+                    "figures": self.features.learned_figures(e),
                 }
                 rows[vid].append(row)
                 kinds[(graph.relations[rid], graph.names[src], graph.names[dst])] = graph.kind(

@@ -453,7 +453,8 @@ def build_model(
     Rows not touching the service are skipped, and so are pending edges (undecided: they say
     nothing about what the service may do). An edge from the service is "out" toward its dst,
     one to it is "in" from its src; ``peer_form(relation, direction, peer)`` gives the peer's
-    semantic form (a topic template), by default the peer itself. Each edge's decision is
+    semantic form (a topic template), by default the peer itself; a row's ``figures`` (learned
+    rate, period, sizes) go with its edge. Each edge's decision is
     the row's own ``decided_at``/``decided_by`` if it has them, else the latest approve/deny
     row on it (by time, then row order). Rows that end up with one key are joined as in merge.
     """
@@ -499,6 +500,7 @@ def build_model(
                 label=label,
                 decided_at=None if decided is None else decided[0],
                 decided_by=None if decided is None else decided[1],
+                figures=row.get("figures") or {},
             )
         except ModelError as exc:
             raise ModelError(f"{where}: {exc}") from exc

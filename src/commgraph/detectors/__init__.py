@@ -190,6 +190,21 @@ class Features:
                 found.append((e, due))
         return found
 
+    def learned_figures(self, e: int) -> dict[str, float]:
+        """Edge ``e``'s baseline in a model's terms (empty before it has one)."""
+        if e >= len(self.baseline) or not self.baseline[e]:
+            return {}
+        figures = {
+            "rate_per_min": round(float(self.base_rate[e]) * 60.0 / self.settings.short_window, 4)
+        }
+        if self.base_period[e] > 0:
+            figures["period_s"] = round(float(self.base_period[e]), 3)
+            figures["jitter_s"] = round(float(self.base_jitter[e]), 3)
+        if self.base_max[e] != 0xFFFFFFFF:
+            figures["size_min"] = float(self.base_min[e])
+            figures["size_max"] = float(self.base_max[e])
+        return figures
+
     def figures(self, e: int) -> EdgeFigures:
         if e >= len(self.baseline):
             return EdgeFigures(None, None, None, False)
