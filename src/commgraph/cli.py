@@ -474,19 +474,22 @@ def edges(ctx: Context, service: str | None, label: str | None, as_json: bool) -
         _emit_json(rows)
         return
     table = _table(
-        "Edges", ["src", "relation", "dst", "label", "count", "bytes", "every", "last seen"]
+        "Edges",
+        ["src", "relation", "dst", "label", "count", "period", "per min", "size", "last seen"],
     )
     colours = {"pending": "red", "denied": "bright_black", "approved": "green"}
     for r in rows:
-        mean = r["interval_mean_s"]
+        period, jitter = r["period_s"], r["jitter_s"]
+        size = "-" if r["size_min"] is None else f"{r['size_min']}-{r['size_max']} B"
         table.add_row(
             esc(r["src"]),
             esc(r["relation"]),
             esc(r["dst"]),
             f"[{colours.get(r['label'], 'default')}]{r['label']}[/]",
             f"{r['count']:,}",
-            f"{r['bytes']:,}",
-            format_duration(mean) if mean else "-",
+            "-" if period is None else f"{format_duration(period)} ±{jitter:.2g}s",
+            "-" if r["rate_per_min"] is None else f"{r['rate_per_min']:.3g}",
+            size,
             _when(r["last_seen"]),
         )
     out.print(table)

@@ -508,3 +508,29 @@ async def browse(
     await phone.goto(base + "/services/thermo-kitchen")
     await phone.screenshot(path=out / "phone-service.png", full_page=True)
     save(out / "phone-service.png")
+
+
+async def test_the_service_page_shows_each_edges_period_rate_and_sizes(tmp_path: Path) -> None:
+    config = parse_config({"node": {"name": "node-a"}, "learning": {"duration": "10m"}})
+    store = Store(tmp_path / "node.db")
+    daemon = Daemon(config, store)
+    start = time.time() - 3600
+    for n in range(30):  # a heartbeat every 60 s, 12 to 14 bytes
+        daemon.engine.observe_fields(
+            start + 60 * n, "lock-hub", "locks/front/state", "publish", 12 + n % 3
+        )
+    daemon.engine.tick(start + 60 * 30)
+    store.flush(daemon.engine)
+    credentials = load_or_create(tmp_path / "credentials")
+    app = web.Application()
+    app[NODE] = daemon
+    app[CREDENTIALS] = credentials
+    dashboard.setup(app)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            await log_in(client, credentials.api_token)
+            page = await (await client.get("/services/lock-hub")).text()
+            assert '<td class="period">60 s ± ' in page
+            assert "12–14 B" in page
+    finally:
+        store.close()
