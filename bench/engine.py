@@ -340,8 +340,29 @@ def breakdown(engine: Engine) -> dict[str, float]:
         ),
         "vertex_id_ints": sum(size(v) for v in vids.values() if not -5 <= v <= 256),
         "phases": size(engine.phases.states) + sum(size(s) for s in engine.phases.states.values()),
+        "detector_figures": features_bytes(engine),
     }
     return {name: round(value / n, 1) for name, value in parts.items()}
+
+
+def features_bytes(engine: Engine) -> int:
+    """Bytes of the detectors' per-edge figures (rate, period, sizes, baselines)."""
+    f = engine.features
+    columns = (
+        f.count_short,
+        f.count_long,
+        f.period,
+        f.jitter,
+        f.hits,
+        f.misses,
+        f.base_rate,
+        f.base_period,
+        f.base_jitter,
+        f.base_min,
+        f.base_max,
+        f.baseline,
+    )
+    return sum(sys.getsizeof(c) for c in columns) + sys.getsizeof(f.periodic)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     per_edge, grown = engine_memory(n_mem, site_event)
     vertices = grown.graph.vertex_count
     parts = breakdown(grown)
+    figures_per_edge = features_bytes(grown) / grown.graph.edge_count
     del grown
     per_edge_worst, worst = engine_memory(n_mem, growing_event)
     vertices_worst = worst.graph.vertex_count
@@ -399,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         "new_edges_per_s_runs": [round(r) for r in new_rates],
         "new_edge_events": n_new,
         "bytes_per_edge": round(per_edge, 1),
+        "bytes_per_edge_core": round(per_edge - figures_per_edge, 1),
+        "bytes_per_edge_features": round(figures_per_edge, 1),
         "bytes_per_edge_one_vertex_per_edge": round(per_edge_worst, 1),
         "vertices_one_vertex_per_edge": vertices_worst,
         "bytes_per_edge_graph_only": round(per_edge_graph, 1),

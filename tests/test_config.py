@@ -102,6 +102,10 @@ def test_full_site_config(tmp_path: Path) -> None:
         ('[templates]\ntopics = ["a/#/b"]\n', "templates.topics: topic template"),
         ("[templates]\ntopics = [3]\n", "templates.topics: entry 1 must be a string"),
         ("[capture]\nports = [80]\n", "capture.interface: is required"),
+        ('[detectors]\nkinds = ["speed"]\n', "detectors.kinds: 'speed' is not one of"),
+        ("[detectors]\nrate_factor = 0.5\n", "detectors.rate_factor: 0.5 must be"),
+        ('[detectors]\nshort_window = "soon"\n', "detectors.short_window"),
+        ("[detectors]\nmin_period_hits = 1\n", "detectors.min_period_hits: is too small"),
         ('[capture]\ninterface = "lo"\nports = [0]\n', "capture.ports: 0 is not a port"),
         ('[capture]\ninterface = "lo"\nhosts = ["hub"]\n', "capture.hosts: 'hub' is not"),
         ('[capture]\ninterface = "lo"\nfilter = "tcp"\n', "capture.filter: unknown key"),
@@ -217,3 +221,16 @@ def test_capture_section() -> None:
     assert (config.capture.interface, config.capture.ports) == ("eth0", (1883, 53))
     assert (config.capture.hosts, config.capture.mqtt_ports) == (("10.0.0.2",), (1883,))
     assert parse_config({}).capture is None
+
+
+def test_detector_settings() -> None:
+    config = parse_config(
+        tomllib.loads(
+            '[detectors]\nkinds = ["rate", "size"]\nrate_factor = 10\nshort_window = "5m"\n'
+            "silence_periods = 4\nsize_slack = 0\n"
+        )
+    )
+    d = config.detectors
+    assert d.kinds == frozenset({"rate", "size"}) and d.rate_factor == 10.0
+    assert (d.short_window, d.silence_periods, d.size_slack) == (300.0, 4.0, 0)
+    assert parse_config({}).detectors.kinds == frozenset({"rate", "periodicity", "size"})

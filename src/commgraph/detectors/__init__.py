@@ -95,6 +95,17 @@ class Features:
         self.base_max = array("I")
         self.baseline = bytearray()  # 1 once the edge's figures are learned
         self.periodic: set[int] = set()  # edges with a learned period: checked in silent()
+        self._float_columns = (
+            self.count_short,
+            self.count_long,
+            self.period,
+            self.jitter,
+            self.base_rate,
+            self.base_period,
+            self.base_jitter,
+        )
+        self._int_columns = (self.hits, self.misses, self.base_min, self.base_max)
+        self._burst = s.burst_gap
 
     def __len__(self) -> int:
         return len(self.baseline)
@@ -103,6 +114,13 @@ class Features:
         """Room for edges ``0 .. edges - 1`` (new edges start with no figures)."""
         grow = edges - len(self.baseline)
         if grow <= 0:
+            return
+        if grow == 1:  # the usual case: one new edge
+            for floats in self._float_columns:
+                floats.append(0.0)
+            for ints in self._int_columns:
+                ints.append(0)
+            self.baseline.append(0)
             return
         zeros_f = array("f", bytes(4 * grow))
         for column in (
@@ -128,20 +146,21 @@ class Features:
         RATE or SIZE when that detector fires, else 0. Learns while there is no baseline."""
         if e >= len(self.baseline):
             self.extend(e + 1)
+        counts, long_counts = self.count_short, self.count_long
         if gap > 0.0:
-            short = self.count_short[e] * exp(-gap * self._short) + 1.0
-            self.count_long[e] = self.count_long[e] * exp(-gap * self._long) + 1.0
+            short = counts[e] * exp(-gap * self._short) + 1.0
+            long_counts[e] = long_counts[e] * exp(-gap * self._long) + 1.0
+            if gap >= self._burst:
+                track_gap(self, e, gap)
         else:
-            short = self.count_short[e] + 1.0
-            self.count_long[e] += 1.0
-        self.count_short[e] = short
-        settings = self.settings
-        if gap >= settings.burst_gap:
-            track_gap(self, e, gap)
+            short = counts[e] + 1.0
+            long_counts[e] += 1.0
+        counts[e] = short
         if not self.baseline[e]:
             if short > self.base_rate[e]:
                 self.base_rate[e] = short
             return 0
+        settings = self.settings
         if self._rate and too_fast(short, self.base_rate[e], settings):
             return RATE
         if self._size and size is not None and out_of_range(size, e, self, settings):
