@@ -347,22 +347,7 @@ def breakdown(engine: Engine) -> dict[str, float]:
 
 def features_bytes(engine: Engine) -> int:
     """Bytes of the detectors' per-edge figures (rate, period, sizes, baselines)."""
-    f = engine.features
-    columns = (
-        f.count_short,
-        f.count_long,
-        f.period,
-        f.jitter,
-        f.hits,
-        f.misses,
-        f.base_rate,
-        f.base_period,
-        f.base_jitter,
-        f.base_min,
-        f.base_max,
-        f.baseline,
-    )
-    return sum(sys.getsizeof(c) for c in columns) + sys.getsizeof(f.periodic)
+    return engine.features.nbytes()
 
 
 def main(argv: list[str] | None = None) -> int:

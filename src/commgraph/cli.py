@@ -150,6 +150,25 @@ def _settings(
     )
 
 
+def _engine_for(
+    store: Store,
+    config: Config | None,
+    node: str | None,
+    settings: LearningSettings | None = None,
+) -> Engine:
+    """The engine a database holds, with the site config's identity rules, templates and
+    detectors when there is one (as a running node of that config has them)."""
+    if config is None:
+        return store.load_engine(settings, node=node)
+    return store.load_engine(
+        settings or config.learning,
+        Identity(config.identity),
+        node=node,
+        templates=Templates(config.templates),
+        detectors=config.detectors,
+    )
+
+
 class _Progress:
     """A progress bar when stderr is a terminal: over the bytes of ``stream`` when there is
     one, else over ``total`` records (a count, with no end, when the total is unknown)."""
@@ -243,14 +262,7 @@ def replay(
     with ctx.store(must_exist=False) as store:
         settings = _settings(store, config, learning, min_events, mode)
         store.save_settings(settings)
-        identity = Identity(config.identity) if config else None
-        engine = store.load_engine(
-            settings,
-            identity,
-            node=node or (config.node if config else None),
-            templates=Templates(config.templates) if config else None,
-            detectors=config.detectors if config else None,
-        )
+        engine = _engine_for(store, config, node or (config.node if config else None), settings)
         if config and config.trusted_keys:
             # as the live node does: services with a trusted kept model adopt it
             _adopt_kept(engine, store.models(), load_trusted(config.trusted_keys), "ignored")
@@ -846,12 +858,7 @@ def model_export(
     trusted.setdefault(key_id(own_public), own_public)
     with ctx.store() as store:
         node = config.node if config else _own_node(store)
-        engine = store.load_engine(
-            config.learning if config else None,
-            Identity(config.identity) if config else None,
-            node=node,
-            templates=Templates(config.templates) if config else None,
-        )
+        engine = _engine_for(store, config, node)
         kept = store.models(service)
     vid = engine.graph.vertex(VertexKind.SERVICE, service)
     state = None if vid is None else engine.phases.states.get(vid)
@@ -1323,12 +1330,7 @@ def _site_models(
     trusted = _trusted_keys(config, trusted_paths)
     with ctx.store() as store:
         node = config.node if config else _own_node(store)
-        engine = store.load_engine(
-            config.learning if config else None,
-            Identity(config.identity) if config else None,
-            node=node,
-            templates=Templates(config.templates) if config else None,
-        )
+        engine = _engine_for(store, config, node)
         kept = store.models()
     _adopt_kept(engine, kept, trusted, "left out")
     states = engine.phases.states.values()

@@ -18,6 +18,7 @@ Everything here is pure: time comes with the events and ``tick``.
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from dataclasses import dataclass, field
 from math import exp
@@ -265,53 +266,10 @@ class Features:
             self.base_min[e], self.base_max[e] = 0, 0xFFFFFFFF
         self.baseline[e] = 1
 
-    def pack(self, e: int) -> bytes | None:
-        """Edge ``e``'s figures as bytes for the store (None before it has any)."""
-        if e >= len(self.baseline):
-            return None
-        return _PACKED.pack(
-            self.count_short[e],
-            self.count_long[e],
-            self.period[e],
-            self.jitter[e],
-            self.hits[e],
-            self.misses[e],
-            self.base_rate[e],
-            self.base_period[e],
-            self.base_jitter[e],
-            self.base_min[e],
-            self.base_max[e],
-            self.baseline[e],
-        )
-
-    def restore(self, e: int, packed: bytes) -> None:
-        """Edge ``e``'s figures as :meth:`pack` wrote them (ValueError if they are not)."""
-        try:
-            values = _PACKED.unpack(packed)
-        except struct.error as exc:
-            raise ValueError(f"edge {e}: stored figures are damaged ({exc})") from None
-        if e >= len(self.baseline):
-            self.extend(e + 1)
-        (
-            self.count_short[e],
-            self.count_long[e],
-            self.period[e],
-            self.jitter[e],
-            self.hits[e],
-            self.misses[e],
-            self.base_rate[e],
-            self.base_period[e],
-            self.base_jitter[e],
-            self.base_min[e],
-            self.base_max[e],
-            self.baseline[e],
-        ) = values
-        if self.baseline[e] and self.base_period[e] > 0 and self._periodic:
-            self.periodic.add(e)
-
-    def nbytes(self) -> int:
-        """Bytes held per the columns (for the memory figure)."""
-        columns = (
+    @property
+    def _columns(self) -> tuple[array[float] | array[int], ...]:
+        """Every per-edge column but ``baseline``, in the order they are stored."""
+        return (
             self.count_short,
             self.count_long,
             self.period,
@@ -324,7 +282,34 @@ class Features:
             self.base_min,
             self.base_max,
         )
-        return sum(c.itemsize * len(c) for c in columns) + len(self.baseline)
+
+    def pack(self, e: int) -> bytes | None:
+        """Edge ``e``'s figures as bytes for the store (None before it has any)."""
+        if e >= len(self.baseline):
+            return None
+        return _PACKED.pack(*(column[e] for column in self._columns), self.baseline[e])
+
+    def restore(self, e: int, packed: bytes) -> None:
+        """Edge ``e``'s figures as :meth:`pack` wrote them (ValueError if they are not)."""
+        try:
+            *values, baseline = _PACKED.unpack(packed)
+        except struct.error as exc:
+            raise ValueError(f"edge {e}: stored figures are damaged ({exc})") from None
+        if e >= len(self.baseline):
+            self.extend(e + 1)
+        for column, value in zip(self._columns, values, strict=True):
+            column[e] = value
+        self.baseline[e] = baseline
+        if baseline and self.base_period[e] > 0 and self._periodic:
+            self.periodic.add(e)
+
+    def nbytes(self) -> int:
+        """Bytes the figures take in memory, allocation slack included."""
+        return (
+            sum(sys.getsizeof(column) for column in self._columns)
+            + sys.getsizeof(self.baseline)
+            + sys.getsizeof(self.periodic)
+        )
 
 
 def figures_from(packed: bytes | None, settings: DetectorSettings | None = None) -> EdgeFigures:
