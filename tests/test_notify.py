@@ -136,10 +136,13 @@ def test_describe_says_it_in_the_owners_words(
     assert describe(notice(src=src, dst=dst, relation=relation)) == words
 
 
-def test_describe_falls_back_for_other_kinds() -> None:
+def test_describe_says_what_changed_on_a_known_edge() -> None:
     assert describe(notice(kind="rate")) == (
-        "rate anomaly on thermo-kitchen publishing to valves/kitchen/set"
+        "thermo-kitchen publishing to valves/kitchen/set: far more often than it learned"
     )
+    assert describe(notice(kind="periodicity")).endswith("longer than its usual rhythm allows")
+    assert describe(notice(kind="size")).endswith("messages of a size it never learned")
+    assert describe(notice(kind="other")).startswith("other anomaly on thermo-kitchen")
 
 
 def test_ntfy_url_maps_like_apprise() -> None:

@@ -392,6 +392,14 @@ def _describe(alert: dict[str, Any]) -> str:
     return esc(describe_edge(alert["src"], alert["dst"], alert["relation"]))
 
 
+_KIND_WORDS = {
+    "new-edge": "new",
+    "rate": "far more often than learned",
+    "periodicity": "silent for longer than its rhythm",
+    "size": "unusual message size",
+}
+
+
 def _print_alerts(alerts: Sequence[dict[str, Any]]) -> None:
     if not alerts:
         return
@@ -401,7 +409,7 @@ def _print_alerts(alerts: Sequence[dict[str, Any]]) -> None:
         table.add_row(
             str(a["id"]),
             f"[{colour}]{a['state']}[/]",
-            f"{_describe(a)} ({a['kind']})",
+            f"{_describe(a)} ({_KIND_WORDS.get(a['kind'], a['kind'])})",
             str(a["count"]),
             _when(a["first_seen"]),
             _when(a["last_seen"]),

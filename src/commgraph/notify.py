@@ -124,6 +124,8 @@ class NotifyStats:
 def describe(notice: AlertNotice) -> str:
     """The alert in the owner's words."""
     src, dst, relation = notice.src, notice.dst, notice.relation
+    if notice.kind in _KNOWN_EDGE_WORDS:
+        return f"{_edge_words(src, dst, relation)}: {_KNOWN_EDGE_WORDS[notice.kind]}"
     if notice.kind != "new-edge":
         return f"{notice.kind} anomaly on {_edge_words(src, dst, relation)}"
     if relation == "publish":
@@ -135,6 +137,13 @@ def describe(notice: AlertNotice) -> str:
     else:
         said = f"{src} started talking to {dst} over {relation}"
     return f"{said}, never seen before"
+
+
+_KNOWN_EDGE_WORDS = {
+    "rate": "far more often than it learned",
+    "periodicity": "gone silent, longer than its usual rhythm allows",
+    "size": "messages of a size it never learned",
+}
 
 
 def _edge_words(src: str, dst: str, relation: str) -> str:
