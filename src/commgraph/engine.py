@@ -5,8 +5,11 @@ is collected in :class:`Changes` (structural: write at once) and in the graph's 
 (counters: written behind, batched), taken by the caller with :meth:`Engine.take_changes`
 and :meth:`Engine.take_counters`.
 
-The hot path for a known, allowed edge is three dict lookups, one table probe and a few
-column updates; it returns a shared, immutable :class:`Verdict`.
+The hot path for a known, allowed edge is three dict lookups, one table probe, a few column
+updates and the detectors' figures (:mod:`commgraph.detectors`); it returns a shared,
+immutable :class:`Verdict`. New edges are where the rest happens: learning, site models
+(:meth:`Engine.adopt`: a service whose type has a trusted model skips learning and its new
+edges take the model's labels), templates, and alerts.
 """
 
 from __future__ import annotations
