@@ -22,6 +22,7 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 from math import exp
+from typing import Any, cast
 
 from commgraph.detectors.periodicity import track_gap
 from commgraph.detectors.rate import too_fast
@@ -96,16 +97,24 @@ class Features:
         self.base_max = array("I")
         self.baseline = bytearray()  # 1 once the edge's figures are learned
         self.periodic: set[int] = set()  # edges with a learned period: checked in silent()
-        self._float_columns = (
+        # Every per-edge column but ``baseline``, in the order they are stored.
+        self._columns: tuple[Any, ...] = (
             self.count_short,
             self.count_long,
             self.period,
             self.jitter,
+            self.hits,
+            self.misses,
             self.base_rate,
             self.base_period,
             self.base_jitter,
+            self.base_min,
+            self.base_max,
         )
-        self._int_columns = (self.hits, self.misses, self.base_min, self.base_max)
+        self._float_columns = tuple(
+            cast("array[float]", c) for c in self._columns if c.typecode == "f"
+        )
+        self._int_columns = tuple(cast("array[int]", c) for c in self._columns if c.typecode != "f")
         self._burst = s.burst_gap
 
     def __len__(self) -> int:
@@ -124,22 +133,10 @@ class Features:
             self.baseline.append(0)
             return
         zeros_f = array("f", bytes(4 * grow))
-        for column in (
-            self.count_short,
-            self.count_long,
-            self.period,
-            self.jitter,
-            self.base_rate,
-            self.base_period,
-            self.base_jitter,
-        ):
-            column.extend(zeros_f)
-        zeros_h = array("H", bytes(2 * grow))
-        self.hits.extend(zeros_h)
-        self.misses.extend(zeros_h)
-        zeros_i = array("I", bytes(4 * grow))
-        self.base_min.extend(zeros_i)
-        self.base_max.extend(zeros_i)
+        for floats in self._float_columns:
+            floats.extend(zeros_f)
+        for ints in self._int_columns:
+            ints.extend(array(ints.typecode, bytes(ints.itemsize * grow)))
         self.baseline.extend(bytes(grow))
 
     def update(self, e: int, gap: float, size: int | None) -> int:
@@ -265,23 +262,6 @@ class Features:
         else:
             self.base_min[e], self.base_max[e] = 0, 0xFFFFFFFF
         self.baseline[e] = 1
-
-    @property
-    def _columns(self) -> tuple[array[float] | array[int], ...]:
-        """Every per-edge column but ``baseline``, in the order they are stored."""
-        return (
-            self.count_short,
-            self.count_long,
-            self.period,
-            self.jitter,
-            self.hits,
-            self.misses,
-            self.base_rate,
-            self.base_period,
-            self.base_jitter,
-            self.base_min,
-            self.base_max,
-        )
 
     def pack(self, e: int) -> bytes | None:
         """Edge ``e``'s figures as bytes for the store (None before it has any)."""
