@@ -33,7 +33,7 @@ from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
 from commgraph.errors import CommgraphError
 from commgraph.evaluate import EvalResult, LabelledFlow
-from commgraph.events import MAX_SIZE, Event, VertexKind, describe_edge, iter_event_lines
+from commgraph.events import Event, VertexKind, describe_edge, iter_event_lines
 from commgraph.export import to_dot, to_graphml, to_json
 from commgraph.identity import Identity
 from commgraph.model import (
@@ -1169,7 +1169,7 @@ def _labelled_flows(file: Path) -> list[LabelledFlow]:
     """The flows of a recording in time order, with labels where it has them: a Zeek
     conn.log or IoT-23 CSV (labelled), a pcap or JSON-lines events (no labels)."""
     from commgraph.adapters.recorded import Format, open_recording, sniff
-    from commgraph.adapters.zeek import flows_in_time_order, relation
+    from commgraph.adapters.zeek import flow_fields, flows_in_time_order
 
     try:
         with file.open("rb") as probe:
@@ -1177,11 +1177,10 @@ def _labelled_flows(file: Path) -> list[LabelledFlow]:
         if kind is Format.CONNLOG:
             records, errors = flows_in_time_order(file)
             skipped = [str(error) for error in errors]
-            flows: list[LabelledFlow] = []
-            for r in records:
-                sizes = [n for n in (r.orig_bytes, r.resp_bytes) if n is not None]
-                size = min(sum(sizes), MAX_SIZE) if sizes else None
-                flows.append((r.ts, r.orig_h, r.resp_h, relation(r), size, r.label))
+            flows: list[LabelledFlow] = [
+                (*fields, record.label)
+                for fields, record in zip(flow_fields(records), records, strict=True)
+            ]
         else:
             flows, skipped = [], []
             with open_recording(file, format=kind) as recording:
