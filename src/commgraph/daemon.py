@@ -340,24 +340,32 @@ class Daemon:
     # -- site models -------------------------------------------------------------------
 
     def _load_models(self) -> None:
-        """Take in the models kept in the store (their signatures checked again: the trusted
-        keys may have changed), and remember which of them are our own."""
-        for row in sorted(self.store.models(), key=lambda row: row["received_at"]):
+        """Take in the models kept in the store, and remember which of them are our own."""
+        self._adopt_kept()
+        self._model_dirty.update(s.service for s in self.engine.phases.states.values())
+        self._write_structure()
+
+    def _adopt_kept(self, service: str | None = None) -> None:
+        """Adopt the models the store keeps (of one service, or all), oldest first, their
+        signatures checked again: the trusted keys may have changed since they came. At
+        start every refusal is logged; later only those of imported models (sync's were
+        audited when they came)."""
+        for row in sorted(self.store.models(service), key=lambda row: row["received_at"]):
             try:
                 model = open_model(row["envelope"], self.trusted)
             except ModelError as exc:
-                log.warning(
-                    "kept model of %s from node %s is no longer trusted: %s",
-                    row["service"],
-                    row["node"],
-                    exc,
-                )
+                if service is None or row["source"] == "import":
+                    log.warning(
+                        "kept model of %s from node %s (%s) is not trusted here: %s",
+                        row["service"],
+                        row["node"],
+                        row["source"],
+                        exc,
+                    )
                 continue
             self.engine.adopt(model, row["node"])
             if row["node"] == self.name and row["source"] == "self":
                 self._published[row["service"]] = (model, row["envelope"])
-        self._model_dirty.update(s.service for s in self.engine.phases.states.values())
-        self._write_structure()
 
     def model_received(self, service: str, node: str, payload: bytes, *, source: str) -> bool:
         """A model envelope from the site broker (or a file): checked, kept, merged.
@@ -513,14 +521,7 @@ class Daemon:
 
     def _reload_model(self, service: str) -> None:
         """Take in what ``commgraph model import`` kept in the store."""
-        for row in self.store.models(service):
-            try:
-                model = open_model(row["envelope"], self.trusted)
-            except ModelError as exc:
-                if row["source"] == "import":
-                    log.warning("imported model of %s is not trusted here: %s", service, exc)
-                continue
-            self.engine.adopt(model, row["node"])
+        self._adopt_kept(service)
         self._model_dirty.add(service)
         self._write_structure()
 
