@@ -132,6 +132,7 @@ class Engine:
         self.model_sources: dict[str, str] = {}
         # edge -> (when, by whom) of the owner's latest decision on it, here or on another node
         self.decided: dict[int, tuple[float, str]] = {}
+        self._learned: set[int] = set()  # services whose learning ended, figures not yet
         self._bindings: dict[str, Resolved] = {}  # address -> identity an adapter resolved
         self.changes = Changes()
         self._bumped: set[int] = set()  # alerts whose counters moved
@@ -491,6 +492,8 @@ class Engine:
             vid = self.graph.vertex(VertexKind.SERVICE, change.service)
             assert vid is not None
             self._phase_changed(vid, change)
+        if self._learned:
+            self._learn_figures()
 
     def _at_minute(self, ts: float) -> None:
         minute = int(ts // 60)
@@ -532,13 +535,17 @@ class Engine:
         self.changes.services.add(vid)
         self.changes.phase_changes.append(change)
         if change.after is Phase.ACTIVE and change.before is Phase.LEARNING:
-            self._learn_figures(vid)
+            self._learned.add(vid)  # its figures are learned at the end of _end_phases
 
-    def _learn_figures(self, vid: int) -> None:
-        """The service has learned: the figures of its normal edges become their baseline."""
+    def _learn_figures(self) -> None:
+        """Services that have learned since the last time: the figures of their normal edges
+        become their baseline. One scan of the edges for all of them, however many."""
+        services, self._learned = self._learned, set()
         graph = self.graph
-        for e, _, _ in self._edges_of(vid):
-            if graph.label[e] in (_LEARNED, _APPROVED):
+        endpoints, labels = graph.endpoints, graph.label
+        for e in range(graph.edge_count):
+            src, dst, _ = endpoints(e)
+            if (src in services or dst in services) and labels[e] in (_LEARNED, _APPROVED):
                 self._learn_edge(e)
 
     def _learn_edge(self, e: int) -> None:
