@@ -40,6 +40,15 @@ def data_file(name: str) -> Path:
 
 
 @pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's real database, and tables are not truncated."""
+    monkeypatch.delenv("COMMGRAPH_DB", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """The shared test data directory; fails the test if it is missing."""
     if not DATA.is_dir():

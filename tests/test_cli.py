@@ -35,13 +35,7 @@ GRAPHML = "{http://graphml.graphdrawing.org/xmlns}"
 # -- helpers ------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads or writes the user's real database, and tables are not truncated."""
-    monkeypatch.delenv("COMMGRAPH_DB", raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setenv("NO_COLOR", "1")
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def ev(ts: float, src: str, dst: str, relation: str = "publish", size: int = 10) -> dict[str, Any]:

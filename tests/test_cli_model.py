@@ -26,12 +26,7 @@ COMMGRAPH = Path(sys.executable).parent / "commgraph"
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COMMGRAPH_DB", raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setenv("NO_COLOR", "1")
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def run(*args: str | Path, db: Path | None = None, stdin: str | None = None) -> Any:
