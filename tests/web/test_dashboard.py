@@ -5,6 +5,7 @@ Chromium driven by Playwright."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import time
@@ -336,6 +337,19 @@ async def test_act_link_for_an_alert_decided_meanwhile(
 # -- site models ------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def logged_in(daemon: Daemon, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    """The dashboard of ``daemon`` in a test client, the owner logged in."""
+    credentials = load_or_create(tmp_path / "credentials")
+    app = web.Application()
+    app[NODE] = daemon
+    app[CREDENTIALS] = credentials
+    dashboard.setup(app)
+    async with TestClient(TestServer(app)) as client:
+        await log_in(client, credentials.api_token)
+        yield client
+
+
 async def test_an_adopted_service_says_whose_model_it_follows(tmp_path: Path) -> None:
     write_keypair(tmp_path / "site.key", tmp_path / "site.pub")
     config = parse_config(
@@ -357,14 +371,8 @@ async def test_an_adopted_service_says_whose_model_it_follows(tmp_path: Path) ->
     daemon.observe(time.time(), "valves/kitchen/set", "valve-kitchen", "deliver", 3)
     daemon.observe(time.time(), "thermo-kitchen", "home/kitchen/temp", "publish", 3)
     await asyncio.sleep(0)
-    credentials = load_or_create(tmp_path / "credentials")
-    app = web.Application()
-    app[NODE] = daemon
-    app[CREDENTIALS] = credentials
-    dashboard.setup(app)
     try:
-        async with TestClient(TestServer(app)) as client:
-            await log_in(client, credentials.api_token)
+        async with logged_in(daemon, tmp_path) as client:
             page = await (await client.get("/")).text()
             assert page.count("model from node node-b") == 1  # valve only, not the sensor
             page = await (await client.get("/services/valve-kitchen")).text()
@@ -521,14 +529,8 @@ async def test_the_service_page_shows_each_edges_period_rate_and_sizes(tmp_path:
         )
     daemon.engine.tick(start + 60 * 30)
     store.flush(daemon.engine)
-    credentials = load_or_create(tmp_path / "credentials")
-    app = web.Application()
-    app[NODE] = daemon
-    app[CREDENTIALS] = credentials
-    dashboard.setup(app)
     try:
-        async with TestClient(TestServer(app)) as client:
-            await log_in(client, credentials.api_token)
+        async with logged_in(daemon, tmp_path) as client:
             page = await (await client.get("/services/lock-hub")).text()
             assert '<td class="period">60 s ± ' in page
             assert "12–14 B" in page
