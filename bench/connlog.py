@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -42,8 +41,9 @@ from commgraph.daemon import CHECK_EVERY, COMMIT_SECONDS
 from commgraph.engine import Engine
 from commgraph.phases import LearningSettings
 from commgraph.store import Store
+from shared_data import data_dir
 
-DATA = Path(os.environ.get("COMMGRAPH_DATA") or Path(__file__).resolve().parents[2] / "shared/data")
+DATA = data_dir()
 SOURCE = DATA / "iot23_CTU-Malware-Capture-8-1-labeled.csv"
 DAY = 86_400
 LEARNING = LearningSettings(duration=3600.0)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import statistics
 import struct
@@ -35,8 +34,9 @@ from pathlib import Path
 from commgraph.adapters.pcap import PacketDecodeError, read_packets
 from commgraph.phases import LearningSettings
 from commgraph.store import Store
+from shared_data import data_dir
 
-DATA = Path(os.environ.get("COMMGRAPH_DATA") or Path(__file__).resolve().parents[2] / "shared/data")
+DATA = data_dir()
 CAPTURE = DATA / "oconnor_lockly-hub-01.pcap"
 COMMIT_SECONDS = 0.5  # as commgraph.daemon.replay
 CHECK_EVERY = 5000
