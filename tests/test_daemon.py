@@ -56,11 +56,12 @@ def test_demo_site_raises_exactly_the_scripted_alert(tmp_path: Path) -> None:
         summary = replay((e.to_json() for e in heating_site()), engine, store)
         alerts = store.alerts()
         services = {s["name"]: s for s in store.services()}
-    assert len(summary.new_alerts) == 1
-    assert [(a["src"], a["dst"], a["relation"], a["state"]) for a in alerts] == [
-        ("thermo-kitchen", "valves/kitchen/set", "publish", "pending")
+    assert len(summary.new_alerts) == 2
+    assert [(a["kind"], a["src"], a["dst"], a["relation"], a["state"]) for a in alerts] == [
+        ("new-service", "thermo-bedroom", "this node", "new-service", "pending"),
+        ("new-edge", "thermo-kitchen", "valves/kitchen/set", "publish", "pending"),
     ]
-    assert alerts[0]["count"] == 8  # every 2 minutes from minute 25 to 39: one alert
+    assert alerts[1]["count"] == 8  # every 2 minutes from minute 25 to 39: one alert
     bedroom = services["thermo-bedroom"]
     assert bedroom["learning_started_at"] == pytest.approx(heating_start() + 15 * 60 + 3)
     assert bedroom["phase"] == "active"

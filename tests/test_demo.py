@@ -14,17 +14,22 @@ FAST = Pace(tick=0.3, learning=3.0, bedroom_at=5.0, anomaly_at=8.0)
 def test_live_demo_raises_exactly_the_scripted_alert(tmp_path: Path) -> None:
     said: list[str] = []
     alerts = run_live_demo(tmp_path, seconds=12, pace=FAST, api_port=free_port(), say=said.append)
-    assert [(a["src"], a["relation"], a["dst"], a["state"]) for a in alerts] == [
-        ("thermo-kitchen", "publish", "valves/kitchen/set", "pending")
+    assert [(a["kind"], a["src"], a["state"]) for a in alerts] == [
+        ("new-service", "thermo-bedroom", "pending"),
+        ("new-edge", "thermo-kitchen", "pending"),
     ]
-    assert alerts[0]["count"] >= 2  # it kept trying: still one alert
+    question, alert = alerts
+    assert question["detail"]["examples"] == ["publish home/bedroom/temperature"]
+    assert (alert["relation"], alert["dst"]) == ("publish", "valves/kitchen/set")
+    assert alert["count"] >= 2  # it kept trying: still one alert
     text = "\n".join(said)
     assert "thermo-kitchen started publishing to valves/kitchen/set, never seen before" in text
-    assert "/act/" in text and f"approve {alerts[0]['id']}" in text
+    assert "a new device thermo-bedroom (127.0.0.1) connected to demo-node" in text
+    assert "/act/" in text and f"approve {alert['id']}" in text
     assert "dashboard  http://127.0.0.1:" in text and "API token" in text
     with Store(tmp_path / "demo.db") as store:
         services = {s["name"]: s for s in store.services()}
-    # the sensor installed later learned on its own, and nothing was asked about it
+    # the sensor installed later learned on its own, and was asked about once
     assert (
         services["thermo-bedroom"]["learning_started_at"]
         > services["thermo-kitchen"]["learning_started_at"] + FAST.bedroom_at - 1

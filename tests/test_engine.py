@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commgraph.alerts import Action, AlertState
+from commgraph.alerts import NO_EDGE, Action, AlertKind, AlertState
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import DecisionError, EventDecodeError, UnknownItemError
 from commgraph.events import MAX_SIZE, Event, VertexKind
@@ -103,14 +103,22 @@ def test_storyline_of_the_papers_evaluation() -> None:
     assert all(engine.observe(e) == LEARNED for e in site_traffic(6))
     assert engine.alerts.by_id == {}
 
-    # minute 7: a new sensor joins and learns on its own; the controller reading it does too
-    for minute in (7, 8, 9.5, 11, 11.9):
+    # minute 7: a new sensor joins and learns on its own; the controller reading it does too.
+    # It came after the site's bootstrap: the owner is asked once whether it is theirs.
+    joined = engine.observe(ev(7, "thermo-3", "home/bath/temp"))
+    assert joined.label is Label.LEARNED and not joined.block and joined.alert is not None
+    (question,) = engine.alerts.by_id.values()
+    assert question.kind is AlertKind.NEW_SERVICE
+    assert question.detail["examples"] == ["publish home/bath/temp"]
+    assert engine.observe(ev(7, "home/bath/temp", "controller", "deliver")) == LEARNED
+    for minute in (8, 9.5, 11, 11.9):
         assert engine.observe(ev(minute, "thermo-3", "home/bath/temp")) == LEARNED
         assert engine.observe(ev(minute, "home/bath/temp", "controller", "deliver")) == LEARNED
     assert engine.observe(ev(11.5, "thermo-3", "home/bath/humidity")) == LEARNED
     assert engine.phases.states[service(engine, "thermo-3")].ends_at == at(12)
     assert edge_label(engine, "home/bath/temp", "controller", "deliver") is Label.LEARNED
-    assert engine.alerts.by_id == {}
+    assert list(engine.alerts.by_id.values()) == [question]
+    engine.decide(question.id, Action.APPROVE, by="owner", at=at(9))  # "yes, it is mine"
 
     # minute 10: an unknown connection, repeated, is one pending alert
     first = engine.observe(ev(10, "valve-kitchen", "home/kitchen/temp"))
@@ -120,7 +128,7 @@ def test_storyline_of_the_papers_evaluation() -> None:
     for i in range(1, 6):
         again = engine.observe(ev(10 + i / 10, "valve-kitchen", "home/kitchen/temp"))
         assert again == Verdict(Label.PENDING)
-    assert list(engine.alerts.by_id) == [first.alert]
+    assert list(engine.alerts.by_id) == [question.id, first.alert]
     alert = engine.alerts.get(first.alert)
     assert alert.count == 6
     assert alert.last_seen == at(10.5)
@@ -132,7 +140,7 @@ def test_storyline_of_the_papers_evaluation() -> None:
     for minute in (11, 12, 30):
         assert engine.observe(ev(minute, "valve-kitchen", "home/kitchen/temp")) == APPROVED
     assert alert.count == 6
-    assert len(engine.alerts.by_id) == 1
+    assert len(engine.alerts.by_id) == 2
 
     # another unknown edge, denied: not blocked in monitor mode, blocked in protect mode
     wrong = engine.observe(ev(13, "thermo-1", "valves/kitchen/set"))
@@ -148,13 +156,14 @@ def test_storyline_of_the_papers_evaluation() -> None:
     late = engine.observe(ev(12.5, "thermo-3", "home/attic/temp"))
     assert late.label is Label.PENDING
     assert engine.observe(ev(18, "thermo-3", "home/bath/temp")) == LEARNED
-    assert len(engine.alerts.by_id) == 3
+    assert len(engine.alerts.by_id) == 4
 
 
 def test_new_sensor_topic_is_an_anomaly_for_the_controller_after_the_sensor_learned() -> None:
     engine = make()
     learned_site(engine)
-    assert engine.observe(ev(7, "thermo-3", "home/bath/temp")) == LEARNED
+    joined = engine.observe(ev(7, "thermo-3", "home/bath/temp"))
+    assert joined.label is Label.LEARNED and joined.alert is not None  # "is it yours?"
     # the controller reads the topic only after thermo-3's phase ended (minute 12)
     verdict = engine.observe(ev(13, "home/bath/temp", "controller", "deliver"))
     assert verdict.label is Label.PENDING
@@ -573,9 +582,21 @@ def test_one_alert_per_pending_edge(script: list[tuple[float, str, str, str]], m
     pending = [
         e for e in range(engine.graph.edge_count) if engine.graph.stats(e).label is Label.PENDING
     ]
-    assert sorted(a.edge for a in engine.alerts.by_id.values()) == pending
-    for alert in engine.alerts.by_id.values():
+    # Each pending edge has its own alert, or is one of a held newcomer's (asked about once).
+    edge_alerts = [a for a in engine.alerts.by_id.values() if a.edge != NO_EDGE]
+    questions = {
+        a.subject: a for a in engine.alerts.by_id.values() if a.kind is AlertKind.NEW_SERVICE
+    }
+    own = sorted(a.edge for a in edge_alerts)
+    assert len(own) == len(set(own)) and set(own) <= set(pending)
+    for alert in edge_alerts:
         assert alert.count == engine.graph.stats(alert.edge).count
+    for e in set(pending) - set(own):
+        src, dst, _ = engine.graph.endpoints(e)
+        assert src in questions or dst in questions
+    for subject, question in questions.items():
+        held = [e for e in pending if subject in engine.graph.endpoints(e)[:2] and e not in own]
+        assert question.count == max(1, sum(engine.graph.stats(e).count for e in held))
     assert sum(engine.graph.count) == len(script)
 
 

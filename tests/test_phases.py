@@ -41,7 +41,31 @@ def test_transition_table() -> None:
         (Phase.LEARNING, PhaseEvent.LEARNED): Phase.ACTIVE,
         (Phase.LEARNING, PhaseEvent.RESET): Phase.LEARNING,
         (Phase.ACTIVE, PhaseEvent.RESET): Phase.LEARNING,
+        # admission: newcomers held for the owner, admitted or denied
+        (None, PhaseEvent.HELD): Phase.HELD,
+        (Phase.HELD, PhaseEvent.ADMITTED): Phase.LEARNING,
+        (Phase.HELD, PhaseEvent.ADOPTED): Phase.ACTIVE,
+        (Phase.HELD, PhaseEvent.DENIED): Phase.DENIED,
+        (Phase.HELD, PhaseEvent.RESET): Phase.LEARNING,
+        (Phase.LEARNING, PhaseEvent.DENIED): Phase.DENIED,
+        (Phase.ACTIVE, PhaseEvent.DENIED): Phase.DENIED,
+        (Phase.DENIED, PhaseEvent.ADMITTED): Phase.LEARNING,
+        (Phase.DENIED, PhaseEvent.ADOPTED): Phase.ACTIVE,
+        (Phase.DENIED, PhaseEvent.RESET): Phase.LEARNING,
     }
+
+
+def test_a_held_newcomer_has_no_clock_until_admitted() -> None:
+    p = phases()
+    change = p.hold(THERMO, "thermo", at(0))
+    assert (change.before, change.after) == (None, Phase.HELD)
+    assert p.sighted(THERMO, "thermo", at(1), 0) is None, "no clock while held"
+    assert p.is_learning(THERMO, at(1), 0) == (False, None)
+    assert p.admit(THERMO, at(2)).after is Phase.LEARNING
+    assert p.sighted(THERMO, "thermo", at(3), 0) is not None
+    assert p.is_learning(THERMO, at(4), 1)[0]
+    assert p.deny(THERMO, at(5)).after is Phase.DENIED
+    assert p.sighted(THERMO, "thermo", at(6), 0) is None
 
 
 def test_adopting_a_model_skips_learning_until_the_owner_resets() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +83,16 @@ def test_restart_gives_identical_results(tmp_path: Path, fraction: float) -> Non
 def test_restart_resumes_deadlines_labels_and_pending_alerts(tmp_path: Path) -> None:
     db = tmp_path / "site.db"
     t0 = 1_700_000_000.0
+    settings = replace(SETTINGS, site=900.0)  # b joins within the site's bootstrap
     with Store(db) as store:
-        engine = store.load_engine(SETTINGS)
+        engine = store.load_engine(settings)
         engine.observe(Event(ts=t0, src="a", dst="t/1", relation="publish"))
         engine.observe(Event(ts=t0 + 700, src="a", dst="t/2", relation="publish"))  # alert
         late = Event(ts=t0 + 650, src="b", dst="t/3", relation="publish")  # b learns to +1250
         engine.observe(late)
         store.flush(engine)
     with Store(db) as store:
-        engine = store.load_engine(SETTINGS)
+        engine = store.load_engine(settings)
         b_phase = engine.phases.states[engine.graph.vertex(*_svc("b"))]  # type: ignore[index]
         assert b_phase.ends_at == t0 + 650 + 600
         assert [a.state.value for a in engine.alerts.by_id.values()] == ["pending"]
@@ -206,7 +208,7 @@ def test_timeline_counts_learning_anomalies_and_decisions(tmp_path: Path) -> Non
         store.flush(engine)
         rows = store.timeline()
     assert rows[0]["learned"] > 0 and rows[0]["learning"] == 5
-    assert sum(r["anomalies"] for r in rows) == 1
+    assert sum(r["anomalies"] for r in rows) == 2  # "is the bedroom sensor yours?", the valve
     assert [r["decisions"] for r in rows if r["decisions"]] == [1]
     assert rows[-1]["ts"] == 2_000_000_000.0 // 60 * 60
     assert max(r["learning"] for r in rows if r["ts"] >= heating_site_minute(15)) == 1

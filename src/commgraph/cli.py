@@ -27,7 +27,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from commgraph import __version__
-from commgraph.alerts import Action, Decision
+from commgraph.alerts import EDGE_KINDS, Action, Decision, describe
 from commgraph.config import Config, format_duration, load_config, parse_duration
 from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
@@ -166,6 +166,7 @@ def _engine_for(
         node=node,
         templates=Templates(config.templates),
         detectors=config.detectors,
+        guardrails=config.guardrails,
     )
 
 
@@ -388,7 +389,18 @@ def _table(title: str, columns: Sequence[str]) -> Table:
 
 
 def _describe(alert: dict[str, Any]) -> str:
-    """An alert's edge in words a site owner understands (escaped for rich)."""
+    """An alert in words a site owner understands (escaped for rich)."""
+    if alert.get("kind") not in (None, *EDGE_KINDS):
+        return esc(
+            describe(
+                alert["kind"],
+                alert["src"],
+                alert["dst"],
+                alert["relation"],
+                alert.get("detail"),
+                alert.get("count", 1),
+            )
+        )
     return esc(describe_edge(alert["src"], alert["dst"], alert["relation"]))
 
 
@@ -397,6 +409,12 @@ _KIND_WORDS = {
     "rate": "far more often than learned",
     "periodicity": "silent for longer than its rhythm",
     "size": "unusual message size",
+    "new-service": "waiting for you",
+    "flood": "flood",
+    "edge-burst": "storm",
+    "auth-failure": "brute force?",
+    "malformed": "fuzzing?",
+    "connection-flood": "connection flood",
 }
 
 
@@ -574,12 +592,47 @@ def _decide(ctx: Context, alert_id: int, action: Action, reason: str, by: str | 
             alert_id, action, by=by or _who(), at=time.time(), reason=reason
         ),
     )
+    if decision.edge is None:  # about a service, an address or the site
+        out.print(
+            f"{_ABOUT_DECIDED[(decision.detail, action)]}".format(
+                id=alert_id, who=esc(decision.service or "the site")
+            )
+        )
+        return
     src, dst, relation = decision.edge
     what = _describe({"src": src, "dst": dst, "relation": relation})
     if action is Action.APPROVE:
         out.print(f"Approved alert {alert_id}: {what} is normal from now on.")
     else:
         out.print(f"Denied alert {alert_id}: {what} is blocked in protect mode.")
+
+
+_ABOUT_DECIDED = {
+    ("new-service", Action.APPROVE): "Approved alert {id}: {who} is yours; it learns what it does.",
+    (
+        "new-service",
+        Action.DENY,
+    ): "Denied alert {id}: {who} is blocked, and refused in protect mode.",
+    ("flood", Action.APPROVE): "Approved alert {id}: {who} may send this much.",
+    (
+        "flood",
+        Action.DENY,
+    ): "Denied alert {id}: {who} stays at its ceiling (dropped in protect mode).",
+    ("edge-burst", Action.APPROVE): "Approved alert {id}: the new edges of {who} are normal.",
+    (
+        "edge-burst",
+        Action.DENY,
+    ): "Denied alert {id}: the new edges of {who} are blocked in protect mode.",
+    ("auth-failure", Action.APPROVE): "Approved alert {id}: {who} is no longer watched for this.",
+    ("auth-failure", Action.DENY): "Denied alert {id}: {who} is refused in protect mode.",
+    ("malformed", Action.APPROVE): "Approved alert {id}: {who} is no longer watched for this.",
+    ("malformed", Action.DENY): "Denied alert {id}: {who} is refused in protect mode.",
+    (
+        "connection-flood",
+        Action.APPROVE,
+    ): "Approved alert {id}: {who} may hold this many connections.",
+    ("connection-flood", Action.DENY): "Denied alert {id}: {who} is refused in protect mode.",
+}
 
 
 @cli.command()
@@ -1640,20 +1693,26 @@ def _replay_demo(out_dir: Path) -> None:
         f"{len(rows)} services, {engine.graph.edge_count} edges."
     )
     bedroom = next((r for r in rows if r["name"] == "thermo-bedroom"), None)
+    question = next((a for a in pending if a["kind"] == "new-service"), None)
+    others = [a for a in pending if a is not question]
     if bedroom:
+        asked = f"you are asked once if it is yours (alert {question['id']})." if question else ""
         out.print(
-            f"[bold]3.[/] thermo-bedroom appeared at {_when(bedroom['first_seen'])} and learned on "
-            f"its own until {_when(bedroom['learned_at'])}: nothing to approve."
+            f"[bold]3.[/] thermo-bedroom appeared at {_when(bedroom['first_seen'])}, after the "
+            f"site had learned, and learned on its own until {_when(bedroom['learned_at'])}; "
+            + (asked or "nothing to approve.")
         )
-    waits = "anomaly waits" if len(pending) == 1 else "anomalies wait"
+    waits = "question waits" if len(pending) == 1 else "questions wait"
     out.print(f"[bold]4.[/] {len(pending)} {waits} for you:")
     _print_alerts(pending)
     db = esc(str(db_path))
     out.print("\nWhat you can do next:")
-    if pending:
-        out.print(f"  commgraph --db {db} approve {pending[0]['id']} --reason 'new valve logic'")
+    if question:
+        out.print(f"  commgraph --db {db} approve {question['id']} --reason 'my new sensor'")
+    if others:
+        out.print(f"  commgraph --db {db} approve {others[0]['id']} --reason 'new valve logic'")
         out.print(
-            f"  commgraph --db {db} deny {pending[0]['id']} --reason 'sensor must not drive valves'"
+            f"  commgraph --db {db} deny {others[0]['id']} --reason 'sensor must not drive valves'"
         )
     out.print(f"  commgraph --db {db} services | edges | timeline | graph --format dot")
 

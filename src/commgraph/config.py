@@ -1,7 +1,8 @@
 """TOML site configuration -> frozen settings, validated with messages that name the key.
 
 Sections (see DESIGN.md): ``[node]``, ``[learning]`` (+ ``[learning.services]``), ``[modes]``
-(+ ``[modes.services]``), ``[protect]``, ``[[identity.rules]]``, and the network parts
+(+ ``[modes.services]``), ``[admission]``, ``[guardrails]``, ``[detectors]``, ``[protect]``,
+``[[identity.rules]]``, and the network parts
 ``[templates]`` (topic templates for models), ``[mqtt]``, ``[api]``, ``[notify]``,
 ``[sync]`` (the site broker carrying models), ``[keys]`` (signing and trusted keys). Unknown
 keys are errors: a typo must not silently fall back to a default.
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from commgraph.detectors import KINDS, DetectorSettings
+from commgraph.detectors.guardrails import GuardrailSettings
 from commgraph.errors import ConfigError
 from commgraph.identity import AddressKind, IdentityRule
-from commgraph.phases import LearningSettings, Mode
+from commgraph.phases import Admission, LearningSettings, Mode
 from commgraph.templates import TemplateRule
 
 __all__ = [
@@ -145,6 +147,7 @@ class Config:
     db: Path | None = None
     learning: LearningSettings = field(default_factory=LearningSettings)
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
+    guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
     identity: tuple[IdentityRule, ...] = ()
     templates: tuple[TemplateRule, ...] = ()
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
@@ -316,6 +319,7 @@ def _detectors(section: _Reader) -> DetectorSettings:
     for key, value in windows.items():
         if value <= 0:
             raise section.error(key, "must be longer than 0s")
+    rate_limit = section.get("rate_limit", bool, False)
     size_slack = section.get("size_slack", int, 64)
     min_hits = section.get("min_period_hits", int, 5)
     if size_slack < 0 or min_hits < 2:
@@ -323,6 +327,7 @@ def _detectors(section: _Reader) -> DetectorSettings:
     section.finish()
     return DetectorSettings(
         kinds=frozenset(kinds),
+        rate_limit=rate_limit,
         size_slack=size_slack,
         min_period_hits=min_hits,
         **numbers,
@@ -411,6 +416,35 @@ def _mqtt(mqtt: _Reader, base: Path) -> MQTTSettings:
     )
 
 
+_GUARDRAIL_KEYS = tuple(GuardrailSettings.__dataclass_fields__)
+
+
+def _guardrails(section: _Reader) -> GuardrailSettings:
+    values: dict[str, int] = {}
+    defaults = GuardrailSettings()
+    for key in _GUARDRAIL_KEYS:
+        value = section.get(key, int, getattr(defaults, key))
+        if key == "addresses" and value < 1:
+            raise section.error(key, f"{value!r} must be at least 1")
+        if value < 0:
+            raise section.error(key, f"{value!r} must not be negative (0 turns it off)")
+        values[key] = value
+    section.finish()
+    return GuardrailSettings(**values)
+
+
+def _admission(section: _Reader) -> Admission | None:
+    text = section.get("new", str)
+    section.finish()
+    if text is None:
+        return None
+    try:
+        return Admission(text)
+    except ValueError:
+        choices = ", ".join(f'"{a.value}"' for a in Admission)
+        raise section.error("new", f"{text!r} is not one of {choices}") from None
+
+
 def parse_config(
     data: Mapping[str, Any], source: str = "<config>", base: Path | None = None
 ) -> Config:
@@ -429,6 +463,7 @@ def parse_config(
     if min_events < 0:
         raise learning.error("min_events", "must not be negative")
     per_service = learning.sub("services")
+    site = _duration(learning, "site", duration) if "site" in learning.table else None
     durations = {svc: _duration(per_service, svc, duration) for svc in per_service.table}
     per_service.finish()
     learning.finish()
@@ -441,6 +476,8 @@ def parse_config(
     modes.finish()
 
     detectors = _detectors(top.sub("detectors"))
+    guardrails = _guardrails(top.sub("guardrails"))
+    admission = _admission(top.sub("admission"))
 
     protect = top.sub("protect")
     pending = protect.get("pending", str, "block")
@@ -502,8 +539,11 @@ def parse_config(
             mode=default_mode,
             modes=overrides,
             block_pending=pending == "block",
+            site=site,
+            admission=admission,
         ),
         detectors=detectors,
+        guardrails=guardrails,
         identity=rules,
         templates=tuple(topic_templates),
         mqtt=mqtt_settings,

@@ -22,13 +22,14 @@ from typing import Any
 from aiohttp import web
 
 from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
-from commgraph.alerts import Action, AlertKind, Decision
+from commgraph.alerts import Action, Decision, describe
 from commgraph.config import Config, NotifySettings, format_duration
 from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
+from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError, EventDecodeError
 from commgraph.events import Record, VertexKind, iter_event_lines
-from commgraph.identity import Identity
+from commgraph.identity import AddressKind, Identity
 from commgraph.model import (
     ModelError,
     ServiceModel,
@@ -130,6 +131,16 @@ def replay_records(
                 if len(summary.errors) < keep_errors:
                     summary.errors.append(item)
                 continue
+            elif isinstance(item, SignalNote):  # what an MQTT stream's protocol said
+                engine.signal(
+                    item.signal,
+                    item.address,
+                    item.ts,
+                    active=item.active,
+                    client_id=item.client_id,
+                    username=item.username,
+                )
+                continue
             else:
                 ts = item.ts
             if ts >= next_tick or since_check >= CHECK_EVERY:
@@ -168,12 +179,10 @@ def replay_records(
 # -- the live daemon --------------------------------------------------------------------
 
 
-_WHAT = {
-    AlertKind.NEW_EDGE: "never seen before",
-    AlertKind.RATE: "far more often than it learned",
-    AlertKind.PERIODICITY: "silent for longer than its period allows",
-    AlertKind.SIZE: "with messages of a size it never learned",
-}
+def _ip_of(peer: str) -> str:
+    """The IP address of a ``host:port`` peer name (IPv6 included)."""
+    host = peer.rsplit(":", 1)[0] if ":" in peer else peer
+    return host.strip("[]")
 
 
 class Daemon:
@@ -196,6 +205,7 @@ class Daemon:
             node=config.node,
             templates=Templates(config.templates),
             detectors=config.detectors,
+            guardrails=config.guardrails,
         )
         self.proxy: MQTTProxy | None = None
         self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
@@ -231,7 +241,11 @@ class Daemon:
         verdict = self._observe(ts, src, dst, relation, size)
         # Structure changes with a new edge (which may also end a phase or raise an alert),
         # and with an alert on a known edge (rate, size): one compare each per message.
-        if len(self._edge_keys) != self._edges_written or verdict.alert is not None:
+        if (
+            len(self._edge_keys) != self._edges_written
+            or verdict.alert is not None
+            or self.engine.changes.phase_changes  # a service sighted after approval or reset
+        ):
             self._edges_written = len(self._edge_keys)
             self._schedule_write()
         return verdict
@@ -241,29 +255,62 @@ class Daemon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._write_structure)
 
-    def identify(self, client: ClientIdentity, ts: float) -> str:
-        resolved = self.engine.identity.resolve_client(
-            client.client_id, client.username, client.cert_cn
-        )
-        # The address key is the client id: the broker allows one connection per client id.
-        address = f"mqtt:{client.client_id}"
-        self.engine.bind(address, resolved, ts)
+    def identify(self, client: ClientIdentity, ts: float) -> str | None:
+        """The address a connecting client's events carry, or None to refuse its CONNECT
+        (a denied newcomer or address, in protect mode)."""
+        ip = _ip_of(client.peer)
+        identity = self.engine.identity
+        if client.client_id:
+            resolved = identity.resolve_client(client.client_id, client.username, client.cert_cn)
+            # The address key is the client id: the broker allows one connection per id.
+            address = f"mqtt:{client.client_id}"
+        else:
+            # An empty client id (clean session): the client is known by where it is.
+            resolved = identity.resolve(ip, AddressKind.HOST)
+            address = f"mqtt:@{ip}"
+        if not self.engine.admits(ip, resolved.service):
+            return None
+        known_as = {
+            "client_id": client.client_id,
+            "username": client.username or "",
+            "cert_cn": client.cert_cn or "",
+            "address": ip,
+        }
+        self.engine.bind(address, resolved, ts, known_as)
         if self.engine.changes:
             self._schedule_write()
         return address
+
+    def release(self, address: str) -> None:
+        """A client's connection closed: its binding goes (the service stays)."""
+        self.engine.unbind(address)
+
+    def signal(
+        self, kind: Signal, ip: str, ts: float, active: bool, client: ClientIdentity | None
+    ) -> bool:
+        """The proxy's protocol news, for the guardrails; True: refuse the connection."""
+        refuse = self.engine.signal(
+            kind,
+            ip,
+            ts,
+            active=active,
+            client_id=client.client_id if client is not None else None,
+            username=client.username if client is not None else None,
+        )
+        if self.engine.changes:
+            self._schedule_write()
+        return refuse
 
     def _announce(self, alert_id: int) -> None:
         self.alerts_raised += 1
         alert = self.engine.alerts.by_id[alert_id]
         src, dst, relation = self.engine.alert_edge(alert)
+        words = describe(alert.kind.value, src, dst, relation, alert.detail, alert.count)
         log.warning(
-            "alert %d (%s): %s %s %s, %s; approve with: commgraph --db %s approve %d (or deny %d)",
+            "alert %d (%s): %s; approve with: commgraph --db %s approve %d (or deny %d)",
             alert.id,
             alert.kind.value,
-            src,
-            relation,
-            dst,
-            _WHAT[alert.kind],
+            words,
             self.store.path,
             alert.id,
             alert.id,
@@ -276,6 +323,8 @@ class Daemon:
             relation=relation,
             node=self.name,
             at=alert.first_seen,
+            detail=dict(alert.detail),
+            count=alert.count,
         )
         for notifier in self.notifiers:
             notifier.notify(notice)  # queues; a failing notifier never stops observation
@@ -313,6 +362,9 @@ class Daemon:
             "proxy_packets": float(stats.packets if stats else 0),
             "proxy_blocked": float(stats.blocked if stats else 0),
             "decode_errors": float(stats.decode_errors if stats else 0),
+            "proxy_refused": float(stats.refused if stats else 0),
+            "clients_bound": float(self.engine.bound),
+            **{f"signals_{k}": float(v) for k, v in self.engine.signals.items()},
             "engine_errors": float(stats.engine_errors if stats else 0),
         }
 
@@ -532,7 +584,14 @@ class Daemon:
         mqtt = self.config.mqtt
         loop = asyncio.get_running_loop()
         if mqtt.upstream is not None:
-            self.proxy = MQTTProxy(mqtt, self.observe, self.identify, node=self.config.node)
+            self.proxy = MQTTProxy(
+                mqtt,
+                self.observe,
+                self.identify,
+                node=self.config.node,
+                release=self.release,
+                signal=self.signal,
+            )
             await self.proxy.start()
         capturing = self._start_capture(loop)
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -600,6 +659,7 @@ class Daemon:
         decoder = PacketDecoder(
             mqtt_ports=frozenset(settings.mqtt_ports),
             on_dns=lambda answer: self.engine.learn_name(answer.ip, answer.name),
+            signals=True,
         )
         self.capture_stats = live.stats
         self.decoder_stats = decoder.stats
@@ -621,6 +681,8 @@ class Daemon:
                         self.observe(*item)
                     except Exception:  # a failing engine never stops the capture
                         log.exception("observing a captured packet failed")
+                elif isinstance(item, SignalNote):
+                    self.signal(item.signal, item.address, item.ts, item.active, None)
                 else:
                     log.debug("skipped a captured packet: %s", item)
         finally:
@@ -804,7 +866,7 @@ async def _narrate(pace: Pace, say: Callable[[str], None]) -> None:
         (
             pace.bedroom_at,
             "A bedroom sensor is installed: it gets its own learning phase, and "
-            "the controller reading it raises nothing.",
+            "you are asked once whether it is yours.",
         ),
         (pace.anomaly_at, "The kitchen sensor starts commanding the kitchen valve..."),
     ]

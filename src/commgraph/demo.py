@@ -2,9 +2,10 @@
 
 Two temperature sensors publish every 30 s, a heating controller subscribes to them and sets
 two valves once a minute. Everything starts at minute 0 and learns for ``learning`` seconds.
-A bedroom sensor is installed at minute 15 (its own learning phase: nothing to approve), and
-at minute 25 the kitchen sensor starts publishing to the kitchen valve's command topic: never
-seen before, so the owner is asked.
+A bedroom sensor is installed at minute 15, after the site has learned: it gets its own
+learning phase and the owner is asked once whether it is theirs. At minute 25 the kitchen
+sensor starts publishing to the kitchen valve's command topic: never seen before, so the
+owner is asked.
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ updates and the detectors' figures (:mod:`commgraph.detectors`); it returns a sh
 immutable :class:`Verdict`. New edges are where the rest happens: learning, site models
 (:meth:`Engine.adopt`: a service whose type has a trusted model skips learning and its new
 edges take the model's labels), templates, and alerts.
+
+Trust no newcomer: a service first seen after the site's bootstrap period is asked about
+(``new-service``) or held until the owner approves it (:class:`~commgraph.phases.Admission`),
+and guardrails (:mod:`commgraph.detectors.guardrails`) bound what any service or address can
+do, learning or not: floods, topic storms, an edge cap, brute force, fuzzing, connection
+floods. Each is one alert per service (or address) and kind whose count grows.
 """
 
 from __future__ import annotations
@@ -18,14 +24,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from commgraph.alerts import Action, Alert, AlertBook, AlertKind, AlertState, Decision
+from commgraph.alerts import (
+    NO_EDGE,
+    SITE,
+    Action,
+    Alert,
+    AlertBook,
+    AlertKind,
+    AlertState,
+    Decision,
+)
 from commgraph.detectors import PERIODICITY, RATE, SIZE, DetectorSettings, Features
+from commgraph.detectors.guardrails import AddressBook, GuardrailSettings, Signal
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import Event, VertexKind, endpoint_kinds
 from commgraph.graph import SIZE_UNKNOWN, Graph, Label
 from commgraph.identity import AddressKind, Identity, Resolved
 from commgraph.model import ModelEdge, ModelIndex, ServiceModel, build_model, merge
-from commgraph.phases import LearningPhases, LearningSettings, Mode, Phase, PhaseChange
+from commgraph.phases import (
+    Admission,
+    LearningPhases,
+    LearningSettings,
+    Mode,
+    Phase,
+    PhaseChange,
+)
 from commgraph.templates import Templates
 
 __all__ = ["Changes", "Engine", "TimelineRow", "Verdict"]
@@ -102,6 +125,15 @@ class Changes:
 
 
 _KIND_ADDRESS = {VertexKind.SERVICE: None, VertexKind.HOST: AddressKind.HOST}
+_NEVER = 1 << 62  # an event count no service reaches: its flood check is off
+_EXAMPLES = 5  # examples an alert about a service or an address keeps
+_GROUPED = 1000  # services one grouped new-service question names
+_ADDRESS_KINDS = (AlertKind.AUTH_FAILURE, AlertKind.MALFORMED, AlertKind.CONNECTION_FLOOD)
+_SIGNAL_KINDS = {
+    Signal.REFUSED: AlertKind.AUTH_FAILURE,
+    Signal.MALFORMED: AlertKind.MALFORMED,
+    Signal.OPENED: AlertKind.CONNECTION_FLOOD,
+}
 
 
 class Engine:
@@ -115,8 +147,10 @@ class Engine:
         node: str | None = None,
         templates: Templates | None = None,
         detectors: DetectorSettings | None = None,
+        guardrails: GuardrailSettings | None = None,
     ) -> None:
         self.settings = settings or LearningSettings()
+        self.guardrails = guardrails or GuardrailSettings()
         self.features = Features(detectors)
         self._update = self.features.update
         self.identity = identity or Identity()
@@ -134,6 +168,19 @@ class Engine:
         self.decided: dict[int, tuple[float, str]] = {}
         self._learned: set[int] = set()  # services whose learning ended, figures not yet
         self._bindings: dict[str, Resolved] = {}  # address -> identity an adapter resolved
+        self._bound: dict[str, int] = {}  # address -> connections holding its binding
+        self._known_as: dict[str, dict[str, str]] = {}  # address -> client id, user, peer...
+        # Admission and guardrails
+        self.site_started: float | None = None  # the site's first event: its bootstrap starts
+        self._newcomers = [0.0, 0]  # site-wide: window start, newcomers in it
+        self._flood_next: dict[int, int] = {}  # service -> event count of its next rate check
+        self._flood_start: dict[int, float] = {}  # service -> start of its one-second window
+        self._burst: dict[int, list[float]] = {}  # service -> [minute start, edges, alerts]
+        self._edges_of_service: dict[int, int] = {}  # service -> edges it is the subject of
+        self.addresses = AddressBook(self.guardrails.addresses)
+        self.signals: dict[str, int] = {signal.value: 0 for signal in Signal}
+        self._rate_limit = self.features.settings.rate_limit
+        self._question: int | None = None  # a newcomer's question raised by this event
         self.changes = Changes()
         self._bumped: set[int] = set()  # alerts whose counters moved
         # address caches per slot kind: concrete address -> vertex id. Topics and routes are
@@ -179,17 +226,26 @@ class Engine:
         if rel is None:
             rel = self._relation(relation)
         s = rel[1].get(src)
-        if s is None:
-            s = self._vertex(rel[3], src, ts)
         d = rel[2].get(dst)
-        if d is None:
-            d = self._vertex(rel[4], dst, ts, relation, rel[2])
+        if s is None or d is None:
+            pair = self._endpoints(rel, src, dst, s, d, ts, relation, node)
+            if type(pair) is Verdict:
+                return pair
+            s, d = pair  # type: ignore[misc]
         graph = self.graph
         e = graph.record(s, d, rel[0], ts, size)
         if e < 0:
-            return self._new_edge(s, d, rel, ts, size, node, dst if rel[5] else src)
+            verdict = self._new_edge(s, d, rel, ts, size, node, dst if rel[5] else src)
+            if self._question is not None:  # this event made a newcomer: its question
+                verdict = Verdict(verdict.label, verdict.block, self._question)
+                self._question = None
+            return verdict
         subject = d if rel[5] else s
-        graph.events[subject] += 1
+        events = graph.events
+        n = events[subject] + 1
+        events[subject] = n
+        if n >= self._flood_next.get(subject, 0) and self._floods(subject, ts, node):
+            return _VERDICTS[(Label(graph.label[e]), True)]
         label = graph.label[e]
         if label in (_LEARNED, _APPROVED):
             kind = self._update(e, graph.gap, size)
@@ -231,6 +287,8 @@ class Engine:
         """Resolve an address met in a ``kind`` slot (of ``relation``) to a vertex, and
         remember it in ``cache`` (default: the kind's). The cache miss path."""
         graph = self.graph
+        if self.site_started is None:
+            self.site_started = ts
         if kind in (VertexKind.SERVICE, VertexKind.HOST):
             bound = self._bindings.get(address) if kind is VertexKind.SERVICE else None
             resolved = bound or self.identity.resolve(address, _KIND_ADDRESS[kind], relation)
@@ -245,14 +303,26 @@ class Engine:
             if graph.kind(vid) is not VertexKind.SERVICE:  # a host that starts talking
                 graph.set_kind(vid, VertexKind.SERVICE)
                 self.changes.vertices.add(vid)
-            if vid not in self.phases.states and name in self.models:
+            first = vid not in self.phases.states
+            # a newcomer: first seen (as any vertex: a host that starts talking is not new)
+            # after the site's bootstrap
+            rule = (
+                self._admission(name, graph.first_seen[vid])
+                if first and name not in self.models
+                else None
+            )
+            if first and name in self.models:
                 change: PhaseChange | None = self.phases.adopt(
                     vid, name, ts, self.model_sources[name]
                 )
+            elif rule is Admission.HOLD:
+                change = self.phases.hold(vid, name, ts)
             else:
                 change = self.phases.sighted(vid, name, ts, graph.events[vid])
             if change is not None:
                 self._phase_changed(vid, change)
+            if rule is not None:
+                self._newcomer(vid, address, ts)
         if resolved is not None and resolved.instance is not None:
             known = self.instances.setdefault(vid, set())
             if resolved.instance not in known:
@@ -280,19 +350,287 @@ class Engine:
             graph.rename(vid, name)
             self.changes.vertices.add(vid)
 
-    def bind(self, address: str, resolved: Resolved, ts: float) -> None:
+    def bind(
+        self,
+        address: str,
+        resolved: Resolved,
+        ts: float,
+        known_as: dict[str, str] | None = None,
+    ) -> None:
         """Tie a concrete address (an MQTT connection's key) to a service an adapter resolved.
 
         Events with ``address`` as their service side then count for ``resolved.service``;
-        the service is sighted at ``ts`` (its learning phase starts if it is new).
+        the service is sighted at its first event (a client that connects and does nothing
+        leaves no trace in the graph). ``known_as`` is what the adapter knows of the client
+        (``client_id``, ``username``, ``cert_cn``, ``address``), for the owner's questions.
+        Each bind is released by one :meth:`unbind`.
         """
+        if self.site_started is None:
+            self.site_started = ts
+        if self._bindings.get(address) != resolved:
+            self._caches[VertexKind.SERVICE].pop(address, None)
         self._bindings[address] = resolved  # _vertex resolves a bound address this way
-        self._vertex(VertexKind.SERVICE, address, ts)
+        self._bound[address] = self._bound.get(address, 0) + 1
+        if known_as:
+            self._known_as[address] = {k: v for k, v in known_as.items() if v}
 
     def unbind(self, address: str) -> None:
-        """Forget an address (the connection closed); the service and its edges stay."""
+        """Release one bind of an address (its connection closed); when none is left the
+        address is forgotten. The service and its edges stay."""
+        left = self._bound.get(address, 1) - 1
+        if left > 0:
+            self._bound[address] = left
+            return
+        self._bound.pop(address, None)
         self._bindings.pop(address, None)
+        self._known_as.pop(address, None)
         self._caches[VertexKind.SERVICE].pop(address, None)
+
+    @property
+    def bound(self) -> int:
+        """Addresses bound now (open connections' clients)."""
+        return len(self._bindings)
+
+    # -- admission and guardrails -----------------------------------------------------------
+
+    def _admission(self, service: str, ts: float) -> Admission | None:
+        """The admission rule for a service first seen at ``ts``; None if it is no newcomer
+        (the site is still in its bootstrap, or newcomers just learn)."""
+        started = self.site_started
+        if started is None or ts < started + self.settings.bootstrap:
+            return None
+        rule = self.settings.admission_for(self.settings.mode_for(service))
+        return None if rule is Admission.LEARN else rule
+
+    def _newcomer(self, vid: int, address: str, ts: float) -> None:
+        """Ask the owner about a newcomer: its own question, or, in a storm of newcomers,
+        one grouped question for the site."""
+        limit = self.guardrails.new_services_per_minute
+        window = self._newcomers
+        if ts - window[0] >= 60.0:
+            window[0], window[1] = ts, 0
+        window[1] += 1
+        known = dict(self._known_as.get(address, {}))
+        known.setdefault("address", address.removeprefix("mqtt:"))
+        if limit and window[1] > limit:
+            alert = self._about(SITE, AlertKind.NEW_SERVICE, ts, None)
+            if alert is not None:
+                names = alert.detail.setdefault("services", [])
+                if len(names) < _GROUPED:
+                    names.append(self.graph.names[vid])
+                else:
+                    alert.detail["more"] = alert.detail.get("more", 0) + 1
+                self.changes.alerts.add(alert.id)
+            return
+        alert, new = self.alerts.raise_or_repeat(
+            NO_EDGE, AlertKind.NEW_SERVICE, ts, self.node, subject=vid
+        )
+        alert.detail.update(known)
+        alert.detail.setdefault("examples", [])
+        self._raised(alert, new)
+        self._question = alert.id
+
+    def _raised(self, alert: Alert, new: bool) -> None:
+        self.changes.alerts.add(alert.id)
+        if new:
+            self.changes.raised.append(alert.id)
+            self._minute_anomalies += 1
+
+    def _about(self, subject: int, kind: AlertKind, ts: float, node: str | None) -> Alert | None:
+        """The alert of ``kind`` about a service or address, raised or repeated; None when
+        the owner approved such an alert before (it is exempt). A denied one counts on."""
+        latest = self.alerts.latest_about(subject, kind)
+        if latest is not None and latest.state is not AlertState.PENDING:
+            if latest.state is AlertState.APPROVED:
+                return None
+            latest.count += 1
+            latest.last_seen = max(latest.last_seen, ts)
+            self._bumped.add(latest.id)
+            return latest
+        alert, new = self.alerts.raise_or_repeat(
+            NO_EDGE, kind, ts, node or self.node, subject=subject
+        )
+        if new:
+            self._raised(alert, True)
+        else:
+            self._bumped.add(alert.id)
+        return alert
+
+    def _example(self, alert: Alert, subject: int, counterpart: int, rid: int) -> None:
+        examples = alert.detail.setdefault("examples", [])
+        if len(examples) < _EXAMPLES:
+            graph = self.graph
+            examples.append(f"{graph.relations[rid]} {graph.names[counterpart]}")
+            self.changes.alerts.add(alert.id)
+
+    def _floods(self, subject: int, ts: float, node: str | None) -> bool:
+        """The rate check of a service, due every ``messages_per_second`` events: True if
+        this message is over the ceiling and to be dropped (protect mode)."""
+        ceiling = self.guardrails.messages_per_second
+        if not ceiling or self.graph.kind(subject) is not VertexKind.SERVICE:
+            self._flood_next[subject] = _NEVER
+            return False
+        events = self.graph.events[subject]
+        start = self._flood_start.get(subject)
+        if start is None or ts - start >= 1.0:
+            # a new one-second window starts with this message
+            self._flood_start[subject] = ts
+            self._flood_next[subject] = events + ceiling
+            return False
+        alert = self._about(subject, AlertKind.FLOOD, ts, node)
+        if alert is None:  # the owner said this service may send this much
+            self._flood_next[subject] = _NEVER
+            return False
+        self._flood_next[subject] = events + 1  # check every message until the second ends
+        return self.phases.mode(subject) is Mode.PROTECT
+
+    def _storm(self, subject: int, ts: float, learning: bool) -> bool:
+        """A new edge of ``subject``: True if it is beyond its new edges per minute (while
+        learning) or its new alerts per minute (afterwards): then it is grouped."""
+        window = self._burst.get(subject)
+        if window is None or ts - window[0] >= 60.0:
+            window = self._burst[subject] = [ts, 0, 0]
+        if learning:
+            window[1] += 1
+            limit = self.guardrails.new_edges_per_minute
+            return bool(limit) and window[1] > limit
+        window[2] += 1
+        limit = self.guardrails.new_alerts_per_minute
+        return bool(limit) and window[2] > limit
+
+    def _capped(self, subject: int) -> bool:
+        cap = self.guardrails.max_edges_per_service
+        return bool(cap) and self._edges_of_service.get(subject, 0) >= cap
+
+    def _overflow(self, subject: int, ts: float, node: str | None, what: str) -> Verdict:
+        """A new edge of a service at its cap: counted on its edge-burst alert, no graph
+        entry; blocked in protect mode."""
+        alert = self._about(subject, AlertKind.EDGE_BURST, ts, node)
+        if alert is not None:
+            alert.detail["overflow"] = alert.detail.get("overflow", 0) + 1
+            examples = alert.detail.setdefault("examples", [])
+            if len(examples) < _EXAMPLES:
+                examples.append(what)
+            self._bumped.add(alert.id)
+        return _PENDING_VERDICTS[self._blocks_pending(subject)]
+
+    def _endpoints(
+        self,
+        rel: tuple[int, dict[str, int], dict[str, int], VertexKind, VertexKind, bool],
+        src: str,
+        dst: str,
+        s: int | None,
+        d: int | None,
+        ts: float,
+        relation: str,
+        node: str | None,
+    ) -> tuple[int, int] | Verdict:
+        """Resolve the endpoints not cached yet, the event's subject first: a service at its
+        edge cap creates no new counterpart vertex (a topic storm stays bounded)."""
+        if rel[5]:  # the destination is the subject
+            if d is None:
+                d = self._vertex(rel[4], dst, ts, relation, rel[2])
+            if s is None:
+                if self._capped(d):
+                    return self._overflow(d, ts, node, f"{relation} {src}")
+                s = self._vertex(rel[3], src, ts)
+        else:
+            if s is None:
+                s = self._vertex(rel[3], src, ts)
+            if d is None:
+                if self._capped(s):
+                    return self._overflow(s, ts, node, f"{relation} {dst}")
+                d = self._vertex(rel[4], dst, ts, relation, rel[2])
+        return s, d
+
+    def signal(
+        self,
+        signal: Signal,
+        address: str,
+        ts: float,
+        *,
+        active: bool = False,
+        client_id: str | None = None,
+        username: str | None = None,
+    ) -> bool:
+        """A protocol adapter's news about a connection from ``address`` (an IP address).
+
+        Refused CONNECTs, protocol errors, and connections opened fast or held idle beyond
+        the ``[guardrails]`` ceilings raise one alert per address and kind; the address is a
+        host vertex, so the owner sees who is behind the client ids. Returns True if the
+        connection is to be refused: in protect mode, from an address the owner denied, or
+        beyond a connection ceiling the owner did not approve.
+        """
+        self.signals[signal.value] += 1
+        if self.site_started is None:
+            self.site_started = ts
+        state = self.addresses.note(address, signal, ts, active=active)
+        g = self.guardrails
+        if signal is Signal.REFUSED:
+            over = bool(g.auth_failures_per_minute) and state.refused >= g.auth_failures_per_minute
+        elif signal is Signal.MALFORMED:
+            over = bool(g.malformed_per_minute) and state.malformed >= g.malformed_per_minute
+        elif signal is Signal.OPENED:
+            over = (bool(g.connections_per_second) and state.opened > g.connections_per_second) or (
+                bool(g.idle_connections) and state.idle > g.idle_connections
+            )
+        else:
+            return False
+        protect = self.settings.mode is Mode.PROTECT
+        if not over:
+            return protect and signal is Signal.OPENED and self._denied_address(address)
+        host = self._address_vertex(address, ts)
+        alert = self._about(host, _SIGNAL_KINDS[signal], ts, None)
+        if alert is None:  # approved: this address may do so
+            return False
+        detail = alert.detail
+        detail.setdefault("address", address)
+        for key, value in (("client_ids", client_id), ("usernames", username)):
+            if value:
+                seen = detail.setdefault(key, [])
+                if value not in seen and len(seen) < _EXAMPLES:
+                    seen.append(value)
+                    self.changes.alerts.add(alert.id)
+        if signal is Signal.OPENED:
+            detail["open"] = max(detail.get("open", 0), state.open)
+        return protect and signal is Signal.OPENED
+
+    def _address_vertex(self, address: str, ts: float) -> int:
+        name = self.identity.resolve(address, AddressKind.HOST).service
+        vid = self.graph.vertex(VertexKind.HOST, name)
+        if vid is None:
+            vid = self.graph.add_vertex(VertexKind.HOST, name, ts)
+            self.changes.vertices.add(vid)
+        return vid
+
+    def _denied_address(self, address: str) -> bool:
+        name = self.identity.resolve(address, AddressKind.HOST).service
+        vid = self.graph.vertex(VertexKind.HOST, name)
+        if vid is None:
+            return False
+        for kind in _ADDRESS_KINDS:
+            latest = self.alerts.latest_about(vid, kind)
+            if latest is not None and latest.state is AlertState.DENIED:
+                return True
+        return False
+
+    def admits(self, address: str | None, service: str) -> bool:
+        """Whether a client connecting from ``address`` as ``service`` may connect: not in
+        protect mode when the owner denied the address, nor when the owner denied the
+        service (a denied newcomer) where it is blocked."""
+        if (
+            address is not None
+            and self.settings.mode is Mode.PROTECT
+            and self._denied_address(address)
+        ):
+            return False
+        vid = self.graph.vertex(VertexKind.SERVICE, service)
+        if vid is None:
+            return True
+        state = self.phases.states.get(vid)
+        if state is None or state.phase is not Phase.DENIED:
+            return True
+        return not self._blocks(vid, Label.DENIED)
 
     def _learning(self, vid: int, ts: float) -> bool:
         learning, change = self.phases.is_learning(vid, ts, self.graph.events[vid])
@@ -327,7 +665,10 @@ class Engine:
         if not learning:
             owner = self._owner(counterpart)
             learning = owner != 0 and owner != subject and self._learning(owner, ts)
-        graph.events[subject] += 1
+        events = graph.events[subject] + 1
+        graph.events[subject] = events
+        if events >= self._flood_next.get(subject, 0) and self._floods(subject, ts, node):
+            return _PENDING_VERDICTS[True]  # dropped: not even a graph entry
         relation = graph.relations[rel[0]]
         if rel[4] is VertexKind.TOPIC and relation == "publish" and not graph.owner[d]:
             graph.owner[d] = s
@@ -339,18 +680,74 @@ class Engine:
             known = self._covering(index, counterpart, relation, "in" if rel[5] else "out")
             if known is not None:
                 return self._modelled(s, d, rel[0], ts, size, known, subject, instance)
-        if learning or self.phases.mode(subject) is Mode.LEARN:
+        if self._capped(subject):
+            return self._overflow(subject, ts, node, f"{relation} {graph.names[counterpart]}")
+        state = self.phases.states.get(subject)
+        phase = None if state is None else state.phase
+        if phase is Phase.HELD or phase is Phase.DENIED:
+            # A held newcomer's edges wait on its question; a denied one's are denied.
+            label = Label.PENDING if phase is Phase.HELD else Label.DENIED
+            e = graph.add_edge(s, d, rel[0], label, ts, size)
+            self._edge_added(e, subject, instance)
+            question = self.alerts.open_about(subject, AlertKind.NEW_SERVICE)
+            if question is not None:
+                if question.detail.get("examples"):  # its first edge was counted at its raise
+                    question.count += 1
+                    self._bumped.add(question.id)
+                self._example(question, subject, counterpart, rel[0])
+            return _VERDICTS[(label, self._blocks(subject, label))]
+        mode = self.phases.mode(subject)
+        if learning or mode is Mode.LEARN:
+            if learning and self._storm(subject, ts, True):
+                return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node)
             e = graph.add_edge(s, d, rel[0], Label.LEARNED, ts, size)
             self._edge_added(e, subject, instance)
             self._minute_learned += 1
+            question = self.alerts.open_about(subject, AlertKind.NEW_SERVICE)
+            if question is not None:  # a newcomer the owner is asked about, learning
+                self._example(question, subject, counterpart, rel[0])
             return ALLOW_LEARNED
+        if self._storm(subject, ts, False):
+            return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node)
         e = graph.add_edge(s, d, rel[0], Label.PENDING, ts, size)
         self._edge_added(e, subject, instance)
-        alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, node or self.node)
+        alert, _ = self.alerts.raise_or_repeat(
+            e, AlertKind.NEW_EDGE, ts, node or self.node, subject=subject
+        )
         self.changes.alerts.add(alert.id)
         self.changes.raised.append(alert.id)
         self._minute_anomalies += 1
         return Verdict(Label.PENDING, self._blocks(subject, Label.PENDING), alert.id)
+
+    def _burst_edge(
+        self,
+        s: int,
+        d: int,
+        rid: int,
+        ts: float,
+        size: int | None,
+        subject: int,
+        instance: str | None,
+        node: str | None,
+    ) -> Verdict:
+        """A new edge beyond its service's ceiling: pending, on the service's one
+        edge-burst alert (no alert of its own); approving that alert approves them all."""
+        alert = self._about(subject, AlertKind.EDGE_BURST, ts, node)
+        if alert is None:
+            label = Label.APPROVED  # the owner approved this service's bursts
+        elif alert.state is AlertState.PENDING:
+            label = Label.PENDING
+        else:
+            label = Label.DENIED
+        e = self.graph.add_edge(s, d, rid, label, ts, size)
+        self._edge_added(e, subject, instance)
+        if alert is not None:
+            self._example(alert, subject, d if s == subject else s, rid)
+            alert.detail["edges"] = alert.detail.get("edges", 0) + 1
+            self._bumped.add(alert.id)
+        if label is Label.PENDING:
+            return _PENDING_VERDICTS[self._blocks_pending(subject)]
+        return _VERDICTS[(label, self._blocks(subject, label))]
 
     def _instance_of(self, address: str) -> str | None:
         bound = self._bindings.get(address)
@@ -362,6 +759,7 @@ class Engine:
 
     def _edge_added(self, e: int, subject: int, instance: str | None) -> None:
         self.changes.edges.add(e)
+        self._edges_of_service[subject] = self._edges_of_service.get(subject, 0) + 1
         self._update(e, 0.0, None)  # its first event, for the rates
         if instance is not None:
             # An instance's topics teach the templates of its service type.
@@ -421,19 +819,27 @@ class Engine:
         if self.phases.mode(subject) is Mode.LEARN:
             return _VERDICTS[(label, False)]
         alert_kind = _FIGURE_KINDS[kind]
+        # With [detectors] rate_limit, traffic beyond the learned rate is dropped in protect.
+        limit = (
+            self._rate_limit
+            and alert_kind is AlertKind.RATE
+            and self.phases.mode(subject) is Mode.PROTECT
+        )
         open_alert = self._open.get((e, alert_kind))
         if open_alert is not None:
             open_alert.count += 1
             if ts > open_alert.last_seen:
                 open_alert.last_seen = ts
             self._bumped.add(open_alert.id)
-            return _VERDICTS[(label, False)]
-        alert, _ = self.alerts.raise_or_repeat(e, alert_kind, ts, node or self.node)
+            return _VERDICTS[(label, limit)]
+        alert, _ = self.alerts.raise_or_repeat(
+            e, alert_kind, ts, node or self.node, subject=subject
+        )
         self.changes.alerts.add(alert.id)
         self.changes.raised.append(alert.id)
         self._at_minute(ts)
         self._minute_anomalies += 1
-        return Verdict(label, False, alert.id)
+        return Verdict(label, limit, alert.id)
 
     def _silences(self, now: float) -> None:
         """Periodic edges silent for too long: a periodicity alert each (checked in tick)."""
@@ -447,7 +853,9 @@ class Engine:
             subject = dst if self._relation_subject_is_dst(rid) else src
             if self.phases.mode(subject) is Mode.LEARN:
                 continue
-            alert, _ = self.alerts.raise_or_repeat(e, AlertKind.PERIODICITY, due, self.node)
+            alert, _ = self.alerts.raise_or_repeat(
+                e, AlertKind.PERIODICITY, due, self.node, subject=subject
+            )
             self.changes.alerts.add(alert.id)
             self.changes.raised.append(alert.id)
             self._minute_anomalies += 1
@@ -461,22 +869,45 @@ class Engine:
         label = self.graph.label[e]
         if label == _PENDING:
             alert = self._open.get((e, AlertKind.NEW_EDGE))
+            if alert is None:  # an edge of a held newcomer or of a burst: its group's alert
+                alert = self.alerts.open_about(
+                    subject, AlertKind.NEW_SERVICE
+                ) or self.alerts.open_about(subject, AlertKind.EDGE_BURST)
             if alert is not None:
                 alert.count += 1
                 if ts > alert.last_seen:
                     alert.last_seen = ts
                 self._bumped.add(alert.id)
-            else:  # cannot happen while the edge is pending, kept for safety
-                alert, _ = self.alerts.raise_or_repeat(e, AlertKind.NEW_EDGE, ts, node or self.node)
+            else:  # a pending edge whose question was lost: ask again
+                alert, _ = self.alerts.raise_or_repeat(
+                    e, AlertKind.NEW_EDGE, ts, node or self.node, subject=subject
+                )
                 self.changes.alerts.add(alert.id)
-            block = self.settings.block_pending and self.phases.mode(subject) is Mode.PROTECT
-            return _PENDING_VERDICTS[block]
+            return _PENDING_VERDICTS[self._blocks_pending(subject)]
         return _VERDICTS[(Label(label), self._blocks(subject, Label(label)))]
 
+    def _blocks_pending(self, subject: int) -> bool:
+        """Whether a pending edge of ``subject`` is blocked: a held newcomer's always."""
+        state = self.phases.states.get(subject)
+        if state is not None and state.phase is Phase.HELD:
+            return True
+        return self.settings.block_pending and self.phases.mode(subject) is Mode.PROTECT
+
     def _blocks(self, subject: int, label: Label) -> bool:
-        if self.phases.mode(subject) is not Mode.PROTECT:
+        if label is Label.PENDING:
+            return self._blocks_pending(subject)
+        if label is not Label.DENIED:
             return False
-        return label is Label.DENIED or (label is Label.PENDING and self.settings.block_pending)
+        mode = self.phases.mode(subject)
+        if mode is Mode.PROTECT:
+            return True
+        # A newcomer denied where newcomers are held stays blocked, whatever the mode.
+        state = self.phases.states.get(subject)
+        return (
+            state is not None
+            and state.phase is Phase.DENIED
+            and self.settings.admission_for(mode) is Admission.HOLD
+        )
 
     # -- time -----------------------------------------------------------------------------
 
@@ -576,6 +1007,20 @@ class Engine:
             raise DecisionError(f"an alert is approved or denied, not {action}")
         alert = self.alerts.decide(alert_id, action)
         label = Label.APPROVED if alert.state is AlertState.APPROVED else Label.DENIED
+        if alert.edge == NO_EDGE:
+            self._decide_about(alert, label, at, by)
+            self.changes.alerts.add(alert.id)
+            subject = self.graph.names[alert.subject] if alert.subject != SITE else None
+            decision = Decision(
+                action=action,
+                by=by,
+                at=at,
+                reason=reason,
+                alert=alert.id,
+                service=subject,
+                detail=alert.kind.value,
+            )
+            return self._audit(decision) if audit else decision
         self.graph.set_label(alert.edge, label)
         self.decided[alert.edge] = (at, by)
         if label is Label.APPROVED:
@@ -600,6 +1045,64 @@ class Engine:
             edge=self._edge_names(alert.edge),
         )
         return self._audit(decision) if audit else decision
+
+    def _decide_about(self, alert: Alert, label: Label, at: float, by: str) -> None:
+        """Carry out a decision on an alert about a service, an address or the site."""
+        kind = alert.kind
+        if kind is AlertKind.NEW_SERVICE:
+            if alert.subject == SITE:  # a grouped question: every newcomer it names
+                for name in alert.detail.get("services", ()):
+                    vid = self.graph.vertex(VertexKind.SERVICE, name)
+                    if vid is not None and vid in self.phases.states:
+                        self._decide_newcomer(vid, label, at, by)
+            else:
+                self._decide_newcomer(alert.subject, label, at, by)
+        elif kind is AlertKind.EDGE_BURST:
+            # its edges: the pending ones of the service that have no question of their own
+            for e, _direction, _counterpart in self._edges_of(alert.subject):
+                if self.graph.label[e] == _PENDING and (e, AlertKind.NEW_EDGE) not in self._open:
+                    self._relabel(e, label, at, by)
+        elif kind is AlertKind.FLOOD:
+            # approved: the service may send this much; denied: it stays at its ceiling
+            self._flood_next.pop(alert.subject, None)
+        # address alerts: approved exempts the address, denied refuses it in protect mode;
+        # both are read from the alert book when it matters
+
+    def _decide_newcomer(self, vid: int, label: Label, at: float, by: str) -> None:
+        state = self.phases.states[vid]
+        graph = self.graph
+        if label is Label.APPROVED:
+            for e, _direction, _counterpart in self._edges_of(vid):
+                if graph.label[e] in (_PENDING, int(Label.DENIED)):
+                    self._relabel(e, Label.APPROVED, at, by)
+            if state.phase in (Phase.HELD, Phase.DENIED):
+                name = state.service
+                if name in self.models:
+                    change = self.phases.adopt(vid, name, at, self.model_sources[name])
+                else:
+                    change = self.phases.admit(vid, at)
+                self._phase_changed(vid, change)
+                self._forget_addresses(vid)  # its next event starts its learning clock
+            return
+        for e, _direction, _counterpart in self._edges_of(vid):
+            if graph.label[e] != int(Label.DENIED):
+                self._relabel(e, Label.DENIED, at, by)
+        if state.phase is not Phase.DENIED:
+            self._phase_changed(vid, self.phases.deny(vid, at))
+
+    def _relabel(self, e: int, label: Label, at: float, by: str) -> None:
+        self.graph.set_label(e, label)
+        self.decided[e] = (at, by)
+        self.changes.edges.add(e)
+        if label is Label.APPROVED:
+            self._learn_edge(e)
+
+    def _forget_addresses(self, vid: int) -> None:
+        """Drop a service's addresses from the caches: its next event passes through
+        sighting again."""
+        for cache in (self._caches[VertexKind.SERVICE], self._caches[VertexKind.HOST]):
+            for address in [a for a, v in cache.items() if v == vid]:
+                del cache[address]
 
     def set_mode(
         self,
@@ -627,10 +1130,7 @@ class Engine:
         """Restart a service's learning phase; its clock starts at its next event."""
         vid = self._service(service)
         self._phase_changed(vid, self.phases.reset(vid, at))
-        # Forget the addresses so the next event of the service passes through sighting.
-        for cache in (self._caches[VertexKind.SERVICE], self._caches[VertexKind.HOST]):
-            for address in [a for a, v in cache.items() if v == vid]:
-                del cache[address]
+        self._forget_addresses(vid)  # its next event passes through sighting
         decision = Decision(action=Action.RESET, by=by, at=at, reason=reason, service=service)
         return self._audit(decision) if audit else decision
 
@@ -824,8 +1324,31 @@ class Engine:
         return e if e >= 0 else None
 
     def alert_edge(self, alert: Alert) -> tuple[str, str, str]:
-        """``(src, dst, relation)`` of the edge an alert is about."""
+        """``(src, dst, relation)`` of the edge an alert is about; for an alert about a
+        service, an address or the site: (its name, the node, the kind)."""
+        if alert.edge == NO_EDGE:
+            name = "site" if alert.subject == SITE else self.graph.names[alert.subject]
+            return name, alert.node or self.node or "this node", alert.kind.value
         return self._edge_names(alert.edge)
+
+    def resumed(self) -> None:
+        """Rebuild what is derived from the graph and the alerts, after a restore: the
+        site's start, edges per service, and the subjects of edge alerts."""
+        graph = self.graph
+        if graph.vertex_count > 1:
+            self.site_started = min(graph.first_seen[1:])
+        counts: dict[int, int] = {}
+        subject_is_dst = [self._relation_subject_is_dst(rid) for rid in range(len(graph.relations))]
+        for e in range(graph.edge_count):
+            src, dst, rid = graph.endpoints(e)
+            subject = dst if subject_is_dst[rid] else src
+            counts[subject] = counts.get(subject, 0) + 1
+        self._edges_of_service = counts
+        for alert in self.alerts.by_id.values():
+            if alert.edge != NO_EDGE and not alert.subject:
+                src, dst, rid = graph.endpoints(alert.edge)
+                alert.subject = dst if subject_is_dst[rid] else src
+                self.changes.alerts.add(alert.id)
 
     def mode_of(self, vid: int) -> Mode:
         return self.phases.mode(vid)

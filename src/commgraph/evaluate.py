@@ -132,11 +132,12 @@ def evaluate(
             first_malicious = ts
         # The edge the flow landed on: the newest one if it made one, else found again.
         e = engine.edge_of(src, dst, relation)
-        assert e is not None
-        edge_labels.setdefault(e, set()).add(key)
+        if e is not None:  # None: beyond its service's edge cap, counted on its burst alert
+            edge_labels.setdefault(e, set()).add(key)
         if verdict.anomalous or verdict.alert is not None:
             tally[1] += 1
-            edge_flagged.add(e)
+            if e is not None:
+                edge_flagged.add(e)
             minute = int(ts // 60)
             flagged[minute] = flagged.get(minute, 0) + 1
     if flows:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from commgraph.detectors.guardrails import SignalNote
 from commgraph.errors import EventDecodeError
 
 __all__ = [
@@ -147,8 +148,9 @@ EventFields = tuple[float, str, str, str, int | None]
 """An event's checked fields ``(ts, src, dst, relation, size)``, as adapters on the hot path
 hand them to :meth:`commgraph.engine.Engine.observe_fields`."""
 
-Record = Event | EventFields | EventDecodeError
-"""What an adapter yields per position (line, packet): an event, its fields, or an error."""
+Record = Event | EventFields | EventDecodeError | SignalNote
+"""What an adapter yields per position (line, packet): an event, its fields, an error, or
+a protocol signal (:class:`~commgraph.detectors.guardrails.SignalNote`)."""
 
 
 def endpoint_kinds(relation: str) -> tuple[VertexKind, VertexKind]:

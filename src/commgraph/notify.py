@@ -29,14 +29,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import apprise
 
+from commgraph.alerts import EDGE_KINDS
+from commgraph.alerts import describe as alert_words
 from commgraph.config import NotifySettings
 from commgraph.errors import CommgraphError
 from commgraph.web.auth import make_action_token
@@ -79,6 +81,8 @@ class AlertNotice:
     relation: str
     node: str
     at: float
+    detail: Mapping[str, Any] = field(default_factory=dict)  # alerts about a service/address
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +128,8 @@ class NotifyStats:
 def describe(notice: AlertNotice) -> str:
     """The alert in the owner's words."""
     src, dst, relation = notice.src, notice.dst, notice.relation
+    if notice.kind not in EDGE_KINDS:  # about a service, an address or the site
+        return alert_words(notice.kind, src, dst, relation, dict(notice.detail), notice.count)
     if notice.kind in _KNOWN_EDGE_WORDS:
         return f"{_edge_words(src, dst, relation)}: {_KNOWN_EDGE_WORDS[notice.kind]}"
     if notice.kind != "new-edge":

@@ -12,6 +12,13 @@ Rules:
   ``monitor`` alerts, ``protect`` alerts and blocks. The owner's choice beats the config's
   per-service override, which beats the site default.
 
+Admission: the site has a bootstrap period (``site``, by default the learning duration) from
+its first event. A service first seen after it is a newcomer: with ``admission`` ``learn`` it
+learns as before; with ``ask`` it learns and the owner is asked "is this yours?"; with
+``hold`` it is ``held`` (its traffic is blocked) until the owner approves it, which starts its
+learning phase. A denied newcomer is ``denied`` for good. A service that adopts a trusted
+model is no newcomer.
+
 Every change of phase goes through :data:`TRANSITIONS`; anything else is a bug.
 """
 
@@ -23,6 +30,7 @@ from enum import StrEnum
 
 __all__ = [
     "TRANSITIONS",
+    "Admission",
     "LearningPhases",
     "LearningSettings",
     "Mode",
@@ -36,6 +44,16 @@ __all__ = [
 class Phase(StrEnum):
     LEARNING = "learning"
     ACTIVE = "active"
+    HELD = "held"  # a newcomer waiting for the owner; its traffic is blocked
+    DENIED = "denied"  # a newcomer (or service) the owner refused
+
+
+class Admission(StrEnum):
+    """What happens to a service first seen after the site's bootstrap period."""
+
+    LEARN = "learn"  # it learns on its own, silently
+    ASK = "ask"  # it learns, and the owner is asked whether it belongs
+    HOLD = "hold"  # it is blocked until the owner approves it
 
 
 class Mode(StrEnum):
@@ -49,6 +67,9 @@ class PhaseEvent(StrEnum):
     LEARNED = "learned"  # duration over and enough events seen
     RESET = "reset"  # the owner restarts learning
     ADOPTED = "adopted"  # first sighting with a trusted model of the service: no learning
+    HELD = "held"  # first sighting of a newcomer under ``hold``
+    ADMITTED = "admitted"  # the owner approved a held or denied newcomer: it learns
+    DENIED = "denied"  # the owner denied a newcomer
 
 
 # (phase before, what happened) -> phase after. None = not yet seen.
@@ -59,6 +80,16 @@ TRANSITIONS: dict[tuple[Phase | None, PhaseEvent], Phase] = {
     (Phase.LEARNING, PhaseEvent.LEARNED): Phase.ACTIVE,
     (Phase.LEARNING, PhaseEvent.RESET): Phase.LEARNING,
     (Phase.ACTIVE, PhaseEvent.RESET): Phase.LEARNING,
+    (None, PhaseEvent.HELD): Phase.HELD,
+    (Phase.HELD, PhaseEvent.ADMITTED): Phase.LEARNING,
+    (Phase.HELD, PhaseEvent.ADOPTED): Phase.ACTIVE,  # approved, and a site model exists
+    (Phase.HELD, PhaseEvent.DENIED): Phase.DENIED,
+    (Phase.HELD, PhaseEvent.RESET): Phase.LEARNING,
+    (Phase.LEARNING, PhaseEvent.DENIED): Phase.DENIED,
+    (Phase.ACTIVE, PhaseEvent.DENIED): Phase.DENIED,
+    (Phase.DENIED, PhaseEvent.ADMITTED): Phase.LEARNING,
+    (Phase.DENIED, PhaseEvent.ADOPTED): Phase.ACTIVE,
+    (Phase.DENIED, PhaseEvent.RESET): Phase.LEARNING,
 }
 
 
@@ -72,6 +103,17 @@ class LearningSettings:
     mode: Mode = Mode.MONITOR
     modes: Mapping[str, Mode] = field(default_factory=dict)
     block_pending: bool = True
+    site: float | None = None  # the site's bootstrap period; None: the learning duration
+    admission: Admission | None = None  # None: ask in learn/monitor mode, hold in protect
+
+    @property
+    def bootstrap(self) -> float:
+        return self.duration if self.site is None else self.site
+
+    def admission_for(self, mode: Mode) -> Admission:
+        if self.admission is not None:
+            return self.admission
+        return Admission.HOLD if mode is Mode.PROTECT else Admission.ASK
 
     def duration_for(self, service: str) -> float:
         return self.durations.get(service, self.duration)
@@ -123,8 +165,10 @@ class LearningPhases:
         Starts its phase on the first sighting, or restarts the clock after a reset.
         """
         state = self.states.get(vid)
-        if state is not None and state.started_at is not None:
-            return None
+        if state is not None and (
+            state.started_at is not None or state.phase in (Phase.HELD, Phase.DENIED)
+        ):
+            return None  # its clock runs, or waits for the owner
         before = None if state is None else state.phase
         after = self._move(state, PhaseEvent.SIGHTED)
         ends = ts + self.settings.duration_for(service)
@@ -136,9 +180,36 @@ class LearningPhases:
         state.events_at_start = events
         return PhaseChange(service, before, after, ts, PhaseEvent.SIGHTED)
 
+    def hold(self, vid: int, service: str, ts: float) -> PhaseChange:
+        """First sighting of a newcomer under ``hold``: no clock until the owner approves."""
+        after = self._move(self.states.get(vid), PhaseEvent.HELD)
+        self.states[vid] = ServicePhase(service=service, phase=after, started_at=None, ends_at=None)
+        return PhaseChange(service, None, after, ts, PhaseEvent.HELD)
+
+    def admit(self, vid: int, at: float) -> PhaseChange:
+        """The owner approved a held (or denied) newcomer: it learns from its next event."""
+        state = self.states[vid]
+        before = state.phase
+        state.phase = self._move(state, PhaseEvent.ADMITTED)
+        state.started_at = state.ends_at = state.learned_at = None
+        return PhaseChange(state.service, before, state.phase, at, PhaseEvent.ADMITTED)
+
+    def deny(self, vid: int, at: float) -> PhaseChange:
+        state = self.states[vid]
+        before = state.phase
+        state.phase = self._move(state, PhaseEvent.DENIED)
+        return PhaseChange(state.service, before, state.phase, at, PhaseEvent.DENIED)
+
     def adopt(self, vid: int, service: str, ts: float, model_from: str) -> PhaseChange:
-        """First sighting of a service whose type has a trusted model: active at once."""
-        after = self._move(self.states.get(vid), PhaseEvent.ADOPTED)
+        """First sighting of a service whose type has a trusted model: active at once (also
+        for a held newcomer the owner approved)."""
+        before = self.states.get(vid)
+        after = self._move(before, PhaseEvent.ADOPTED)
+        if before is not None:
+            was = before.phase
+            before.phase, before.started_at, before.ends_at = after, ts, ts
+            before.learned_at, before.model_from = ts, model_from
+            return PhaseChange(service, was, after, ts, PhaseEvent.ADOPTED)
         self.states[vid] = ServicePhase(
             service=service,
             phase=after,

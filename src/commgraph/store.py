@@ -22,14 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from commgraph.alerts import Action, Alert, AlertKind, AlertState, Decision
+from commgraph.alerts import NO_EDGE, Action, Alert, AlertKind, AlertState, Decision
 from commgraph.detectors import DetectorSettings, figures_from
+from commgraph.detectors.guardrails import GuardrailSettings
 from commgraph.engine import Changes, Engine, TimelineRow
 from commgraph.errors import StoreError
 from commgraph.events import VertexKind
 from commgraph.graph import SIZE_UNKNOWN, Graph, Label
 from commgraph.identity import Identity
-from commgraph.phases import LearningSettings, Mode, Phase, ServicePhase
+from commgraph.phases import Admission, LearningSettings, Mode, Phase, ServicePhase
 from commgraph.templates import Templates
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store"]
@@ -88,6 +89,21 @@ MIGRATIONS: list[str] = [
     # 4: per-edge figures of the rate, periodicity and size detectors (packed)
     """
     ALTER TABLE edges ADD COLUMN figures BLOB;
+    """,
+    # 5: alerts about a service, an address or the site (no edge), with what is known
+    """
+    CREATE TABLE alerts_5 (
+        id INTEGER PRIMARY KEY, edge INTEGER, kind TEXT NOT NULL,
+        state TEXT NOT NULL, count INTEGER NOT NULL,
+        first_seen REAL NOT NULL, last_seen REAL NOT NULL, node TEXT,
+        subject INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '{}');
+    INSERT INTO alerts_5 (id, edge, kind, state, count, first_seen, last_seen, node)
+        SELECT id, edge, kind, state, count, first_seen, last_seen, node FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_5 RENAME TO alerts;
+    CREATE INDEX alerts_by_state ON alerts (state);
+    CREATE INDEX alerts_by_edge ON alerts (edge);
+    CREATE INDEX alerts_by_subject ON alerts (subject);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -179,6 +195,8 @@ class Store:
                     "mode": settings.mode.value,
                     "modes": {k: v.value for k, v in settings.modes.items()},
                     "block_pending": settings.block_pending,
+                    "site": settings.site,
+                    "admission": settings.admission.value if settings.admission else None,
                 },
                 sort_keys=True,
             ),
@@ -196,6 +214,8 @@ class Store:
             mode=Mode(data["mode"]),
             modes={k: Mode(v) for k, v in data["modes"].items()},
             block_pending=bool(data["block_pending"]),
+            site=None if data.get("site") is None else float(data["site"]),
+            admission=Admission(data["admission"]) if data.get("admission") else None,
         )
 
     # -- loading --------------------------------------------------------------------------
@@ -208,6 +228,7 @@ class Store:
         node: str | None = None,
         templates: Templates | None = None,
         detectors: DetectorSettings | None = None,
+        guardrails: GuardrailSettings | None = None,
     ) -> Engine:
         """An engine resumed exactly where the stored one stopped (site models apart: the
         caller checks their signatures and adopts them)."""
@@ -217,6 +238,7 @@ class Store:
             node=node,
             templates=templates,
             detectors=detectors,
+            guardrails=guardrails,
         )
         graph, db = engine.graph, self._db
         for vid, name, kind, owner, first_seen, events in db.execute(
@@ -271,20 +293,22 @@ class Store:
                 mode=Mode(mode) if mode else None,
                 model_from=model_from,
             )
-        for aid, edge, kind, state, count, first, last, node_name in db.execute(
-            "SELECT id, edge, kind, state, count, first_seen, last_seen, node FROM alerts"
-            " ORDER BY id"
+        for aid, edge, kind, state, count, first, last, node_name, subject, detail in db.execute(
+            "SELECT id, edge, kind, state, count, first_seen, last_seen, node, subject, detail"
+            " FROM alerts ORDER BY id"
         ):
             engine.alerts.add(
                 Alert(
                     id=aid,
-                    edge=edge - 1,
+                    edge=NO_EDGE if edge is None else edge - 1,
                     kind=AlertKind(kind),
                     state=AlertState(state),
                     count=count,
                     first_seen=first,
                     last_seen=last,
                     node=node_name,
+                    subject=subject,
+                    detail=json.loads(detail),
                 )
             )
         for vid, instance in db.execute("SELECT service, instance FROM instances"):
@@ -309,6 +333,7 @@ class Store:
         if last_row is not None:
             engine.restore_minute(TimelineRow(*last_row))
         engine.take_changes()
+        engine.resumed()  # alerts of an older schema get their subjects (written next time)
         return engine
 
     # -- writing --------------------------------------------------------------------------
@@ -393,20 +418,22 @@ class Store:
             )
             alerts = engine.alerts.by_id
             db.executemany(
-                "INSERT INTO alerts (id, edge, kind, state, count, first_seen, last_seen, node)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                "INSERT INTO alerts (id, edge, kind, state, count, first_seen, last_seen, node,"
+                " subject, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                 " SET state = excluded.state, count = excluded.count,"
-                " last_seen = excluded.last_seen",
+                " last_seen = excluded.last_seen, detail = excluded.detail",
                 [
                     (
                         a.id,
-                        a.edge + 1,
+                        None if a.edge == NO_EDGE else a.edge + 1,
                         a.kind.value,
                         a.state.value,
                         a.count,
                         a.first_seen,
                         a.last_seen,
                         a.node,
+                        a.subject,
+                        json.dumps(a.detail, sort_keys=True),
                     )
                     for a in (alerts[i] for i in sorted(changes.alerts))
                 ],
@@ -472,8 +499,16 @@ class Store:
             )
             by_id = engine.alerts.by_id
             db.executemany(
-                "UPDATE alerts SET count = ?, last_seen = ? WHERE id = ?",
-                [(by_id[a].count, by_id[a].last_seen, a) for a in alerts],
+                "UPDATE alerts SET count = ?, last_seen = ?, detail = ? WHERE id = ?",
+                [
+                    (
+                        by_id[a].count,
+                        by_id[a].last_seen,
+                        json.dumps(by_id[a].detail, sort_keys=True),
+                        a,
+                    )
+                    for a in alerts
+                ],
             )
 
     def flush(self, engine: Engine) -> None:
@@ -495,8 +530,7 @@ class Store:
             "SELECT s.name, s.phase, s.mode AS owner_mode, s.started_at AS learning_started_at,"
             " s.ends_at AS learning_ends_at, s.learned_at, s.model_from, v.events, v.first_seen,"
             " (SELECT COUNT(*) FROM edges e WHERE e.src = s.vertex OR e.dst = s.vertex) AS edges,"
-            " (SELECT COUNT(*) FROM alerts a JOIN edges e ON e.id = a.edge"
-            "   WHERE a.state = 'pending' AND (e.src = s.vertex OR e.dst = s.vertex))"
+            " (SELECT COUNT(*) FROM alerts a WHERE a.state = 'pending' AND a.subject = s.vertex)"
             "   AS pending_alerts,"
             " (SELECT group_concat(instance, ' ') FROM instances i WHERE i.service = s.vertex)"
             "   AS instances"
@@ -548,22 +582,32 @@ class Store:
         return rows
 
     def alerts(self, *, state: str | None = None) -> list[dict[str, Any]]:
+        """Alerts, oldest first. An alert about a service, an address or the site has no
+        edge: its ``src`` is the subject's name, ``dst`` the node and ``relation`` its kind;
+        ``detail`` says what is known (client id, address, examples, counts)."""
         rows = self._rows(
-            "SELECT a.id, a.kind, vs.name AS src, vd.name AS dst, r.name AS relation,"
+            "SELECT a.id, a.kind,"
+            " COALESCE(vs.name, va.name, 'site') AS src,"
+            " COALESCE(vd.name, a.node, 'this node') AS dst,"
+            " COALESCE(r.name, a.kind) AS relation,"
             " a.state, a.count, a.first_seen, a.last_seen, a.node, a.edge,"
+            " va.name AS subject, a.detail,"
             " (SELECT d.by FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
             "   AS decided_by,"
             " (SELECT d.at FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
             "   AS decided_at,"
             " (SELECT d.reason FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
             "   AS reason"
-            " FROM alerts a JOIN edges e ON e.id = a.edge"
-            " JOIN vertices vs ON vs.id = e.src JOIN vertices vd ON vd.id = e.dst"
-            " JOIN relations r ON r.id = e.relation"
+            " FROM alerts a LEFT JOIN edges e ON e.id = a.edge"
+            " LEFT JOIN vertices vs ON vs.id = e.src LEFT JOIN vertices vd ON vd.id = e.dst"
+            " LEFT JOIN relations r ON r.id = e.relation"
+            " LEFT JOIN vertices va ON va.id = a.subject AND a.subject != 0"
             + (" WHERE a.state = ?" if state else "")
             + " ORDER BY a.id",
             (state,) if state else (),
         )
+        for row in rows:
+            row["detail"] = json.loads(row["detail"] or "{}")
         return rows
 
     def decisions(self) -> list[dict[str, Any]]:

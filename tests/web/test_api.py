@@ -218,6 +218,13 @@ async def test_services_list_with_progress(site: Site) -> None:
 
 
 async def test_service_still_learning_shows_progress(site: Site) -> None:
+    # a newcomer after the site learned, in protect mode: held until the owner approves it
+    site.daemon.observe(time.time(), "newcomer", "home/new", "publish", 1)
+    row = await site.get("/api/v1/services/newcomer")
+    assert row["phase"] == "held" and row["pending_alerts"] == 1
+    (question,) = [a for a in await site.get("/api/v1/alerts") if a["kind"] == "new-service"]
+    assert (question["src"], question["detail"]["examples"]) == ("newcomer", ["publish home/new"])
+    await site.post(f"/api/v1/alerts/{question['id']}/approve")
     site.daemon.observe(time.time(), "newcomer", "home/new", "publish", 1)
     row = await site.get("/api/v1/services/newcomer")
     assert row["phase"] == "learning"

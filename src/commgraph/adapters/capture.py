@@ -32,10 +32,9 @@ import dpkt  # type: ignore[import-untyped]
 
 from commgraph.adapters.pcap import (
     MAX_RECORD,
-    EventFields,
     LinkType,
-    PacketDecodeError,
     PacketDecoder,
+    PacketRecord,
     decode_frames,
 )
 from commgraph.errors import CommgraphError
@@ -338,7 +337,7 @@ def save_pcap(
 
 async def live_events(
     live: LiveCapture, decoder: PacketDecoder | None = None
-) -> AsyncIterator[tuple[int, EventFields | PacketDecodeError]]:
+) -> AsyncIterator[tuple[int, PacketRecord]]:
     """Decoded events of a live capture as they come, numbered from 1; runs until cancelled
     or the capture is closed."""
     if decoder is None:

@@ -61,6 +61,7 @@ from typing import Any, Final
 import dpkt  # type: ignore[import-untyped]
 
 from commgraph.adapters.mqtt.codec import (
+    Connack,
     Connect,
     MQTTDecodeError,
     MQTTDecoder,
@@ -68,6 +69,7 @@ from commgraph.adapters.mqtt.codec import (
     Publish,
     Subscribe,
 )
+from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.errors import EventDecodeError
 from commgraph.events import MAX_TS, Event
 
@@ -79,6 +81,7 @@ __all__ = [
     "LinkType",
     "PacketDecodeError",
     "PacketDecoder",
+    "PacketRecord",
     "decode_capture",
     "decode_frames",
     "read_events",
@@ -101,6 +104,11 @@ class PacketDecodeError(EventDecodeError):
         self.packet = packet
         where = "file header" if packet == 0 else f"packet {packet}"
         self.args = (f"{where}: {reason}",)
+
+
+PacketRecord = EventFields | PacketDecodeError | SignalNote
+"""What the decoder yields per packet: event fields, an error, or (with ``signals``) what an
+MQTT stream's protocol said."""
 
 
 class LinkType(IntEnum):
@@ -173,7 +181,18 @@ class DecoderStats:
 class _Flow:
     """A connection or exchange: its edge, and what its later packets need."""
 
-    __slots__ = ("closed", "dns", "dst", "forward", "isn", "last", "relation", "src", "stream")
+    __slots__ = (
+        "closed",
+        "dns",
+        "dst",
+        "forward",
+        "isn",
+        "last",
+        "mqtt",
+        "relation",
+        "src",
+        "stream",
+    )
 
     def __init__(self, src: str, dst: str, relation: str, last: float, forward: bytes) -> None:
         self.src = src
@@ -185,6 +204,7 @@ class _Flow:
         self.dns = False  # UDP: a DNS port is involved
         self.isn = 0  # TCP: the initiator's initial sequence number, when its SYN was seen
         self.stream: _MQTTStream | None = None
+        self.mqtt = 0  # with signals: 1 an MQTT connection opened, 2 and it was active
 
 
 class _Direction:
@@ -202,11 +222,12 @@ class _Direction:
 class _MQTTStream:
     """An MQTT connection seen from its SYN on; ``sides[0]`` is the client (initiator)."""
 
-    __slots__ = ("client", "client_ip", "dead", "sides")
+    __slots__ = ("client", "client_ip", "dead", "sides", "username")
 
     def __init__(self, client_ip: str, isn: int, max_packet: int) -> None:
         self.client_ip = client_ip
         self.client: str | None = None
+        self.username: str | None = None
         self.dead = False
         self.sides = (
             _Direction(MQTTDecoder(from_client=True, max_packet_size=max_packet), isn + 1 & _SEQ),
@@ -246,8 +267,10 @@ class PacketDecoder:
         max_ahead: int = 65_536,
         mqtt_max_packet: int = 16 * 1024 * 1024,
         on_dns: Callable[[DNSAnswer], None] | None = None,
+        signals: bool = False,
     ) -> None:
         self.mqtt_ports = mqtt_ports
+        self.signals = signals  # MQTT streams also yield SignalNotes, for the guardrails
         self.idle_timeout = idle_timeout
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_flows = max_flows
@@ -255,7 +278,7 @@ class PacketDecoder:
         self.mqtt_max_packet = mqtt_max_packet
         self.on_dns = on_dns
         self.stats = DecoderStats()
-        self.pending: list[tuple[int, EventFields | PacketDecodeError]] = []
+        self.pending: list[tuple[int, PacketRecord]] = []
         self._service_ports = frozenset(range(1024)) | SERVICE_PORTS | mqtt_ports
         # key: the packet's addresses + ports (TCP, UDP) or protocol + addresses (others),
         # in both directions; the value is the entry of the connection.
@@ -663,6 +686,9 @@ class PacketDecoder:
                 if syn:
                     entry.stream = _MQTTStream(entry.src, seq, self.mqtt_max_packet)
                     self.stats.mqtt_streams += 1
+                    if self.signals:
+                        entry.mqtt = 1
+                        self.pending.append((number, SignalNote(ts, Signal.OPENED, entry.src)))
                 else:
                     self.stats.mqtt_unsynced += 1
         elif flags & (_SYN | _ACK) == _SYN | _ACK and key != entry.forward:
@@ -671,6 +697,10 @@ class PacketDecoder:
                 stream.sides[1].expected = seq + 1 & _SEQ
         if flags & (_FIN | _RST):
             entry.closed = True
+            if entry.mqtt:
+                note = SignalNote(ts, Signal.CLOSED, entry.src, active=entry.mqtt == 2)
+                self.pending.append((number, note))
+                entry.mqtt = 0
         return entry
 
     # -- DHCP -------------------------------------------------------------------------------
@@ -838,7 +868,17 @@ class PacketDecoder:
         try:
             packets = side.decoder.feed(payload)
         except MQTTDecodeError as exc:
-            self._mqtt_events(stream, from_client, exc.packets, ts, number)
+            self._mqtt_events(stream, from_client, exc.packets, ts, number, entry)
+            if from_client and entry.mqtt:
+                note = SignalNote(
+                    ts,
+                    Signal.MALFORMED,
+                    stream.client_ip,
+                    entry.mqtt == 2,
+                    stream.client,
+                    stream.username,
+                )
+                self.pending.append((number, note))
             self._give_up(entry, "error")
             where = f"{entry.src} -> {entry.dst} {entry.relation}"
             self.pending.append(
@@ -853,7 +893,7 @@ class PacketDecoder:
             )
             return
         if packets:
-            self._mqtt_events(stream, from_client, packets, ts, number)
+            self._mqtt_events(stream, from_client, packets, ts, number, entry)
 
     def _mqtt_events(
         self,
@@ -862,11 +902,17 @@ class PacketDecoder:
         packets: Sequence[Packet],
         ts: float,
         number: int,
+        entry: _Flow,
     ) -> None:
-        """The events the MQTT proxy would record for these packets."""
+        """The events the MQTT proxy would record for these packets (and, with
+        ``signals``, what the protocol says: first activity, refused CONNACKs)."""
         out = self.pending
         before = len(out)
         for packet in packets:
+            if entry.mqtt == 1 and from_client and type(packet) in (Publish, Subscribe):
+                entry.mqtt = 2
+                out.append((number, SignalNote(ts, Signal.ACTIVE, stream.client_ip, True)))
+                before += 1
             if type(packet) is Publish:
                 client = stream.client
                 if client is None or not _usable(packet.topic):
@@ -885,9 +931,23 @@ class PacketDecoder:
             elif type(packet) is Connect:
                 client = packet.client_id if _usable(packet.client_id) else stream.client_ip
                 stream.client = client
+                stream.username = packet.username
                 stream.sides[1].decoder.protocol_level = packet.protocol_level
                 if packet.will_topic is not None and _usable(packet.will_topic):
                     out.append((number, (ts, client, packet.will_topic, "publish", None)))
+            elif type(packet) is Connack and entry.mqtt:
+                v5 = stream.sides[1].decoder.protocol_level == 5
+                if packet.reason_code != 0 and (not v5 or packet.reason_code >= 0x80):
+                    note = SignalNote(
+                        ts,
+                        Signal.REFUSED,
+                        stream.client_ip,
+                        entry.mqtt == 2,
+                        stream.client,
+                        stream.username,
+                    )
+                    out.append((number, note))
+                    before += 1
         self.stats.mqtt_events += len(out) - before
 
     def _give_up(self, entry: _Flow, why: str) -> None:
@@ -980,7 +1040,7 @@ _RESYNC_SECONDS: Final = 30 * 86_400
 
 def read_packets(
     path: str | os.PathLike[str], *, decoder: PacketDecoder | None = None
-) -> Iterator[tuple[int, EventFields | PacketDecodeError]]:
+) -> Iterator[tuple[int, PacketRecord]]:
     """Decode a pcap or pcapng file: ``(packet number, event fields or error)``.
 
     The fields are valid for :meth:`commgraph.engine.Engine.observe_fields`. A topic-level
@@ -1004,6 +1064,8 @@ def read_events(
         if isinstance(item, PacketDecodeError):
             yield number, item
             continue
+        if isinstance(item, SignalNote):
+            continue
         ts, src, dst, relation, size = item
         try:
             yield number, Event(ts=ts, src=src, dst=dst, relation=relation, size=size, node=node)
@@ -1013,7 +1075,7 @@ def read_events(
 
 def decode_capture(
     data: Data, *, decoder: PacketDecoder | None = None
-) -> Iterator[tuple[int, EventFields | PacketDecodeError]]:
+) -> Iterator[tuple[int, PacketRecord]]:
     """:func:`read_packets` for a capture file's bytes already in memory."""
     if decoder is None:
         decoder = PacketDecoder()
@@ -1039,7 +1101,7 @@ def decode_frames(
     linktype: int = LinkType.ETHERNET,
     decoder: PacketDecoder | None = None,
     first: int = 1,
-) -> Iterator[tuple[int, EventFields | PacketDecodeError]]:
+) -> Iterator[tuple[int, PacketRecord]]:
     """Decode ``(ts, frame)`` pairs (a live capture's) as :func:`read_packets` decodes a
     file, numbering them from ``first``. An unreadable link type is one error, packet 0."""
     if decoder is None:
@@ -1067,9 +1129,7 @@ def decode_frames(
             pending.clear()
 
 
-def _read_pcap(
-    data: Data, decoder: PacketDecoder
-) -> Iterator[tuple[int, EventFields | PacketDecodeError]]:
+def _read_pcap(data: Data, decoder: PacketDecoder) -> Iterator[tuple[int, PacketRecord]]:
     order, divisor = _PCAP_MAGICS[bytes(data[:4])]
     size = len(data)
     if size < 24:
@@ -1237,9 +1297,7 @@ _DPKT_ERRORS: Final = (
 )
 
 
-def _read_pcapng(
-    data: Data, decoder: PacketDecoder
-) -> Iterator[tuple[int, EventFields | PacketDecodeError]]:
+def _read_pcapng(data: Data, decoder: PacketDecoder) -> Iterator[tuple[int, PacketRecord]]:
     if isinstance(data, mmap.mmap):
         data.seek(0)
         source: mmap.mmap | io.BytesIO = data

@@ -94,7 +94,7 @@ def open_recording(
         with path.open("rb") as probe:
             format = sniff(probe.read(4096))
     if format is Format.PCAP:
-        decoder = PacketDecoder(on_dns=on_dns, mqtt_ports=mqtt_ports)
+        decoder = PacketDecoder(on_dns=on_dns, mqtt_ports=mqtt_ports, signals=True)
         return Recording(Format.PCAP, read_packets(path, decoder=decoder), "packets")
     if format is Format.CONNLOG:
         # Reading a whole log makes a record per row and no garbage: the collector would

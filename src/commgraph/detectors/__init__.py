@@ -51,6 +51,7 @@ class DetectorSettings:
     burst_gap: float = 1.0  # gaps shorter than this are within one burst (request, answer)
     size_margin: float = 2.0  # outside [min / margin, max * margin], give or take the slack
     size_slack: int = 64  # bytes
+    rate_limit: bool = False  # in protect mode, drop what a rate alert is raised on
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kinds) - KINDS)

@@ -81,8 +81,10 @@ class Client:
         clean: bool = True,
         session_expiry: int | None = None,
         will: tuple[str, bytes, int] | None = None,
+        bind: str = "",
     ) -> None:
         self.port, self.client_id, self.protocol, self.clean = port, client_id, protocol, clean
+        self.bind = bind  # a loopback source address (127.0.0.x), for identity by address
         self.session_expiry = session_expiry
         extra: dict[str, Any] = {} if protocol == MQTTv5 else {"clean_session": clean}
         self.paho = mqtt.Client(
@@ -142,10 +144,15 @@ class Client:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.session_expiry
             self.paho.connect(
-                HOST, self.port, keepalive=30, clean_start=self.clean, properties=props
+                HOST,
+                self.port,
+                keepalive=30,
+                bind_address=self.bind,
+                clean_start=self.clean,
+                properties=props,
             )
         else:
-            self.paho.connect(HOST, self.port, keepalive=30)
+            self.paho.connect(HOST, self.port, keepalive=30, bind_address=self.bind)
         if loop is None:
             self.paho.loop_start()
         else:
@@ -364,8 +371,9 @@ def connect_packet(client_id: str, protocol: int) -> bytes:
 class RawConnection:
     """A bare TCP connection speaking MQTT byte by byte."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    def __init__(self, port: int, bind: str = "") -> None:
+        source = (bind, 0) if bind else None
+        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT, source_address=source)
         self.buffer = b""
 
     def send(self, data: bytes) -> None:

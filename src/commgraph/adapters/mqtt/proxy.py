@@ -12,7 +12,14 @@ in; the proxy writes bytes of its own only where it enforces:
 - a blocked delivery (broker -> client PUBLISH) is dropped and acknowledged to the broker on
   the client's behalf;
 - a PUBLISH that uses a v5 topic alias whose defining packet was dropped gets its topic
-  written back in, so the peer never sees an alias it does not know.
+  written back in, so the peer never sees an alias it does not know;
+- a CONNECT the node refuses (a denied newcomer or address in protect mode) is answered by
+  the proxy with a refusing CONNACK (v5: 0x87 Not authorized; 3.1.1: 0x05 Not authorized),
+  as a broker refuses bad credentials, and never reaches the broker.
+
+What the protocol itself says about a client goes to ``signal``: connections opened, their
+first PUBLISH or SUBSCRIBE, their close, CONNACKs the broker refused, and protocol errors.
+The guardrails count them per address (brute force, fuzzing, connection floods).
 
 Backpressure: when one side's write buffer is full, the other side stops reading. Nothing is
 buffered without bound; a packet larger than ``max_packet_size`` closes the connection.
@@ -32,6 +39,7 @@ from typing import cast
 
 from commgraph.adapters.mqtt.codec import (
     Ack,
+    Connack,
     Connect,
     MQTTDecodeError,
     MQTTDecoder,
@@ -40,11 +48,13 @@ from commgraph.adapters.mqtt.codec import (
     Suback,
     Subscribe,
     encode_ack,
+    encode_connack,
     encode_suback,
     encode_subscribe,
     with_topic,
 )
 from commgraph.config import Address, MQTTSettings
+from commgraph.detectors.guardrails import Signal
 from commgraph.engine import Verdict
 
 __all__ = ["ClientIdentity", "MQTTProxy", "ProxyStats"]
@@ -52,6 +62,7 @@ __all__ = ["ClientIdentity", "MQTTProxy", "ProxyStats"]
 log = logging.getLogger("commgraph.proxy")
 
 NOT_AUTHORIZED_V5 = 0x87
+NOT_AUTHORIZED_V3 = 0x05  # CONNACK return code
 FAILURE_V3 = 0x80
 _HIGH_WATER = 256 * 1024
 # asyncio's default of 100 pending connections drops SYNs when a whole site reconnects at
@@ -72,7 +83,10 @@ class ClientIdentity:
 
 # (ts, src, dst, relation, size) -> verdict: the engine's observe_fields, or a test's function
 Observe = Callable[[float, str, str, str, "int | None"], Verdict]
-Identify = Callable[[ClientIdentity, float], str]
+# (client, ts) -> the address its events carry, or None: refuse its CONNECT
+Identify = Callable[[ClientIdentity, float], "str | None"]
+# (signal, peer IP, ts, ever active, client if known) -> True: refuse this connection
+OnSignal = Callable[[Signal, str, float, bool, "ClientIdentity | None"], bool]
 
 
 @dataclass(slots=True)
@@ -84,6 +98,7 @@ class ProxyStats:
     packets: int = 0
     blocked: int = 0
     decode_errors: int = 0
+    refused: int = 0  # CONNECTs the node refused
     engine_errors: int = 0
     upstream_errors: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
@@ -105,6 +120,8 @@ class MQTTProxy:
         *,
         node: str | None = None,
         clock: Callable[[], float] = time.time,
+        release: Callable[[str], None] | None = None,
+        signal: OnSignal | None = None,
     ) -> None:
         if settings.upstream is None or (settings.listen is None and settings.tls is None):
             raise ValueError("the proxy needs [mqtt] listen (or tls.listen) and upstream")
@@ -113,6 +130,8 @@ class MQTTProxy:
         self.identify = identify
         self.node = node
         self.clock = clock
+        self.release = release
+        self.on_signal = signal
         self.stats = ProxyStats()
         self._servers: list[asyncio.Server] = []
         self._connections: set[_ClientSide] = set()
@@ -178,6 +197,20 @@ class MQTTProxy:
 
     # -- called by the protocols ---------------------------------------------------------
 
+    def signal(
+        self, kind: Signal, ip: str, active: bool = False, client: ClientIdentity | None = None
+    ) -> bool:
+        """Tell the node about a connection; True: refuse it. Failures never stop traffic."""
+        if self.on_signal is None:
+            return False
+        try:
+            return self.on_signal(kind, ip, self.clock(), active, client)
+        except Exception:
+            self.stats.engine_errors += 1
+            if self.stats.engine_errors <= 10 or self.stats.engine_errors % 1000 == 0:
+                log.exception("the engine failed on a %s signal from %s", kind.value, ip)
+            return False
+
     def verdict(self, ts: float, src: str, dst: str, relation: str, size: int | None) -> bool:
         """Whether to block this event; the engine failing never stops the traffic."""
         try:
@@ -237,8 +270,12 @@ class _ClientSide(_Side):
         self.decoder = MQTTDecoder(from_client=True, max_packet_size=settings.max_packet_size)
         self.broker: _BrokerSide | None = None
         self.address: str | None = None  # the engine's key for this client
+        self.identity: ClientIdentity | None = None
         self.v5 = False
         self.peer_name = "?"
+        self.ip = "?"
+        self.opened = False  # the node was told this connection opened
+        self.active = False  # it sent a PUBLISH or SUBSCRIBE
         self.cert_cn: str | None = None
         # QoS 2 flows the proxy answers itself (packet ids), per direction
         self.swallowed_from_client: set[int] = set()
@@ -261,12 +298,19 @@ class _ClientSide(_Side):
         self._setup(transport)
         peer = transport.get_extra_info("peername")
         self.peer_name = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.ip = str(peer[0]) if peer else "?"
         if self.tls:
             self.cert_cn = _common_name(transport.get_extra_info("peercert"))
         stats = self.proxy.stats
         stats.connections_total += 1
         stats.connections_open += 1
         self.proxy._connections.add(self)
+        self.opened = True
+        if self.proxy.signal(Signal.OPENED, self.ip):
+            # an address the owner denied, or beyond its connection ceiling, in protect mode
+            self.proxy.stats.refused += 1
+            self.abort()
+            return
         loop = asyncio.get_running_loop()
         self.timeout = loop.call_later(self.proxy.settings.connect_timeout, self._connect_timeout)
         self.opening = loop.create_task(self._open_upstream())
@@ -334,6 +378,15 @@ class _ClientSide(_Side):
         if self in self.proxy._connections:
             self.proxy._connections.discard(self)
             self.proxy.stats.connections_open -= 1
+        if self.opened:
+            self.opened = False
+            self.proxy.signal(Signal.CLOSED, self.ip, self.active, self.identity)
+        if self.address is not None and self.proxy.release is not None:
+            address, self.address = self.address, None
+            try:
+                self.proxy.release(address)
+            except Exception:
+                log.exception("releasing %r failed", address)
 
     # -- client -> broker ------------------------------------------------------------------
 
@@ -348,7 +401,10 @@ class _ClientSide(_Side):
             packets = self.decoder.feed(data)
         except MQTTDecodeError as exc:
             self.proxy.stats.decode_errors += 1
-            log.warning("closing %s (%s): %s", self.peer_name, self.address or "no CONNECT", exc)
+            log.warning(
+                "closing %s (%s): %s", self.peer_name, self.address or "no CONNECT", str(exc)
+            )
+            self.proxy.signal(Signal.MALFORMED, self.ip, self.active, self.identity)
             self.abort()
             return
         self.now = self.proxy.clock()  # one reading of the clock per read, not per packet
@@ -356,8 +412,12 @@ class _ClientSide(_Side):
         for packet in packets:
             self.proxy.stats.packets += 1
             if type(packet) is Publish:
+                if not self.active:
+                    self._activate()
                 self._client_publish(packet, out)
             elif type(packet) is Subscribe:
+                if not self.active:
+                    self._activate()
                 self._subscribe(packet, out)
             elif type(packet) is Ack and packet.type is PacketType.PUBREL:
                 if packet.packet_id in self.swallowed_from_client:
@@ -366,7 +426,8 @@ class _ClientSide(_Side):
                 else:
                     out.append(packet.raw)
             elif type(packet) is Connect:
-                self._connect(packet)
+                if not self._connect(packet):
+                    return  # refused: nothing more of this client reaches the broker
                 out.append(packet.raw)
             else:
                 out.append(packet.raw)
@@ -377,19 +438,33 @@ class _ClientSide(_Side):
         if self.broker is not None:  # always: data_received waits for the broker
             self.broker.write(data)
 
-    def _connect(self, packet: Connect) -> None:
+    def _activate(self) -> None:
+        self.active = True
+        self.proxy.signal(Signal.ACTIVE, self.ip, True, self.identity)
+
+    def _connect(self, packet: Connect) -> bool:
+        """Identify the client; False if the node refuses it (answered and closed)."""
         self.v5 = packet.protocol_level == 5
         if self.timeout is not None:
             self.timeout.cancel()
             self.timeout = None
         identity = ClientIdentity(packet.client_id, packet.username, self.cert_cn, self.peer_name)
+        self.identity = identity
         self.address = self.proxy.identify(identity, self.now)
+        if self.address is None:
+            self.proxy.stats.refused += 1
+            log.info("refusing the CONNECT of %r from %s", packet.client_id, self.peer_name)
+            code = NOT_AUTHORIZED_V5 if self.v5 else NOT_AUTHORIZED_V3
+            self.write(encode_connack(False, code, v5=self.v5))
+            self.close()
+            return False
         if self.broker is not None:
             self.broker.decoder.protocol_level = packet.protocol_level
         if packet.will_topic is not None:
             # The will is a message the client may send: its edge is learned like any other.
             # (Blocking it would mean rewriting the CONNECT; a denied will is only reported.)
             self._event(packet.will_topic, "publish", None)
+        return True
 
     def _event(self, topic: str, relation: str, size: int | None) -> bool:
         """Observe client <-> topic at the time of the current read; True: block it."""
@@ -462,6 +537,11 @@ class _ClientSide(_Side):
                 out.append(_forwardable(packet, self.aliases_unknown_to_client, self.v5))
             elif type(packet) is Suback and packet.packet_id in self.suback_plan:
                 out.append(self._merged_suback(packet))
+            elif type(packet) is Connack:
+                if packet.reason_code != 0 and (not self.v5 or packet.reason_code >= 0x80):
+                    # the broker refused the client: bad credentials, not authorized, banned
+                    self.proxy.signal(Signal.REFUSED, self.ip, self.active, self.identity)
+                out.append(packet.raw)
             elif type(packet) is Ack and packet.type is PacketType.PUBREL:
                 if packet.packet_id in self.swallowed_from_broker:
                     self.swallowed_from_broker.discard(packet.packet_id)
