@@ -246,10 +246,10 @@ def describe(
         if "services" in detail:  # a grouped question for the whole site
             names = list(detail["services"])
             total = len(names) + int(detail.get("more", 0))
-            where = "" if dst == "this node" else f" to {dst}"
-            return f"{total} new devices connected{where} at once: {_listed(names, total)}"
-        where = detail.get("address")
-        said = f"a new device {src}" + (f" ({where})" if where and where != src else "")
+            to = "" if dst == "this node" else f" to {dst}"
+            return f"{total} new devices connected{to} at once: {_listed(names, total)}"
+        address = detail.get("address")
+        said = f"a new device {src}" + (f" ({address})" if address and address != src else "")
         said += " appeared" if dst == "this node" else f" connected to {dst}"
         examples = list(detail.get("examples", ()))
         if examples:
