@@ -32,7 +32,7 @@ from commgraph.identity import Identity
 from commgraph.phases import LearningSettings, Mode, Phase, ServicePhase
 from commgraph.templates import Templates
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store"]
+__all__ = ["ALERT_LISTING_INDEXES", "MIGRATIONS", "SCHEMA_VERSION", "Store"]
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -91,6 +91,27 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Indexes the alert listings rely on, for the next migration to create. An alert's decision
+# is looked up by its alert column (without this index, every alert shown scans the whole
+# audit log). The listings pick a page on alerts_by_state, which holds (state, id): re-create
+# it if a migration rebuilds the alerts table.
+ALERT_LISTING_INDEXES = """
+    CREATE INDEX IF NOT EXISTS decisions_by_alert ON decisions (alert);
+    CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts (state);
+"""
+
+# A row per alert of {source} (a FROM item that calls the alerts ``a``), with its latest
+# decision.
+_ALERT_ROW = (
+    "SELECT a.id, a.kind, vs.name AS src, vd.name AS dst, r.name AS relation,"
+    " a.state, a.count, a.first_seen, a.last_seen, a.node, a.edge,"
+    " d.by AS decided_by, d.at AS decided_at, d.reason"
+    " FROM {source} JOIN edges e ON e.id = a.edge"
+    " JOIN vertices vs ON vs.id = e.src JOIN vertices vd ON vd.id = e.dst"
+    " JOIN relations r ON r.id = e.relation"
+    " LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE alert = a.id)"
+)
 
 
 class Store:
@@ -547,29 +568,53 @@ class Store:
             row["rate_per_min"] = figures.rate_per_min
         return rows
 
-    def alerts(self, *, state: str | None = None) -> list[dict[str, Any]]:
-        rows = self._rows(
-            "SELECT a.id, a.kind, vs.name AS src, vd.name AS dst, r.name AS relation,"
-            " a.state, a.count, a.first_seen, a.last_seen, a.node, a.edge,"
-            " (SELECT d.by FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
-            "   AS decided_by,"
-            " (SELECT d.at FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
-            "   AS decided_at,"
-            " (SELECT d.reason FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
-            "   AS reason"
-            " FROM alerts a JOIN edges e ON e.id = a.edge"
-            " JOIN vertices vs ON vs.id = e.src JOIN vertices vd ON vd.id = e.dst"
-            " JOIN relations r ON r.id = e.relation"
-            + (" WHERE a.state = ?" if state else "")
-            + " ORDER BY a.id",
-            (state,) if state else (),
+    def alerts(
+        self,
+        *,
+        state: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Alerts (optionally in one state) by id, oldest first unless ``newest_first``: the
+        ``limit`` (None: all) after skipping ``offset``. The page is chosen on the alerts'
+        own index before any join, so a page costs the same wherever it lies."""
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValueError(f"limit and offset must not be negative (got {limit}, {offset})")
+        order = "DESC" if newest_first else "ASC"
+        page = (
+            "SELECT id FROM alerts"
+            + (" WHERE state = ?" if state else "")
+            + f" ORDER BY id {order} LIMIT ? OFFSET ?"
         )
-        return rows
+        params = (*((state,) if state else ()), -1 if limit is None else limit, offset)
+        return self._rows(
+            _ALERT_ROW.format(source=f"({page}) AS page JOIN alerts a ON a.id = page.id")
+            + f" ORDER BY a.id {order}",
+            params,
+        )
 
-    def decisions(self) -> list[dict[str, Any]]:
+    def alert(self, alert_id: int) -> dict[str, Any] | None:
+        """One alert, as :meth:`alerts` lists it; None if there is no such alert."""
+        rows = self._rows(_ALERT_ROW.format(source="alerts a") + " WHERE a.id = ?", (alert_id,))
+        return rows[0] if rows else None
+
+    def count_alerts(self, state: str | None = None) -> int:
+        """How many alerts :meth:`alerts` would list without a limit, counted on the index."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM alerts" + (" WHERE state = ?" if state else ""),
+            (state,) if state else (),
+        ).fetchone()
+        return int(row[0])
+
+    def decisions(
+        self, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[dict[str, Any]]:
+        """The audit log by id, oldest first unless ``newest_first``; ``limit`` (None: all)."""
         return self._rows(
             "SELECT id, action, by, at, reason, alert, service, src, dst, relation, detail"
-            " FROM decisions ORDER BY id"
+            f" FROM decisions ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?",
+            (-1 if limit is None else limit,),
         )
 
     def use_token(self, nonce: str, at: float) -> bool:
