@@ -392,6 +392,18 @@ def test_pages_are_slices_of_the_whole_listing(tmp_path: Path) -> None:
         assert [store.alert(row["id"]) for row in whole] == whole
 
 
+def test_services_count_their_edges_and_pending_alerts(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    seed_alerts(db, 300, services=7)
+    with Store(db) as store:
+        edges, pending = store.edges(), store.alerts(state="pending")
+        for row in store.services():
+            name = row["name"]
+            assert row["edges"] == sum(name in (e["src"], e["dst"]) for e in edges)
+            assert row["pending_alerts"] == sum(name in (a["src"], a["dst"]) for a in pending)
+            assert row["pending_alerts"] > 0
+
+
 def test_recent_decisions_newest_first(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     seed_alerts(db, 30)

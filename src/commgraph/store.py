@@ -515,13 +515,21 @@ class Store:
         rows = self._rows(
             "SELECT s.name, s.phase, s.mode AS owner_mode, s.started_at AS learning_started_at,"
             " s.ends_at AS learning_ends_at, s.learned_at, s.model_from, v.events, v.first_seen,"
-            " (SELECT COUNT(*) FROM edges e WHERE e.src = s.vertex OR e.dst = s.vertex) AS edges,"
-            " (SELECT COUNT(*) FROM alerts a JOIN edges e ON e.id = a.edge"
-            "   WHERE a.state = 'pending' AND (e.src = s.vertex OR e.dst = s.vertex))"
-            "   AS pending_alerts,"
+            " COALESCE(n.edges, 0) AS edges, COALESCE(p.alerts, 0) AS pending_alerts,"
             " (SELECT group_concat(instance, ' ') FROM instances i WHERE i.service = s.vertex)"
             "   AS instances"
-            " FROM services s JOIN vertices v ON v.id = s.vertex ORDER BY s.name"
+            " FROM services s JOIN vertices v ON v.id = s.vertex"
+            # counted in one pass each, not once per service: an edge counts for both ends
+            " LEFT JOIN (SELECT vertex, COUNT(*) AS edges FROM"
+            "   (SELECT src AS vertex FROM edges UNION ALL SELECT dst FROM edges WHERE dst <> src)"
+            "   GROUP BY vertex) n ON n.vertex = s.vertex"
+            " LEFT JOIN (SELECT vertex, COUNT(*) AS alerts FROM"
+            "   (SELECT e.src AS vertex FROM alerts a JOIN edges e ON e.id = a.edge"
+            "     WHERE a.state = 'pending'"
+            "    UNION ALL SELECT e.dst FROM alerts a JOIN edges e ON e.id = a.edge"
+            "     WHERE a.state = 'pending' AND e.dst <> e.src)"
+            "   GROUP BY vertex) p ON p.vertex = s.vertex"
+            " ORDER BY s.name"
         )
         for row in rows:
             owner_mode = row.pop("owner_mode")
