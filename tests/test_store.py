@@ -325,6 +325,7 @@ def test_one_alert_by_its_id(many: Store) -> None:
         "seeded 1",
     )
     assert many.alert(0) is None and many.alert(MANY + 1) is None
+    assert many.alert(2**64) is None and many.alert(-(2**64)) is None
 
 
 def plans(store: Store, call: Callable[[], object]) -> list[str]:

@@ -604,6 +604,8 @@ class Store:
 
     def alert(self, alert_id: int) -> dict[str, Any] | None:
         """One alert, as :meth:`alerts` lists it; None if there is no such alert."""
+        if not -(2**63) <= alert_id < 2**63:  # beyond any SQLite integer
+            return None
         rows = self._rows(_ALERT_ROW.format(source="alerts a") + " WHERE a.id = ?", (alert_id,))
         return rows[0] if rows else None
 

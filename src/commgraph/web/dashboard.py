@@ -343,10 +343,10 @@ def _act_read(request: web.Request) -> tuple[ActionToken, dict[str, Any]] | web.
         except TokenError:
             status = 400
         return _act_refused(request, status, "This link cannot be used", str(exc))
-    found = [a for a in request.app[NODE].store.alerts() if a["id"] == parsed.alert]
-    if not found:
+    alert = request.app[NODE].store.alert(parsed.alert)
+    if alert is None:
         return _act_refused(request, 404, "Unknown alert", f"There is no alert {parsed.alert}.")
-    return parsed, found[0]
+    return parsed, alert
 
 
 def _act_refused(request: web.Request, status: int, title: str, message: str) -> web.Response:
