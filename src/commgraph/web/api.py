@@ -43,7 +43,7 @@ from commgraph.phases import Mode
 from commgraph.web.app import CREDENTIALS, NODE, Node
 from commgraph.web.auth import TokenError, read_action_token, same_secret
 
-__all__ = ["COOKIE", "OPENAPI", "authorized", "model_rows", "setup"]
+__all__ = ["COOKIE", "OPENAPI", "authorized", "model_rows", "setup", "whole_number"]
 
 COOKIE: Final = "commgraph_token"
 PREFIX: Final = "/api/v1"
@@ -177,7 +177,7 @@ def _choice(request: web.Request, name: str, allowed: Iterable[str]) -> str | No
     return value
 
 
-def _digits(text: str) -> int | None:
+def whole_number(text: str) -> int | None:
     """``text`` as a whole number if it is ASCII digits only (no sign, space, decimals or
     exponent), else None."""
     if not (text.isascii() and text.isdigit()):
@@ -188,7 +188,7 @@ def _digits(text: str) -> int | None:
         return None
 
 
-def _whole_number(
+def _whole_param(
     request: web.Request, name: str, *, default: int, least: int = 0, most: int | None = None
 ) -> int:
     """Query parameter ``name`` as a whole number from ``least`` (to ``most``), ``default``
@@ -196,7 +196,7 @@ def _whole_number(
     text = request.query.get(name)
     if text is None:
         return default
-    value = _digits(text)
+    value = whole_number(text)
     if value is None or value < least or (most is not None and value > most):
         allowed = f"{least} or more" if most is None else f"from {least} to {most}"
         shown = text if len(text) <= 40 else text[:40] + "..."
@@ -208,7 +208,7 @@ def _whole_number(
 
 def _alert_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    value = _digits(text)
+    value = whole_number(text)
     if value is None:
         raise ApiError(400, f"alert id must be a positive integer, not {text!r}")
     return value
@@ -377,8 +377,8 @@ async def list_alerts(request: web.Request) -> web.Response:
     """One page of alerts, oldest first; ``X-Total-Count`` says how many match, ``Link`` where
     the next and previous pages are."""
     state = _choice(request, "state", (s.value for s in AlertState))
-    limit = _whole_number(request, "limit", default=ALERTS_LIMIT, least=1, most=ALERTS_LIMIT_MAX)
-    offset = _whole_number(request, "offset", default=0)
+    limit = _whole_param(request, "limit", default=ALERTS_LIMIT, least=1, most=ALERTS_LIMIT_MAX)
+    offset = _whole_param(request, "offset", default=0)
     store = _node(request).store
     total = store.count_alerts(state)
     offset = min(offset, total)  # past the end is the empty page, whatever the number
@@ -600,7 +600,7 @@ def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
-def _whole_query(
+def _integer_query(
     name: str, description: str, *, default: int, minimum: int = 0, maximum: int | None = None
 ) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "default": default}
@@ -777,14 +777,14 @@ OPENAPI: Final[dict[str, Any]] = {
                 "operationId": "listAlerts",
                 "parameters": [
                     _query("state", [s.value for s in AlertState]),
-                    _whole_query(
+                    _integer_query(
                         "limit",
                         "How many alerts at most.",
                         default=ALERTS_LIMIT,
                         minimum=1,
                         maximum=ALERTS_LIMIT_MAX,
                     ),
-                    _whole_query("offset", "How many matching alerts to skip.", default=0),
+                    _integer_query("offset", "How many matching alerts to skip.", default=0),
                 ],
                 "responses": {
                     "200": {
