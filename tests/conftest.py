@@ -11,6 +11,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -311,3 +312,75 @@ def start_proxy(tmp_path: Path, mosquitto: Broker) -> Iterator[Callable[..., Pro
             except subprocess.TimeoutExpired:
                 proxy.process.kill()
                 proxy.process.wait(timeout=10)
+
+
+# -- a node with many alerts ------------------------------------------------------------------
+
+SEEDED_START = 1_700_000_000.0  # the seeded services learn for ten minutes from here
+
+
+def seeded_state(alert_id: int) -> str:
+    """The state of alert ``alert_id`` in :func:`seed_alerts`' database."""
+    return {1: "approved", 2: "denied"}.get(alert_id % 5, "pending")
+
+
+def seed_alerts(path: Path, count: int, *, services: int = 50) -> None:
+    """A node database whose ``services`` services learned one edge each, then raised
+    ``count`` new-edge alerts: alert i is service ``svc-{i % services}`` publishing to
+    ``site/svc-{i % services}/t{i}`` at SEEDED_START + 1000 + i, in :func:`seeded_state`
+    (decided ones by ``owner``, in the audit log). Written with executemany straight into a
+    fresh store's schema, so it takes well under a second; a Store or Daemon opened on it
+    afterwards loads it like any other."""
+    from commgraph.store import Store
+
+    Store(path).close()  # the current schema
+    t0 = SEEDED_START
+    names = [f"svc-{s}" for s in range(services)]
+    vertices = [(s + 1, name, "service", None, t0, 0) for s, name in enumerate(names)]
+    edges: list[tuple[Any, ...]] = []
+    alerts: list[tuple[Any, ...]] = []
+    decisions: list[tuple[Any, ...]] = []
+    for i in range(-services + 1, count + 1):  # ids <= 0: the learned edges, one per service
+        service = i % services
+        topic = f"site/{names[service]}/t{i}" if i > 0 else f"site/{names[service]}/learned"
+        at = t0 + 1000 + i if i > 0 else t0 + 1
+        vertices.append((len(vertices) + 1, topic, "topic", service + 1, at, 0))
+        state = seeded_state(i) if i > 0 else "learned"
+        edges.append(
+            (len(edges) + 1, service + 1, len(vertices), 0, state, 1, 5, at, at, 0.0, 0.0, 5, 5)
+        )
+        if i <= 0:
+            continue
+        alerts.append((i, len(edges), "new-edge", state, 1, at, at, None, service + 1))
+        if state != "pending":
+            action = "approve" if state == "approved" else "deny"
+            decisions.append((action, "owner", at + 60, f"seeded {i}", i, names[service], topic))
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("INSERT INTO relations (id, name) VALUES (0, 'publish')")
+        db.executemany("INSERT INTO vertices VALUES (?, ?, ?, ?, ?, ?)", vertices)
+        db.executemany(
+            "INSERT INTO edges (id, src, dst, relation, label, count, bytes, first_seen,"
+            " last_seen, ia_mean, ia_m2, size_min, size_max) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            edges,
+        )
+        db.executemany(
+            "INSERT INTO services (vertex, name, phase, started_at, ends_at, learned_at,"
+            " events_at_start) VALUES (?, ?, 'active', ?, ?, ?, 0)",
+            [(s + 1, name, t0, t0 + 600, t0 + 600) for s, name in enumerate(names)],
+        )
+        db.executemany(
+            "INSERT INTO alerts (id, edge, kind, state, count, first_seen, last_seen, node,"
+            " subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            alerts,
+        )
+        db.executemany(
+            "INSERT INTO decisions (action, by, at, reason, alert, src, dst, relation)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'publish')",
+            decisions,
+        )
+        db.execute(
+            "UPDATE vertices SET events = (SELECT COUNT(*) FROM edges WHERE src = vertices.id)"
+        )
+    db.close()

@@ -27,6 +27,16 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("connlog.py", {"connlog_rows_per_s", "parse_rows_per_s"}),
         ("models.py", {"envelope_bytes", "sign_ms", "open_ms", "merge_ms"}),
         (
+            "alert_pages.py",
+            {
+                "page_first_ms",
+                "page_last_ms",
+                "one_alert_ms",
+                "overview_ms",
+                "baseline_whole_listing_ms",
+            },
+        ),
+        (
             "mqtt_proxy.py",
             {"rtt_direct_p50_ms", "rtt_proxy_p50_ms", "msgs_per_s_direct", "msgs_per_s_proxy"},
         ),

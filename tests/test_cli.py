@@ -354,6 +354,14 @@ def test_alerts_state_filter(site: Path) -> None:
     assert len(listing(site, "alerts")) == 2
 
 
+def test_alerts_limit(site: Path) -> None:
+    assert [a["id"] for a in listing(site, "alerts", "--limit", "1")] == [1]
+    assert [a["id"] for a in listing(site, "alerts", "--limit", "5")] == [1, 2]
+    invoke(site, "approve", "1", "--by", "tester")
+    assert [a["id"] for a in listing(site, "alerts", "--state", "pending", "--limit", "1")] == [2]
+    assert_user_error(run("alerts", "--limit", "0", db=site), "--limit")
+
+
 def test_edges_filters(site: Path) -> None:
     pending = listing(site, "edges", "--label", "pending")
     assert {(e["src"], e["dst"], e["relation"]) for e in pending} == {SENSOR_VALVE, CTL_CLOUD}

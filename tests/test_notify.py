@@ -105,8 +105,10 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def notice(n: int = 1, *, src: str = "thermo-kitchen", dst: str = "valves/kitchen/set",
-           relation: str = "publish", kind: str = "new-edge") -> AlertNotice:  # fmt: skip
-    return AlertNotice(id=n, kind=kind, src=src, dst=dst, relation=relation, node="node-a", at=T0)
+           relation: str = "publish", kind: str = "new-edge",
+           detail: dict[str, Any] | None = None, count: int = 1) -> AlertNotice:  # fmt: skip
+    return AlertNotice(id=n, kind=kind, src=src, dst=dst, relation=relation, node="node-a", at=T0,
+                       detail=detail or {}, count=count)  # fmt: skip
 
 
 def token_of(url: str, prefix: str) -> str:
@@ -143,6 +145,35 @@ def test_describe_says_what_changed_on_a_known_edge() -> None:
     assert describe(notice(kind="periodicity")).endswith("longer than its usual rhythm allows")
     assert describe(notice(kind="size")).endswith("messages of a size it never learned")
     assert describe(notice(kind="other")).startswith("other anomaly on thermo-kitchen")
+
+
+def test_describe_names_a_newcomer_and_an_address() -> None:
+    newcomer = notice(
+        kind="new-service",
+        src="intruder-7",
+        dst="node-a",
+        relation="new-service",
+        detail={
+            "client_id": "intruder-7",
+            "address": "192.168.1.90",
+            "examples": ["publish valves/kitchen/set"],
+        },
+    )
+    assert describe(newcomer) == (
+        "a new device intruder-7 (192.168.1.90) connected to node-a and published to "
+        "valves/kitchen/set"
+    )
+    guessing = notice(
+        kind="auth-failure",
+        src="192.168.1.66",
+        dst="node-a",
+        relation="auth-failure",
+        detail={"address": "192.168.1.66", "client_ids": ["admin", "root"]},
+        count=40,
+    )
+    assert describe(guessing) == (
+        "192.168.1.66 was refused by the broker 40 times as admin, root: password guessing?"
+    )
 
 
 def test_ntfy_url_maps_like_apprise() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from commgraph.errors import StoreError
 from commgraph.events import Event
 from commgraph.phases import LearningSettings, Mode
 from commgraph.store import MIGRATIONS, SCHEMA_VERSION, Store
+from conftest import seed_alerts, seeded_state
 
 SETTINGS = LearningSettings(duration=600.0, mode=Mode.PROTECT)
 
@@ -256,3 +258,157 @@ def test_an_old_database_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
         assert store.meta("kept") == "yes"
         assert store.use_token("n-1", 1.0) is True
         assert store.use_token("n-1", 2.0) is False  # single use, also across processes
+
+
+# -- listings of a node with many alerts ------------------------------------------------------
+
+MANY = 20_000
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A store of 20,000 alerts (read only: built once for the module)."""
+    db = tmp_path_factory.mktemp("many") / "many.db"
+    seed_alerts(db, MANY)
+    with Store(db) as store:
+        yield store
+
+
+def ids(rows: list[dict[str, Any]]) -> list[int]:
+    return [row["id"] for row in rows]
+
+
+def test_the_seeded_store_loads_like_an_engine_written_one(many: Store) -> None:
+    engine = many.load_engine()
+    assert len(engine.alerts.by_id) == MANY
+    assert len(engine.alerts.open_alerts) == many.count_alerts("pending")
+    assert engine.take_changes().alerts == set()
+
+
+def test_alert_pages_are_the_limit_after_the_offset(many: Store) -> None:
+    assert ids(many.alerts(limit=100)) == list(range(1, 101))
+    assert ids(many.alerts(limit=100, offset=MANY - 100)) == list(range(MANY - 99, MANY + 1))
+    assert ids(many.alerts(limit=3, newest_first=True)) == [MANY, MANY - 1, MANY - 2]
+    assert ids(many.alerts(limit=2, offset=MANY - 1)) == [MANY]
+    assert many.alerts(limit=10, offset=MANY) == []
+    assert many.alerts(limit=0) == []
+    pending = [i for i in range(MANY, 0, -1) if seeded_state(i) == "pending"]
+    assert (
+        ids(many.alerts(state="pending", limit=50, offset=100, newest_first=True))
+        == (pending[100:150])
+    )
+    for state in ("pending", "approved", "denied"):
+        expected = sum(seeded_state(i) == state for i in range(1, MANY + 1))
+        assert many.count_alerts(state) == expected
+    assert many.count_alerts() == MANY
+    assert many.count_alerts("nonsense") == 0
+    with pytest.raises(ValueError, match="negative"):
+        many.alerts(limit=-1)
+    with pytest.raises(ValueError, match="negative"):
+        many.alerts(offset=-5)
+
+
+def test_one_alert_by_its_id(many: Store) -> None:
+    last = many.alert(MANY)
+    assert last is not None
+    assert (last["id"], last["src"], last["dst"], last["relation"], last["state"]) == (
+        MANY,
+        "svc-0",
+        f"site/svc-0/t{MANY}",
+        "publish",
+        "pending",
+    )
+    assert last == many.alerts(limit=1, newest_first=True)[0]
+    first = many.alert(1)
+    assert first is not None
+    assert (first["state"], first["decided_by"], first["reason"]) == (
+        "approved",
+        "owner",
+        "seeded 1",
+    )
+    assert many.alert(0) is None and many.alert(MANY + 1) is None
+    assert many.alert(2**64) is None and many.alert(-(2**64)) is None
+
+
+def plans(store: Store, call: Callable[[], object]) -> list[str]:
+    """The query plan of each statement ``call`` runs on ``store``'s connection."""
+    statements: list[str] = []
+    connection = store._db  # the only way to see the statements a Store runs
+    connection.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        connection.set_trace_callback(None)
+    return [
+        "\n".join(row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql))
+        for sql in statements
+    ]
+
+
+def test_listing_queries_are_bounded_by_the_page(many: Store) -> None:
+    # The page's ids come from the alerts alone (by the (state, id) index, or by id), in
+    # order, without sorting; only then are the page's rows joined, by primary keys.
+    [page] = plans(
+        many, lambda: many.alerts(state="pending", limit=100, offset=11_000, newest_first=True)
+    )
+    choice, _, joins = page.partition("\nSCAN page\n")
+    assert choice.splitlines() == [
+        "MATERIALIZE page",
+        "SEARCH alerts USING COVERING INDEX alerts_by_state (state=?)",
+    ]
+    for alias in ("a", "e", "vs", "vd", "r", "d"):
+        assert f"SEARCH {alias} USING INTEGER PRIMARY KEY (rowid=?)" in joins, page
+    assert "SCAN" not in joins, page
+    [page] = plans(many, lambda: many.alerts(limit=100, offset=19_000))
+    assert page.partition("\nSCAN page\n")[0].splitlines() == ["MATERIALIZE page", "SCAN alerts"]
+    [one] = plans(many, lambda: many.alert(MANY))
+    assert one.splitlines()[0] == "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)"
+    [count] = plans(many, lambda: many.count_alerts("pending"))
+    assert count == "SEARCH alerts USING COVERING INDEX alerts_by_state (state=?)"
+
+
+def test_the_listing_index_lets_an_alert_find_its_decision_by_index(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    seed_alerts(db, 10)
+    with Store(db) as store:  # schema 5 has decisions_by_alert
+        [page] = plans(store, lambda: store.alerts(limit=5))
+        assert "SEARCH decisions USING COVERING INDEX decisions_by_alert (alert=?)" in page
+        assert store.alert(1) == store.alerts(limit=1)[0]
+
+
+def test_pages_are_slices_of_the_whole_listing(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    seed_alerts(db, 300, services=7)
+    with Store(db) as store:
+        for state in (None, "pending", "approved", "denied"):
+            whole = store.alerts(state=state)
+            assert len(whole) == store.count_alerts(state)
+            newest = whole[::-1]
+            for offset, limit in ((0, 7), (13, 40), (len(whole) - 3, 10)):
+                page = store.alerts(state=state, limit=limit, offset=offset)
+                assert page == whole[offset : offset + limit]
+                page = store.alerts(state=state, limit=limit, offset=offset, newest_first=True)
+                assert page == newest[offset : offset + limit]
+        assert [store.alert(row["id"]) for row in whole] == whole
+
+
+def test_services_count_their_edges_and_pending_alerts(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    seed_alerts(db, 300, services=7)
+    with Store(db) as store:
+        edges, pending = store.edges(), store.alerts(state="pending")
+        for row in store.services():
+            name = row["name"]
+            assert row["edges"] == sum(name in (e["src"], e["dst"]) for e in edges)
+            assert row["pending_alerts"] == sum(name in (a["src"], a["dst"]) for a in pending)
+            assert row["pending_alerts"] > 0
+
+
+def test_recent_decisions_newest_first(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    seed_alerts(db, 30)
+    with Store(db) as store:
+        whole = store.decisions()
+        assert len(whole) == 12
+        assert store.decisions(limit=3, newest_first=True) == whole[::-1][:3]
+        assert store.decisions(limit=3) == whole[:3]

@@ -292,7 +292,8 @@ def replay(
             progress.close()
             if recording is not None:
                 recording.close()
-        pending = store.alerts(state="pending")
+        pending = store.alerts(state="pending", limit=10)
+        waiting = store.count_alerts("pending")
         report = {
             "file": str(file),
             "format": recording.format.value if recording is not None else "events",
@@ -303,7 +304,7 @@ def replay(
             "services": len(engine.phases.states),
             "edges": engine.graph.edge_count,
             "new_alerts": len(engine.alerts.by_id) - before,
-            "pending_alerts": len(pending),
+            "pending_alerts": waiting,
             "first_event": summary.first_ts,
             "last_event": summary.last_ts,
             "errors": [str(e) for e in summary.errors],
@@ -323,9 +324,9 @@ def replay(
     )
     out.print(
         f"{report['services']} services, {report['edges']} edges, "
-        f"{report['new_alerts']} new alerts; {len(pending)} waiting for you."
+        f"{report['new_alerts']} new alerts; {waiting} waiting for you."
     )
-    _print_alerts(pending[:10])
+    _print_alerts(pending)
     if pending:
         out.print(
             f"\nApprove one with [bold]commgraph --db {esc(str(ctx.db_path))} approve ID[/], "
@@ -535,12 +536,15 @@ def edges(ctx: Context, service: str | None, label: str | None, as_json: bool) -
 
 @cli.command()
 @click.option("--state", type=click.Choice(["pending", "approved", "denied"]))
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Only the first N (by id: the oldest); default all."
+)
 @json_option
 @click.pass_obj
-def alerts(ctx: Context, state: str | None, as_json: bool) -> None:
+def alerts(ctx: Context, state: str | None, limit: int | None, as_json: bool) -> None:
     """Anomalies found: pending ones wait for your approve or deny."""
     with ctx.store() as store:
-        rows = store.alerts(state=state)
+        rows = store.alerts(state=state, limit=limit)
     if as_json:
         _emit_json(rows)
         return

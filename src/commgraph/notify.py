@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import apprise
 
-from commgraph.alerts import EDGE_KINDS
+from commgraph.alerts import EDGE_KINDS, KIND_WORDS
 from commgraph.alerts import describe as alert_words
 from commgraph.config import NotifySettings
 from commgraph.errors import CommgraphError
@@ -128,7 +128,7 @@ class NotifyStats:
 def describe(notice: AlertNotice) -> str:
     """The alert in the owner's words."""
     src, dst, relation = notice.src, notice.dst, notice.relation
-    if notice.kind not in EDGE_KINDS:  # about a service, an address or the site
+    if notice.kind in KIND_WORDS and notice.kind not in EDGE_KINDS:  # a service, an address
         return alert_words(notice.kind, src, dst, relation, dict(notice.detail), notice.count)
     if notice.kind in _KNOWN_EDGE_WORDS:
         return f"{_edge_words(src, dst, relation)}: {_KNOWN_EDGE_WORDS[notice.kind]}"

@@ -104,9 +104,41 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alerts_by_state ON alerts (state);
     CREATE INDEX alerts_by_edge ON alerts (edge);
     CREATE INDEX alerts_by_subject ON alerts (subject);
+    CREATE INDEX decisions_by_alert ON decisions (alert);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Indexes the alert listings rely on, for the next migration to create. An alert's decision
+# is looked up by its alert column (without this index, every alert shown scans the whole
+# audit log). The listings pick a page on alerts_by_state, which holds (state, id): re-create
+# it if a migration rebuilds the alerts table.
+
+# A row per alert of {source} (a FROM item that calls the alerts ``a``), with its latest
+# decision.
+# One alert as listed. An alert about a service, an address or the site has no edge: its
+# ``src`` is the subject's name, ``dst`` the node and ``relation`` its kind; ``detail`` (JSON)
+# says what is known of it (client id, address, examples, counts).
+_ALERT_ROW = (
+    "SELECT a.id, a.kind,"
+    " COALESCE(vs.name, va.name, 'site') AS src,"
+    " COALESCE(vd.name, a.node, 'this node') AS dst,"
+    " COALESCE(r.name, a.kind) AS relation,"
+    " a.state, a.count, a.first_seen, a.last_seen, a.node, a.edge,"
+    " va.name AS subject, a.detail,"
+    " d.by AS decided_by, d.at AS decided_at, d.reason"
+    " FROM {source} LEFT JOIN edges e ON e.id = a.edge"
+    " LEFT JOIN vertices vs ON vs.id = e.src LEFT JOIN vertices vd ON vd.id = e.dst"
+    " LEFT JOIN relations r ON r.id = e.relation"
+    " LEFT JOIN vertices va ON va.id = a.subject AND a.subject != 0"
+    " LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE alert = a.id)"
+)
+
+
+def _with_detail(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        row["detail"] = json.loads(row["detail"] or "{}")
+    return rows
 
 
 class Store:
@@ -529,12 +561,18 @@ class Store:
         rows = self._rows(
             "SELECT s.name, s.phase, s.mode AS owner_mode, s.started_at AS learning_started_at,"
             " s.ends_at AS learning_ends_at, s.learned_at, s.model_from, v.events, v.first_seen,"
-            " (SELECT COUNT(*) FROM edges e WHERE e.src = s.vertex OR e.dst = s.vertex) AS edges,"
-            " (SELECT COUNT(*) FROM alerts a WHERE a.state = 'pending' AND a.subject = s.vertex)"
-            "   AS pending_alerts,"
+            " COALESCE(n.edges, 0) AS edges, COALESCE(p.alerts, 0) AS pending_alerts,"
             " (SELECT group_concat(instance, ' ') FROM instances i WHERE i.service = s.vertex)"
             "   AS instances"
-            " FROM services s JOIN vertices v ON v.id = s.vertex ORDER BY s.name"
+            " FROM services s JOIN vertices v ON v.id = s.vertex"
+            # counted in one pass each, not once per service: an edge counts for both ends
+            " LEFT JOIN (SELECT vertex, COUNT(*) AS edges FROM"
+            "   (SELECT src AS vertex FROM edges UNION ALL SELECT dst FROM edges WHERE dst <> src)"
+            "   GROUP BY vertex) n ON n.vertex = s.vertex"
+            # the questions about the service: on its edges, or about itself (a newcomer)
+            " LEFT JOIN (SELECT subject AS vertex, COUNT(*) AS alerts FROM alerts"
+            "   WHERE state = 'pending' GROUP BY subject) p ON p.vertex = s.vertex"
+            " ORDER BY s.name"
         )
         for row in rows:
             owner_mode = row.pop("owner_mode")
@@ -581,39 +619,57 @@ class Store:
             row["rate_per_min"] = figures.rate_per_min
         return rows
 
-    def alerts(self, *, state: str | None = None) -> list[dict[str, Any]]:
-        """Alerts, oldest first. An alert about a service, an address or the site has no
-        edge: its ``src`` is the subject's name, ``dst`` the node and ``relation`` its kind;
-        ``detail`` says what is known (client id, address, examples, counts)."""
-        rows = self._rows(
-            "SELECT a.id, a.kind,"
-            " COALESCE(vs.name, va.name, 'site') AS src,"
-            " COALESCE(vd.name, a.node, 'this node') AS dst,"
-            " COALESCE(r.name, a.kind) AS relation,"
-            " a.state, a.count, a.first_seen, a.last_seen, a.node, a.edge,"
-            " va.name AS subject, a.detail,"
-            " (SELECT d.by FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
-            "   AS decided_by,"
-            " (SELECT d.at FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
-            "   AS decided_at,"
-            " (SELECT d.reason FROM decisions d WHERE d.alert = a.id ORDER BY d.id DESC LIMIT 1)"
-            "   AS reason"
-            " FROM alerts a LEFT JOIN edges e ON e.id = a.edge"
-            " LEFT JOIN vertices vs ON vs.id = e.src LEFT JOIN vertices vd ON vd.id = e.dst"
-            " LEFT JOIN relations r ON r.id = e.relation"
-            " LEFT JOIN vertices va ON va.id = a.subject AND a.subject != 0"
-            + (" WHERE a.state = ?" if state else "")
-            + " ORDER BY a.id",
-            (state,) if state else (),
+    def alerts(
+        self,
+        *,
+        state: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Alerts (optionally in one state) by id, oldest first unless ``newest_first``: the
+        ``limit`` (None: all) after skipping ``offset``. The page is chosen on the alerts'
+        own index before any join, so a page costs the same wherever it lies."""
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValueError(f"limit and offset must not be negative (got {limit}, {offset})")
+        order = "DESC" if newest_first else "ASC"
+        page = (
+            "SELECT id FROM alerts"
+            + (" WHERE state = ?" if state else "")
+            + f" ORDER BY id {order} LIMIT ? OFFSET ?"
         )
-        for row in rows:
-            row["detail"] = json.loads(row["detail"] or "{}")
-        return rows
+        params = (*((state,) if state else ()), -1 if limit is None else limit, offset)
+        return _with_detail(
+            self._rows(
+                _ALERT_ROW.format(source=f"({page}) AS page JOIN alerts a ON a.id = page.id")
+                + f" ORDER BY a.id {order}",
+                params,
+            )
+        )
 
-    def decisions(self) -> list[dict[str, Any]]:
+    def alert(self, alert_id: int) -> dict[str, Any] | None:
+        """One alert, as :meth:`alerts` lists it; None if there is no such alert."""
+        if not -(2**63) <= alert_id < 2**63:  # beyond any SQLite integer
+            return None
+        rows = self._rows(_ALERT_ROW.format(source="alerts a") + " WHERE a.id = ?", (alert_id,))
+        return _with_detail(rows)[0] if rows else None
+
+    def count_alerts(self, state: str | None = None) -> int:
+        """How many alerts :meth:`alerts` would list without a limit, counted on the index."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM alerts" + (" WHERE state = ?" if state else ""),
+            (state,) if state else (),
+        ).fetchone()
+        return int(row[0])
+
+    def decisions(
+        self, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[dict[str, Any]]:
+        """The audit log by id, oldest first unless ``newest_first``; ``limit`` (None: all)."""
         return self._rows(
             "SELECT id, action, by, at, reason, alert, service, src, dst, relation, detail"
-            " FROM decisions ORDER BY id"
+            f" FROM decisions ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?",
+            (-1 if limit is None else limit,),
         )
 
     def use_token(self, nonce: str, at: float) -> bool:

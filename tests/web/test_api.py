@@ -6,6 +6,9 @@ two new edges after learning: alert 1 (thermo publish home/evil), alert 2 (ctrl 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from commgraph.store import SCHEMA_VERSION, Store
 from commgraph.web import api
 from commgraph.web.app import CREDENTIALS, NODE
 from commgraph.web.auth import Credentials, load_or_create, make_action_token
+from conftest import seed_alerts, seeded_state
 
 T = 1_700_000_000.0
 
@@ -76,6 +80,14 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     assert daemon.observe(T + 11, "ctrl", "example.com:443", "tcp/443", 5).alert == 2
     await asyncio.sleep(0)  # the daemon writes new structure right after the event
 
+    async with serving(daemon, tmp_path) as served:
+        yield served
+    store.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(daemon: Daemon, tmp_path: Path) -> AsyncIterator[Site]:
+    """The API of ``daemon`` on a test server."""
     credentials = load_or_create(tmp_path / "creds")
     app = web.Application(client_max_size=64 * 1024)
     app[NODE] = daemon
@@ -84,10 +96,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        yield Site(client, daemon, credentials, db)
+        yield Site(client, daemon, credentials, daemon.store.path)
     finally:
         await client.close()
-        store.close()
 
 
 def assert_error(body: Any, status: int, *words: str) -> None:
@@ -320,12 +331,16 @@ async def test_alerts_list_and_detail(site: Site) -> None:
         (1, "pending", "new-edge"),
         (2, "pending", "new-edge"),
     ]
+    response = await site.client.get("/api/v1/alerts", headers=site.auth)
+    assert response.headers["X-Total-Count"] == "2" and "Link" not in response.headers
     one = await site.get("/api/v1/alerts/1")
     assert (one["src"], one["relation"], one["dst"]) == ("thermo", "publish", "home/evil")
     assert await site.get("/api/v1/alerts", params={"state": "approved"}) == []
     assert_error(await site.get("/api/v1/alerts", params={"state": "x"}, status=400), 400, "state")
     assert_error(await site.get("/api/v1/alerts/99", status=404), 404, "99")
     assert_error(await site.get("/api/v1/alerts/abc", status=400), 400, "alert id")
+    assert_error(await site.get("/api/v1/alerts/²", status=400), 400, "alert id")
+    assert_error(await site.get(f"/api/v1/alerts/{2**64}", status=404), 404)
 
 
 async def test_approve_has_real_durable_effects(site: Site) -> None:
@@ -489,3 +504,142 @@ async def test_openapi_covers_every_route(site: Site) -> None:
     assert registered == documented
     refs = {s for s in str(doc).split("'") if s.startswith("#/components/schemas/")}
     assert {r.rsplit("/", 1)[1] for r in refs} <= set(doc["components"]["schemas"])
+
+
+async def test_openapi_documents_the_alert_pages(site: Site) -> None:
+    operation = (await site.get("/api/v1/openapi.json"))["paths"]["/api/v1/alerts"]["get"]
+    params = {p["name"]: p["schema"] for p in operation["parameters"]}
+    assert params["limit"] == {"type": "integer", "minimum": 1, "default": 100, "maximum": 1000}
+    assert params["offset"] == {"type": "integer", "minimum": 0, "default": 0}
+    assert set(operation["responses"]["200"]["headers"]) == {"X-Total-Count", "Link"}
+
+
+# -- 20,000 alerts: pages --------------------------------------------------------------------
+
+MANY = 20_000
+PENDING = [i for i in range(1, MANY + 1) if seeded_state(i) == "pending"]
+
+
+@pytest.fixture(scope="module")
+def many_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("many") / "many.db"
+    seed_alerts(db, MANY)
+    return db
+
+
+@pytest.fixture
+async def many(tmp_path: Path, many_db: Path) -> AsyncIterator[Site]:
+    """A node of 20,000 alerts (a fresh copy for each test) behind its API."""
+    db = tmp_path / "n.db"
+    shutil.copy(many_db, db)
+    config = parse_config({"node": {"name": "node-a"}, "learning": {"duration": "10m"}})
+    with Store(db) as store:
+        async with serving(Daemon(config, store), tmp_path) as served:
+            yield served
+
+
+async def page(site: Site, **params: Any) -> tuple[list[int], int, dict[str, str]]:
+    """(ids, X-Total-Count, {rel: link}) of one GET /api/v1/alerts."""
+    response = await site.client.get("/api/v1/alerts", headers=site.auth, params=params)
+    assert response.status == 200, await response.text()
+    rows = await response.json()
+    links = {
+        rel: url
+        for url, rel in re.findall(r'<([^>]*)>; rel="(\w+)"', response.headers.get("Link", ""))
+    }
+    return [row["id"] for row in rows], int(response.headers["X-Total-Count"]), links
+
+
+async def test_alerts_come_in_pages_of_100_by_default(many: Site) -> None:
+    ids, total, links = await page(many)
+    assert ids == list(range(1, 101)) and total == MANY
+    assert links == {"next": "/api/v1/alerts?limit=100&offset=100"}
+    ids, total, links = await page(many, limit=1000, offset=MANY - 500)
+    assert ids == list(range(MANY - 499, MANY + 1)) and total == MANY
+    assert links == {"prev": f"/api/v1/alerts?limit=1000&offset={MANY - 1500}"}
+    ids, _, links = await page(many, limit=7, offset=3)
+    assert ids == [4, 5, 6, 7, 8, 9, 10]
+    assert links == {
+        "next": "/api/v1/alerts?limit=7&offset=10",
+        "prev": "/api/v1/alerts?limit=7&offset=0",
+    }
+
+
+async def test_a_state_filters_the_pages_and_their_links(many: Site) -> None:
+    ids, total, links = await page(many, state="pending", limit=50, offset=50)
+    assert ids == PENDING[50:100] and total == len(PENDING)
+    assert links == {
+        "next": "/api/v1/alerts?state=pending&limit=50&offset=100",
+        "prev": "/api/v1/alerts?state=pending&limit=50&offset=0",
+    }
+    # A client that follows rel="next" (aiohttp's own parser here) gets each alert once.
+    seen: list[int] = []
+    url: Any = "/api/v1/alerts?limit=1000&state=denied"
+    while url is not None:
+        response = await many.client.get(url, headers=many.auth)
+        seen += [row["id"] for row in await response.json()]
+        url = response.links.get("next", {}).get("url")  # resolved against the request
+        url = url and url.relative()  # which the test client wants again
+    assert seen == [i for i in range(1, MANY + 1) if seeded_state(i) == "denied"]
+
+
+async def test_a_page_past_the_end_is_empty_and_points_back(many: Site) -> None:
+    ids, total, links = await page(many, offset=10**30)
+    assert ids == [] and total == MANY
+    assert links == {"prev": f"/api/v1/alerts?limit=100&offset={MANY - 100}"}
+    ids, total, links = await page(many, state="approved", limit=1000, offset=0)
+    assert len(ids) == 1000 and total == MANY // 5 and set(links) == {"next"}
+
+
+async def test_bad_page_parameters_are_400_naming_the_parameter(many: Site) -> None:
+    for name, value in [
+        ("limit", "0"),
+        ("limit", "1001"),
+        ("limit", "-5"),
+        ("limit", "ten"),
+        ("limit", "1.5"),
+        ("limit", ""),
+        ("limit", "1e3"),
+        ("offset", "-1"),
+        ("offset", " 3"),
+        ("offset", "+3"),
+        ("offset", "²"),
+        ("offset", "9" * 5000),
+    ]:
+        body = await many.get("/api/v1/alerts", params={name: value}, status=400)
+        assert_error(body, 400, f"query parameter {name!r}", "whole number")
+        assert len(body["error"]) < 200
+    body = await many.get("/api/v1/alerts", params={"limit": "5000"}, status=400)
+    assert (
+        body["error"] == "query parameter 'limit' must be a whole number from 1 to 1000, not '5000'"
+    )
+
+
+async def test_the_20000th_alert_by_itself(many: Site) -> None:
+    one = await many.get(f"/api/v1/alerts/{MANY}")
+    assert (one["id"], one["src"], one["dst"], one["state"]) == (
+        MANY,
+        "svc-0",
+        f"site/svc-0/t{MANY}",
+        "pending",
+    )
+    row = await many.post(f"/api/v1/alerts/{MANY}/approve", {"reason": "fine", "by": "ann"})
+    assert (row["id"], row["state"], row["decided_by"], row["reason"]) == (
+        MANY,
+        "approved",
+        "ann",
+        "fine",
+    )
+    response = await many.client.post(f"/api/v1/act/{many.link(MANY - 1, 'deny')}")
+    assert response.status == 200
+    assert (await response.json())["alert"]["state"] == "denied"
+    ids, total, _ = await page(many, state="pending", limit=2, offset=len(PENDING) - 4)
+    assert ids == PENDING[-4:-2] and total == len(PENDING) - 2
+    assert_error(await many.get(f"/api/v1/alerts/{MANY + 1}", status=404), 404, str(MANY + 1))
+
+
+async def test_metrics_count_20000_alerts(many: Site) -> None:
+    response = await many.client.get("/metrics", headers=many.auth)
+    lines = (await response.text()).splitlines()
+    assert f'commgraph_alerts{{state="pending"}} {float(len(PENDING))}' in lines
+    assert f'commgraph_alerts{{state="approved"}} {float(MANY // 5)}' in lines

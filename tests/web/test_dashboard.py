@@ -9,7 +9,7 @@ import contextlib
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from commgraph.store import Store
 from commgraph.web import dashboard
 from commgraph.web.app import CREDENTIALS, NODE
 from commgraph.web.auth import Credentials, load_or_create, make_action_token
+from conftest import free_port, seed_alerts, seeded_state
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -421,8 +422,6 @@ async def test_end_to_end_in_chromium(tmp_path: Path) -> None:
         )
     from playwright.async_api import async_playwright
 
-    from conftest import free_port
-
     port = free_port()
     config = parse_config(
         {
@@ -536,3 +535,157 @@ async def test_the_service_page_shows_each_edges_period_rate_and_sizes(tmp_path:
             assert "12–14 B" in page
     finally:
         store.close()
+
+
+# -- 20,000 alerts ----------------------------------------------------------------------------
+
+MANY = 20_000
+NEWEST_PENDING = [i for i in range(MANY, 0, -1) if seeded_state(i) == "pending"]
+
+
+@pytest.fixture(scope="module")
+def many_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("many") / "many.db"
+    seed_alerts(db, MANY)
+    return db
+
+
+@pytest.fixture
+def many(tmp_path: Path, many_db: Path) -> Iterator[Daemon]:
+    """A node of 20,000 alerts (a fresh copy for each test)."""
+    db = tmp_path / "node.db"
+    shutil.copy(many_db, db)
+    config = parse_config(
+        {
+            "node": {"name": "node-a"},
+            "learning": {"duration": "10m"},
+            "api": {"listen": f"127.0.0.1:{free_port()}", "credentials": str(tmp_path / "c")},
+        }
+    )
+    with Store(db) as store:
+        yield Daemon(config, store)
+
+
+def alert_ids(page: str) -> list[int]:
+    """The alerts shown on a page, in order: cards on the overview, rows on /alerts."""
+    return [int(i) for i in re.findall(r'<(?:li|tr) [^>]*id="alert-(\d+)"', page)]
+
+
+async def test_the_overview_shows_the_newest_pending_alerts_and_how_many_more(
+    many: Daemon, tmp_path: Path
+) -> None:
+    async with logged_in(many, tmp_path) as client:
+        page = await (await client.get("/")).text()
+    assert alert_ids(page) == NEWEST_PENDING[: dashboard.OVERVIEW_ALERTS]
+    waiting = len(NEWEST_PENDING)
+    assert f"Waiting for you ({waiting})" in page
+    more = waiting - dashboard.OVERVIEW_ALERTS
+    assert f'<a href="/alerts?state=pending">… and {more} more</a>' in page
+    decisions = page.split('<ul class="decisions">')[1].split("</ul>")[0]
+    assert decisions.count("<li>") == 10
+
+
+async def test_the_alerts_page_comes_in_pages(many: Daemon, tmp_path: Path) -> None:
+    size = dashboard.ALERTS_PAGE
+    async with logged_in(many, tmp_path) as client:
+        page = await (await client.get("/alerts?state=pending&page=2")).text()
+        assert alert_ids(page) == NEWEST_PENDING[size : 2 * size]
+        assert f"showing {size + 1}–{2 * size} of {len(NEWEST_PENDING)}" in page
+        assert '<a rel="prev" href="/alerts?state=pending&amp;page=1">Previous</a>' in page
+        assert '<a rel="next" href="/alerts?state=pending&amp;page=3">Next</a>' in page
+        page = await (await client.get("/alerts")).text()
+        assert alert_ids(page) == list(range(MANY, MANY - size, -1))
+        assert 'rel="prev"' not in page and '<a rel="next" href="/alerts?page=2">' in page
+        last = MANY // size
+        page = await (await client.get(f"/alerts?page={last}")).text()
+        assert alert_ids(page) == list(range(size, 0, -1))
+        assert f"showing {MANY - size + 1}–{MANY} of {MANY}" in page
+        assert 'rel="next"' not in page
+        # Past the end (its alerts were just decided, say): the last page.
+        beyond = await (await client.get(f"/alerts?page={10**30}")).text()
+        assert alert_ids(beyond) == alert_ids(page)
+        assert f"showing {MANY - size + 1}–{MANY} of {MANY}" in beyond
+        for bad in ("0", "-1", "two", "1.0", ""):
+            response = await client.get("/alerts", params={"page": bad})
+            assert response.status == 400, bad
+            assert "page must be a whole number" in await response.text()
+
+
+async def test_the_20000th_alert_is_decided_from_its_page(many: Daemon, tmp_path: Path) -> None:
+    async with logged_in(many, tmp_path) as client:
+        page = await (await client.get("/alerts?state=pending")).text()
+        assert alert_ids(page)[0] == MANY
+        response = await client.post(
+            f"/alerts/{MANY}/deny",
+            data={"csrf": field(page, "csrf"), "next": "/alerts?state=pending"},
+            allow_redirects=False,
+        )
+        assert response.headers["Location"] == "/alerts?state=pending"
+        page = await (await client.get("/alerts?state=pending")).text()
+        assert f"Alert {MANY} denied." in page
+        assert alert_ids(page)[0] == NEWEST_PENDING[1]
+        credentials = load_or_create(tmp_path / "credentials")
+        token = make_action_token(
+            credentials.link_key, MANY, "approve", now=time.time(), valid_for=60
+        )
+        page = await (await client.get(f"/act/{token}")).text()
+        assert f"Approve:</b> svc-0 publishes to site/svc-0/t{MANY}" in page
+    row = many.store.alert(MANY)
+    assert row is not None and (row["state"], row["decided_by"]) == ("denied", "dashboard")
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(daemon: Daemon) -> AsyncIterator[tuple[Any, str]]:
+    """(a Chromium page logged in to the overview, the base URL) of the daemon's own web
+    server, whose [api] listen and credentials its config names."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            "Chromium is missing at /usr/bin/chromium; install it with: "
+            "sudo apt-get install -y chromium"
+        )
+    from playwright.async_api import async_playwright
+
+    listen = daemon.config.api.listen
+    assert listen is not None
+    base = f"http://127.0.0.1:{listen.port}"
+    runner = await daemon._start_web()  # the daemon's own web server, in this loop
+    assert runner is not None
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 900})
+                await page.goto(base + "/login")
+                token = load_or_create(daemon.credentials_path()).api_token
+                await page.fill("input[name=token]", token)
+                await page.click("button[type=submit]")
+                await page.wait_for_url(base + "/")
+                yield page, base
+            finally:
+                await browser.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_paging_through_20000_alerts_in_chromium(many: Daemon, tmp_path: Path) -> None:
+    async with chromium_page(many) as (page, base):
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.screenshot(path=tmp_path / "overview-many.png", full_page=True)
+        save(tmp_path / "overview-many.png")
+        await page.click("text=… and")
+        await page.wait_for_url(base + "/alerts?state=pending")
+        await page.get_by_role("link", name="Next").click()
+        await page.wait_for_url(base + "/alerts?state=pending&page=2")
+        size = dashboard.ALERTS_PAGE
+        rows = page.locator("table.alerts tbody tr")
+        assert await rows.count() == size
+        assert await rows.first.get_attribute("id") == f"alert-{NEWEST_PENDING[size]}"
+        pager = await page.locator(".pager").inner_text()
+        assert f"showing {size + 1}–{2 * size} of {len(NEWEST_PENDING)}" in pager
+        await page.screenshot(path=tmp_path / "alerts-page-2.png", full_page=True)
+        save(tmp_path / "alerts-page-2.png")
+        await page.get_by_role("link", name="Previous").click()
+        await page.wait_for_url(base + "/alerts?state=pending&page=1")
+        assert await rows.first.get_attribute("id") == f"alert-{MANY}"

@@ -43,13 +43,16 @@ from commgraph.phases import Mode
 from commgraph.web.app import CREDENTIALS, NODE, Node
 from commgraph.web.auth import TokenError, read_action_token, same_secret
 
-__all__ = ["COOKIE", "OPENAPI", "authorized", "model_rows", "setup"]
+__all__ = ["COOKIE", "OPENAPI", "authorized", "model_rows", "setup", "whole_number"]
 
 COOKIE: Final = "commgraph_token"
 PREFIX: Final = "/api/v1"
 # Routes anyone may call: the notification links carry their own signature.
 _PUBLIC_ROUTES: Final = frozenset({"api.act", "api.openapi", "api.healthz"})
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+# Alerts per answer of GET /api/v1/alerts: unless asked, and at most.
+ALERTS_LIMIT: Final = 100
+ALERTS_LIMIT_MAX: Final = 1000
 
 
 class ApiError(Exception):
@@ -174,11 +177,41 @@ def _choice(request: web.Request, name: str, allowed: Iterable[str]) -> str | No
     return value
 
 
+def whole_number(text: str) -> int | None:
+    """``text`` as a whole number if it is ASCII digits only (no sign, space, decimals or
+    exponent), else None."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts
+        return None
+
+
+def _whole_param(
+    request: web.Request, name: str, *, default: int, least: int = 0, most: int | None = None
+) -> int:
+    """Query parameter ``name`` as a whole number from ``least`` (to ``most``), ``default``
+    if absent."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    value = whole_number(text)
+    if value is None or value < least or (most is not None and value > most):
+        allowed = f"{least} or more" if most is None else f"from {least} to {most}"
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ApiError(
+            400, f"query parameter {name!r} must be a whole number {allowed}, not {shown!r}"
+        )
+    return value
+
+
 def _alert_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not text.isdigit():
+    value = whole_number(text)
+    if value is None:
         raise ApiError(400, f"alert id must be a positive integer, not {text!r}")
-    return int(text)
+    return value
 
 
 def _node(request: web.Request) -> Node:
@@ -186,10 +219,10 @@ def _node(request: web.Request) -> Node:
 
 
 def _alert_row(node: Node, alert_id: int) -> dict[str, Any]:
-    for row in node.store.alerts():
-        if row["id"] == alert_id:
-            return row
-    raise ApiError(404, f"there is no alert {alert_id}")
+    row = node.store.alert(alert_id)
+    if row is None:
+        raise ApiError(404, f"there is no alert {alert_id}")
+    return row
 
 
 def _service_row(node: Node, name: str) -> dict[str, Any]:
@@ -341,8 +374,35 @@ async def list_edges(request: web.Request) -> web.Response:
 
 
 async def list_alerts(request: web.Request) -> web.Response:
+    """One page of alerts, oldest first; ``X-Total-Count`` says how many match, ``Link`` where
+    the next and previous pages are."""
     state = _choice(request, "state", (s.value for s in AlertState))
-    return web.json_response(_node(request).store.alerts(state=state))
+    limit = _whole_param(request, "limit", default=ALERTS_LIMIT, least=1, most=ALERTS_LIMIT_MAX)
+    offset = _whole_param(request, "offset", default=0)
+    store = _node(request).store
+    total = store.count_alerts(state)
+    offset = min(offset, total)  # past the end is the empty page, whatever the number
+    rows = store.alerts(state=state, limit=limit, offset=offset)
+    headers = {"X-Total-Count": str(total)}
+    links = _page_links(request, offset=offset, limit=limit, total=total)
+    if links:
+        headers[hdrs.LINK] = links
+    return web.json_response(rows, headers=headers)
+
+
+def _page_links(request: web.Request, *, offset: int, limit: int, total: int) -> str:
+    """The RFC 8288 ``Link`` value to the next and previous pages that hold something, as
+    references relative to this request (so they stay right behind a reverse proxy)."""
+    pages = []
+    if offset + limit < total:
+        pages.append(("next", offset + limit))
+    if offset > 0:
+        pages.append(("prev", max(0, offset - limit)))
+    kept = [(k, v) for k, v in request.query.items() if k not in ("limit", "offset")]
+    return ", ".join(
+        f'<{request.rel_url.with_query([*kept, ("limit", limit), ("offset", to)])}>; rel="{rel}"'
+        for rel, to in pages
+    )
 
 
 async def get_alert(request: web.Request) -> web.Response:
@@ -540,6 +600,21 @@ def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
+def _integer_query(
+    name: str, description: str, *, default: int, minimum: int = 0, maximum: int | None = None
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "default": default}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
 def _body_schema(schema: Mapping[str, Any], *, required: bool) -> dict[str, Any]:
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
@@ -698,10 +773,37 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         f"{PREFIX}/alerts": {
             "get": {
-                "summary": "Alerts, optionally in one state.",
+                "summary": "One page of alerts, oldest first, optionally in one state.",
                 "operationId": "listAlerts",
-                "parameters": [_query("state", [s.value for s in AlertState])],
-                "responses": {"200": _ok("Alerts.", _array("Alert")), **_errors(400, 401)},
+                "parameters": [
+                    _query("state", [s.value for s in AlertState]),
+                    _integer_query(
+                        "limit",
+                        "How many alerts at most.",
+                        default=ALERTS_LIMIT,
+                        minimum=1,
+                        maximum=ALERTS_LIMIT_MAX,
+                    ),
+                    _integer_query("offset", "How many matching alerts to skip.", default=0),
+                ],
+                "responses": {
+                    "200": {
+                        **_ok("The page of alerts.", _array("Alert")),
+                        "headers": {
+                            "X-Total-Count": {
+                                "description": "How many alerts match, on all pages.",
+                                "schema": {"type": "integer", "minimum": 0},
+                            },
+                            "Link": {
+                                "description": 'RFC 8288 links to the pages around: rel="next"'
+                                ' and rel="prev", each only if that page holds alerts; URI'
+                                " references relative to the request.",
+                                "schema": {"type": "string"},
+                            },
+                        },
+                    },
+                    **_errors(400, 401),
+                },
             }
         },
         f"{PREFIX}/alerts/{{id}}": {

@@ -17,6 +17,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -31,7 +32,7 @@ from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
 from commgraph.phases import Mode
 from commgraph.web import render
-from commgraph.web.api import COOKIE, authorized, model_rows
+from commgraph.web.api import COOKIE, authorized, model_rows, whole_number
 from commgraph.web.app import CREDENTIALS, NODE
 from commgraph.web.auth import ActionToken, TokenError, read_action_token, same_secret
 
@@ -43,6 +44,20 @@ HERE = Path(__file__).parent
 TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
 MODES = ("default", *(m.value for m in Mode))
 ALERT_STATES = ("pending", "approved", "denied")
+OVERVIEW_ALERTS = 20  # the newest pending alerts on the overview; the rest on /alerts
+ALERTS_PAGE = 50  # alerts per page of /alerts
+
+
+@dataclass(frozen=True, slots=True)
+class Pager:
+    """Where one page of a listing lies: rows ``first`` to ``last`` (from 1) of ``total``,
+    and the links to the pages before and after it (None at either end)."""
+
+    first: int
+    last: int
+    total: int
+    previous: str | None
+    next: str | None
 
 
 def setup(app: web.Application) -> None:
@@ -203,14 +218,18 @@ async def logout(request: web.Request) -> web.Response:
 async def overview(request: web.Request) -> web.Response:
     _require_login(request)
     store = request.app[NODE].store
-    decisions = store.decisions()
+    counts = store.status()
+    pending = store.alerts(state="pending", limit=OVERVIEW_ALERTS, newest_first=True)
+    waiting = counts["alerts_by_state"]["pending"]
     return _page(
         request,
         "overview.html",
-        counts=store.status(),
-        pending=store.alerts(state="pending"),
+        counts=counts,
+        pending=pending,
+        waiting=waiting,
+        more=max(0, waiting - len(pending)),
         services=store.services(),
-        decisions=list(reversed(decisions[-10:])),
+        decisions=store.decisions(limit=10, newest_first=True),
         now=time.time(),
     )
 
@@ -269,9 +288,28 @@ async def alerts(request: web.Request) -> web.Response:
     state = request.query.get("state") or None
     if state is not None and state not in ALERT_STATES:
         raise web.HTTPBadRequest(text=f"state must be one of {', '.join(ALERT_STATES)}")
-    rows = request.app[NODE].store.alerts(state=state)
-    rows.sort(key=lambda a: (a["state"] != "pending", -a["id"]))
-    return _page(request, "alerts.html", alerts=rows, state=state, states=ALERT_STATES)
+    text = request.query.get("page", "1")
+    asked = whole_number(text)
+    if asked is None or asked < 1:
+        raise web.HTTPBadRequest(text=f"page must be a whole number from 1, not {text[:40]!r}")
+    store = request.app[NODE].store
+    total = store.count_alerts(state)
+    # past the last page (its alerts were just decided, say): the last page
+    number = min(asked, max(1, -(-total // ALERTS_PAGE)))
+    offset = (number - 1) * ALERTS_PAGE
+    rows = store.alerts(state=state, limit=ALERTS_PAGE, offset=offset, newest_first=True)
+
+    def link(to: int) -> str:
+        return "/alerts?" + (f"state={state}&" if state else "") + f"page={to}"
+
+    pager = Pager(
+        first=offset + 1,
+        last=offset + len(rows),
+        total=total,
+        previous=link(number - 1) if number > 1 else None,
+        next=link(number + 1) if offset + len(rows) < total else None,
+    )
+    return _page(request, "alerts.html", alerts=rows, state=state, states=ALERT_STATES, pager=pager)
 
 
 async def timeline(request: web.Request) -> web.Response:
@@ -343,10 +381,10 @@ def _act_read(request: web.Request) -> tuple[ActionToken, dict[str, Any]] | web.
         except TokenError:
             status = 400
         return _act_refused(request, status, "This link cannot be used", str(exc))
-    found = [a for a in request.app[NODE].store.alerts() if a["id"] == parsed.alert]
-    if not found:
+    alert = request.app[NODE].store.alert(parsed.alert)
+    if alert is None:
         return _act_refused(request, 404, "Unknown alert", f"There is no alert {parsed.alert}.")
-    return parsed, found[0]
+    return parsed, alert
 
 
 def _act_refused(request: web.Request, status: int, title: str, message: str) -> web.Response:
