@@ -13,6 +13,7 @@ way twice is refused, so a double click cannot write a second audit entry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "AlertState",
     "Decision",
     "describe",
+    "describe_row",
 ]
 
 NO_EDGE = -1  # the edge of an alert about a service or an address
@@ -279,3 +281,21 @@ def describe(
         return f"{who} opened too many connections ({detail.get('open', count)} open at once)"
     words = describe_edge(src, dst, relation)
     return f"{words}: {KIND_WORDS.get(kind, kind)}"
+
+
+def describe_row(row: Mapping[str, Any]) -> str:
+    """A listed alert (the store's row) in the owner's words: its edge, or for an alert
+    about a service, an address or the site, what is known of it."""
+    from commgraph.events import describe_edge
+
+    kind = row.get("kind")
+    if kind in KIND_WORDS and kind not in EDGE_KINDS:
+        return describe(
+            str(kind),
+            row["src"],
+            row["dst"],
+            row["relation"],
+            row.get("detail"),
+            row.get("count", 1),
+        )
+    return describe_edge(row["src"], row["dst"], row["relation"])

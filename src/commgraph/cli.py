@@ -27,13 +27,13 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from commgraph import __version__
-from commgraph.alerts import EDGE_KINDS, Action, Decision, describe
+from commgraph.alerts import Action, Decision, describe_row
 from commgraph.config import Config, format_duration, load_config, parse_duration
 from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
 from commgraph.errors import CommgraphError
 from commgraph.evaluate import EvalResult, LabelledFlow
-from commgraph.events import Event, VertexKind, describe_edge, iter_event_lines
+from commgraph.events import Event, VertexKind, iter_event_lines
 from commgraph.export import to_dot, to_graphml, to_json
 from commgraph.identity import Identity
 from commgraph.model import (
@@ -391,18 +391,7 @@ def _table(title: str, columns: Sequence[str]) -> Table:
 
 def _describe(alert: dict[str, Any]) -> str:
     """An alert in words a site owner understands (escaped for rich)."""
-    if alert.get("kind") not in (None, *EDGE_KINDS):
-        return esc(
-            describe(
-                alert["kind"],
-                alert["src"],
-                alert["dst"],
-                alert["relation"],
-                alert.get("detail"),
-                alert.get("count", 1),
-            )
-        )
-    return esc(describe_edge(alert["src"], alert["dst"], alert["relation"]))
+    return esc(describe_row(alert))
 
 
 _KIND_WORDS = {

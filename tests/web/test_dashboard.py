@@ -285,6 +285,32 @@ async def test_names_from_the_network_are_escaped(
     assert "<h1>&lt;script&gt;alert(1)&lt;/script&gt;</h1>" in page
 
 
+async def test_a_newcomer_waits_for_you_with_learn_it_and_block_it(
+    client: TestClient[web.Request, web.Application], site: Site
+) -> None:
+    site.observe("intruder-<b>7</b>", "valves/kitchen/set", "publish")
+    site.daemon.every_second()
+    await log_in(client, site.credentials.api_token)
+    page = await (await client.get("/")).text()
+    assert "a newcomer waiting for you" in page
+    assert "a new device intruder-&lt;b&gt;7&lt;/b&gt; connected to node-a and published to" in page
+    assert "<b>7</b>" not in page, "a client id is data, never markup"
+    assert "Approve (learn it)" in page and "Deny (block it)" in page
+    [question] = [
+        a for a in site.daemon.store.alerts(state="pending") if a["kind"] == "new-service"
+    ]
+    assert "<code>publish valves/kitchen/set</code>" in page
+    response = await client.post(
+        f"/alerts/{question['id']}/approve",
+        data={"csrf": field(page, "csrf"), "next": "/", "reason": "my new valve tester"},
+        allow_redirects=False,
+    )
+    assert response.status == 303
+    assert alert_state(site, question["id"])["state"] == "approved"
+    services = {s["name"]: s for s in site.daemon.store.services()}
+    assert services["intruder-<b>7</b>"]["phase"] == "learning"
+
+
 # -- notification links -----------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from commgraph.alerts import Action
+from commgraph.alerts import Action, describe_row
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
@@ -73,6 +73,7 @@ def setup(app: web.Application) -> None:
     env.filters["q"] = lambda text: quote(str(text), safe="")
     env.globals["colours"] = LABEL_COLOURS
     env.globals["describe"] = describe_edge
+    env.globals["alert_words"] = describe_row
     app[TEMPLATES] = env
     r = app.router
     r.add_get("/login", login_page)
@@ -404,7 +405,7 @@ async def act_page(request: web.Request) -> web.Response:
         message=None,
         action=parsed.action,
         alert=alert,
-        what=describe_edge(alert["src"], alert["dst"], alert["relation"]),
+        what=describe_row(alert),
     )
 
 
@@ -413,7 +414,7 @@ async def act(request: web.Request) -> web.Response:
     if isinstance(read, web.Response):
         return read
     parsed, alert = read
-    what = describe_edge(alert["src"], alert["dst"], alert["relation"])
+    what = describe_row(alert)
     node = request.app[NODE]
     if not node.store.use_token(parsed.nonce, time.time()):
         return _act_refused(
