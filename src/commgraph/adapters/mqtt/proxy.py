@@ -14,6 +14,11 @@ in; the proxy writes bytes of its own only where it enforces:
 - a PUBLISH that uses a v5 topic alias whose defining packet was dropped gets its topic
   written back in, so the peer never sees an alias it does not know.
 
+A client that breaks the protocol is closed as the broker would close it (in every mode): a v5
+client that has had its CONNACK gets the DISCONNECT with the reason code the codec names;
+before that, and for 3.x, a bare close. The client's decoder applies the CONNACK's limits
+(topic alias maximum, maximum packet size).
+
 Backpressure: when one side's write buffer is full, the other side stops reading. Nothing is
 buffered without bound; a packet larger than ``max_packet_size`` closes the connection.
 """
@@ -32,6 +37,7 @@ from typing import cast
 
 from commgraph.adapters.mqtt.codec import (
     Ack,
+    Connack,
     Connect,
     MQTTDecodeError,
     MQTTDecoder,
@@ -40,6 +46,7 @@ from commgraph.adapters.mqtt.codec import (
     Suback,
     Subscribe,
     encode_ack,
+    encode_disconnect,
     encode_suback,
     encode_subscribe,
     with_topic,
@@ -347,9 +354,7 @@ class _ClientSide(_Side):
         try:
             packets = self.decoder.feed(data)
         except MQTTDecodeError as exc:
-            self.proxy.stats.decode_errors += 1
-            log.warning("closing %s (%s): %s", self.peer_name, self.address or "no CONNECT", exc)
-            self.abort()
+            self._protocol_error(exc)
             return
         self.now = self.proxy.clock()  # one reading of the clock per read, not per packet
         out: list[bytes] = []
@@ -372,6 +377,21 @@ class _ClientSide(_Side):
                 out.append(packet.raw)
         if out:
             self._to_broker(b"".join(out) if len(out) > 1 else out[0])
+
+    def _protocol_error(self, exc: MQTTDecodeError) -> None:
+        """Close on the client's decode error as the broker would: a v5 client that has had its
+        CONNACK gets a DISCONNECT with the error's reason code first, any other a bare close."""
+        self.proxy.stats.decode_errors += 1
+        who = self.address or "no CONNECT"
+        if not self.v5 or self.decoder.connack is None or exc.code is None:
+            log.warning("closing %s (%r): %s", self.peer_name, who, exc)
+            self.abort()
+            return
+        log.warning(
+            "closing %s (%r) with DISCONNECT 0x%02x: %s", self.peer_name, who, exc.code, exc
+        )
+        self.write(encode_disconnect(exc.code, v5=True))
+        self.close()
 
     def _to_broker(self, data: bytes) -> None:
         if self.broker is not None:  # always: data_received waits for the broker
@@ -469,6 +489,9 @@ class _ClientSide(_Side):
                     self.broker.write(encode_ack(PacketType.PUBCOMP, packet.packet_id, v5=self.v5))
                 else:
                     out.append(packet.raw)
+            elif type(packet) is Connack:
+                self.decoder.apply_connack(packet)  # its limits hold for the client from now on
+                out.append(packet.raw)
             else:
                 out.append(packet.raw)  # type: ignore[attr-defined]
         if out:
