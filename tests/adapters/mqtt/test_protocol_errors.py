@@ -169,3 +169,28 @@ def test_the_proxy_answers_a_protocol_error_as_mosquitto_does(
     assert direct == expected, "Mosquitto itself answers differently than measured"
     assert answer(proxy.port, "errors-proxied", protocol, connect, packet) == direct
     assert proxy.process.poll() is None, f"the proxy died:\n{proxy.stderr}"
+
+
+def test_packets_before_the_bad_one_still_reach_the_broker(
+    mosquitto: Broker, start_proxy: Callable[..., Proxy]
+) -> None:
+    proxy = start_proxy(mode="monitor", learning="1h")
+    subscribe = mqtt_packet(0x82, b"\x00\x01\x00" + _string("errors/before") + b"\x00")
+    seen = []
+    for port, name in ((mosquitto.port, "direct"), (proxy.port, "proxied")):
+        sub = RawConnection(port)
+        pub = RawConnection(port)
+        try:
+            sub.mqtt_connect(f"sub-{name}", MQTTv5)
+            sub.send(subscribe)
+            assert sub.read_packet()[0] == 0x90  # SUBACK
+            pub.mqtt_connect(f"pub-{name}", MQTTv5)
+            pub.send(publish5("errors/before", payload=b"kept") + publish5("a/b", alias(0)))
+            got = answer_to(pub)
+            first, body = sub.read_packet()
+            seen.append((got, first, body.endswith(b"kept")))
+        finally:
+            sub.close()
+            pub.close()
+    assert seen[0] == (MALFORMED_PACKET, 0x30, True)
+    assert seen[1] == seen[0]

@@ -14,10 +14,10 @@ in; the proxy writes bytes of its own only where it enforces:
 - a PUBLISH that uses a v5 topic alias whose defining packet was dropped gets its topic
   written back in, so the peer never sees an alias it does not know.
 
-A client that breaks the protocol is closed as the broker would close it (in every mode): a v5
-client that has had its CONNACK gets the DISCONNECT with the reason code the codec names;
-before that, and for 3.x, a bare close. The client's decoder applies the CONNACK's limits
-(topic alias maximum, maximum packet size).
+A client that breaks the protocol is closed as the broker would close it (in every mode): the
+packets before the bad one are forwarded, then a v5 client that has had its CONNACK gets the
+DISCONNECT with the reason code the codec names; before that, and for 3.x, a bare close. The
+client's decoder applies the CONNACK's limits (topic alias maximum, maximum packet size).
 
 Backpressure: when one side's write buffer is full, the other side stops reading. Nothing is
 buffered without bound; a packet larger than ``max_packet_size`` closes the connection.
@@ -351,11 +351,12 @@ class _ClientSide(_Side):
             if self.transport is not None:
                 self.transport.pause_reading()
             return
+        error: MQTTDecodeError | None = None
         try:
             packets = self.decoder.feed(data)
         except MQTTDecodeError as exc:
-            self._protocol_error(exc)
-            return
+            # The packets before the bad one go on first: the broker would have handled them.
+            packets, error = list(exc.packets), exc
         self.now = self.proxy.clock()  # one reading of the clock per read, not per packet
         out: list[bytes] = []
         for packet in packets:
@@ -377,6 +378,8 @@ class _ClientSide(_Side):
                 out.append(packet.raw)
         if out:
             self._to_broker(b"".join(out) if len(out) > 1 else out[0])
+        if error is not None:
+            self._protocol_error(error)
 
     def _protocol_error(self, exc: MQTTDecodeError) -> None:
         """Close on the client's decode error as the broker would: a v5 client that has had its
