@@ -16,6 +16,12 @@ from pathlib import Path
 import pytest
 from paho.mqtt.client import MQTTv5, MQTTv311
 
+from commgraph.adapters.mqtt.codec import (
+    MALFORMED_PACKET,
+    PACKET_TOO_LARGE,
+    PROTOCOL_ERROR,
+    TOPIC_ALIAS_INVALID,
+)
 from conftest import Broker, Proxy, launch_mosquitto, stop_mosquitto
 
 from .test_proxy_integration import TIMEOUT, RawConnection, connect_packet, mqtt_packet
@@ -25,17 +31,15 @@ BARE_CLOSE = "bare close"
 STILL_OPEN = "still open"  # the PINGREQ sent after the case was answered
 PINGREQ = b"\xc0\x00"
 
-MALFORMED_PACKET = 0x81
-PROTOCOL_ERROR = 0x82
-TOPIC_ALIAS_INVALID = 0x94
-PACKET_TOO_LARGE = 0x95
-
 Answer = int | str  # a DISCONNECT's reason code, BARE_CLOSE or STILL_OPEN
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
-    """Mosquitto with a max_packet_size (it advertises Topic Alias Maximum 10 by default)."""
+    """Mosquitto with a max_packet_size (it advertises Topic Alias Maximum 10 by default).
+
+    Overrides conftest's ``mosquitto``, so ``start_proxy`` relays to this one.
+    """
     broker = launch_mosquitto(tmp_path, extra=f"max_packet_size {BROKER_MAX_PACKET}\n")
     try:
         yield broker
@@ -141,6 +145,7 @@ def answer_to(raw: RawConnection) -> Answer:
 
 
 def answer(port: int, client_id: str, protocol: int, connect: bool, packet: bytes) -> Answer:
+    """Connect (unless not ``connect``), send ``packet``, and tell what came back."""
     raw = RawConnection(port)
     try:
         if connect:
