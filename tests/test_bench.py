@@ -55,3 +55,55 @@ def test_benchmark_prints_one_json_object(script: str, keys: set[str]) -> None:
     result = json.loads(lines[0])
     assert keys <= set(result)
     assert all(result[key] > 0 for key in keys)
+
+
+ABUSE_COUNTS = (
+    "storm_topics",
+    "storm_alerts",
+    "storm_edges",
+    "cycles_per_batch",
+    "cycles_alerts",
+    "cycles_services_added",
+    "rss_baseline_kib",
+    "rss_python_import_kib",
+    "cycles_rss_after_first_kib",
+    "cycles_rss_after_second_kib",
+)
+ABUSE_KEYS = {
+    *ABUSE_COUNTS,
+    "storm_alerts_by_kind",
+    "storm_rss_growth_kib",
+    "storm_established",
+    "storm_fresh",
+    "cycles_growth_second_batch_kib",
+    "cycles_alerts_by_kind",
+    "python",
+    "mosquitto",
+    "cpus",
+    "targets",
+    "targets_met",
+    "meets_targets",
+}
+
+
+def test_abuse_benchmark_prints_its_figures() -> None:
+    """bench/abuse.py (a real Mosquitto and node): the keys and sane counts, no targets."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "abuse.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert set(result) >= ABUSE_KEYS
+    assert all(isinstance(result[key], int) and result[key] >= 0 for key in ABUSE_COUNTS)
+    for kinds in (result["storm_alerts_by_kind"], result["cycles_alerts_by_kind"]):
+        assert all(isinstance(n, int) and n > 0 for n in kinds.values())
+    assert sum(result["storm_alerts_by_kind"].values()) == result["storm_alerts"]
+    for run in (result["storm_established"], result["storm_fresh"]):
+        assert 0 <= run["delivered"] <= run["topics"] == result["storm_topics"]
+        assert run["alerts"] >= 0 and run["edges"] >= 0
+    assert isinstance(result["meets_targets"], bool)

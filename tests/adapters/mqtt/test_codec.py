@@ -11,6 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commgraph.adapters.mqtt.codec import (
+    MALFORMED_PACKET,
+    PACKET_TOO_LARGE,
+    PROTOCOL_ERROR,
+    TOPIC_ALIAS_INVALID,
     Ack,
     Connack,
     Connect,
@@ -258,9 +262,15 @@ def test_connect_v5_password_without_username_is_allowed() -> None:
 @pytest.mark.parametrize("level", [4, 5])
 def test_connack(level: int) -> None:
     v5 = level == 5
-    properties = u16(0x22, 10) + text(0x12, "auto-1") + u8(0x24, 1) if v5 else b""
+    properties = u16(0x22, 10) + text(0x12, "auto-1") + u8(0x24, 1) + u32(0x27, 1000) if v5 else b""
     data = encode_connack(True, 0, v5=v5, properties=properties)
-    assert one(server(level), data) == Connack(raw=data, session_present=True, reason_code=0)
+    assert one(server(level), data) == Connack(
+        raw=data,
+        session_present=True,
+        reason_code=0,
+        topic_alias_maximum=10 if v5 else 0,
+        maximum_packet_size=1000 if v5 else None,
+    )
     refused = encode_connack(False, 0x86 if v5 else 5, v5=v5)
     assert one(server(level), refused) == Connack(
         raw=refused, session_present=False, reason_code=refused[3]
@@ -491,98 +501,160 @@ def connect_body(name: str, level: int, flags: int, rest: bytes = b"\x00\x01c") 
     return frame(0x10, text(0, name)[1:] + bytes((level, flags)) + b"\x00\x3c" + props + rest)
 
 
-BAD_CLIENT: list[tuple[str, bytes]] = [
-    ("remaining length of 5 bytes", CONNECT4 + b"\x30\xff\xff\xff\xff\x01"),
-    ("packet type 0", CONNECT4 + b"\x00\x00"),
-    ("packet type 0 first", b"\x00\x00"),
-    ("PUBACK flags", CONNECT4 + b"\x41\x02\x00\x01"),
-    ("PUBREL flags 0", CONNECT4 + b"\x60\x02\x00\x01"),
+# Each bad case with the reason code of the DISCONNECT a broker answers it with (None: a bare
+# close), as Mosquitto 2.0.11 answers the same fault from an MQTT 5.0 client; the code does not
+# depend on the version (3.x clients only ever get a bare close). Mosquitto itself lets PINGREQ
+# flags and body, SUBACK, UNSUBACK and PINGRESP from a client and PUBACK leftovers through.
+BAD_CLIENT: list[tuple[str, bytes, int | None]] = [
+    ("remaining length of 5 bytes", CONNECT4 + b"\x30\xff\xff\xff\xff\x01", None),
+    ("packet type 0", CONNECT4 + b"\x00\x00", PROTOCOL_ERROR),
+    ("packet type 0 first", b"\x00\x00", None),
+    ("PUBACK flags", CONNECT4 + b"\x41\x02\x00\x01", None),
+    ("PUBREL flags 0", CONNECT4 + b"\x60\x02\x00\x01", None),
     (
         "SUBSCRIBE flags 0",
         CONNECT4
         + encode_subscribe(1, [("a", 0)], v5=False)[:1].replace(b"\x82", b"\x80")
         + encode_subscribe(1, [("a", 0)], v5=False)[1:],
+        MALFORMED_PACKET,
     ),
-    ("UNSUBSCRIBE flags 0", CONNECT4 + b"\xa0" + encode_unsubscribe(1, ["a"], v5=False)[1:]),
-    ("PINGREQ flags", CONNECT4 + b"\xc1\x00"),
-    ("DISCONNECT flags", CONNECT4 + b"\xe2\x00"),
-    ("CONNECT flags", b"\x12" + CONNECT4[1:]),
-    ("PUBLISH QoS 3", CONNECT4 + frame(0x36, b"\x00\x01t\x00\x01")),
-    ("not CONNECT first", encode_pingreq()),
-    ("PUBLISH first", encode_publish("t", b"", v5=False)),
-    ("CONNECT twice", CONNECT4 + CONNECT4),
-    ("CONNACK from client", CONNECT4 + encode_connack(v5=False)),
-    ("SUBACK from client", CONNECT4 + encode_suback(1, [0], v5=False)),
-    ("UNSUBACK from client", CONNECT4 + encode_unsuback(1, v5=False)),
-    ("PINGRESP from client", CONNECT4 + encode_pingresp()),
-    ("AUTH in v3.1.1", CONNECT4 + encode_auth()),
-    ("protocol MQTT level 3", connect_body("MQTT", 3, 2)),
-    ("protocol MQIsdp level 4", connect_body("MQIsdp", 4, 2)),
-    ("protocol level 6", connect_body("MQTT", 6, 2)),
-    ("protocol name", connect_body("MQTX", 4, 2)),
-    ("CONNECT reserved flag", connect_body("MQTT", 4, 3)),
-    ("will QoS without will", connect_body("MQTT", 4, 0b0000_1010)),
-    ("will retain without will", connect_body("MQTT", 4, 0b0010_0010)),
-    ("will QoS 3", connect_body("MQTT", 4, 0b0001_1110, b"\x00\x01c\x00\x01t\x00\x00")),
-    ("password without user v4", connect_body("MQTT", 4, 0b0100_0010, b"\x00\x01c\x00\x01p")),
-    ("CONNECT trailing byte", connect_body("MQTT", 4, 2, b"\x00\x01c\x00")),
-    ("CONNECT client id past end", connect_body("MQTT", 4, 2, b"\x00\x05c")),
-    ("client id invalid UTF-8", connect_body("MQTT", 4, 2, b"\x00\x02\xc3\x28")),
-    ("client id surrogate", connect_body("MQTT", 4, 2, b"\x00\x03\xed\xa0\x80")),
-    ("client id U+0000", connect_body("MQTT", 4, 2, b"\x00\x02a\x00")),
-    ("will topic wildcard", connect_body("MQTT", 4, 0b0000_0110, b"\x00\x01c\x00\x01#\x00\x00")),
-    ("PUBLISH topic +", CONNECT4 + encode_publish("a/+/b", b"", v5=False)),
-    ("PUBLISH topic #", CONNECT4 + encode_publish("a/#", b"", v5=False)),
-    ("PUBLISH topic U+0000", CONNECT4 + encode_publish("a\x00", b"", v5=False)),
-    ("PUBLISH topic bad UTF-8", CONNECT4 + frame(0x30, b"\x00\x01\xff")),
-    ("PUBLISH topic empty v3", CONNECT4 + encode_publish("", b"x", v5=False)),
-    ("PUBLISH topic empty v5", CONNECT5 + encode_publish("", b"x", v5=True)),
-    ("PUBLISH topic past end", CONNECT4 + frame(0x30, b"\x00\x09abc")),
-    ("PUBLISH without packet id", CONNECT4 + frame(0x32, b"\x00\x01t\x00")),
-    ("PUBLISH packet id 0", CONNECT4 + frame(0x32, b"\x00\x01t\x00\x00")),
-    ("PUBLISH v5 without properties", CONNECT5 + frame(0x30, b"\x00\x01t")),
+    (
+        "UNSUBSCRIBE flags 0",
+        CONNECT4 + b"\xa0" + encode_unsubscribe(1, ["a"], v5=False)[1:],
+        MALFORMED_PACKET,
+    ),
+    ("PINGREQ flags", CONNECT4 + b"\xc1\x00", MALFORMED_PACKET),
+    ("DISCONNECT flags", CONNECT4 + b"\xe2\x00", None),
+    ("CONNECT flags", b"\x12" + CONNECT4[1:], None),
+    ("PUBLISH QoS 3", CONNECT4 + frame(0x36, b"\x00\x01t\x00\x01"), MALFORMED_PACKET),
+    ("not CONNECT first", encode_pingreq(), None),
+    ("PUBLISH first", encode_publish("t", b"", v5=False), None),
+    ("CONNECT twice", CONNECT4 + CONNECT4, None),
+    ("CONNACK from client", CONNECT4 + encode_connack(v5=False), None),
+    ("SUBACK from client", CONNECT4 + encode_suback(1, [0], v5=False), None),
+    ("UNSUBACK from client", CONNECT4 + encode_unsuback(1, v5=False), None),
+    ("PINGRESP from client", CONNECT4 + encode_pingresp(), None),
+    ("AUTH in v3.1.1", CONNECT4 + encode_auth(), None),
+    ("protocol MQTT level 3", connect_body("MQTT", 3, 2), None),
+    ("protocol MQIsdp level 4", connect_body("MQIsdp", 4, 2), None),
+    ("protocol level 6", connect_body("MQTT", 6, 2), None),
+    ("protocol name", connect_body("MQTX", 4, 2), None),
+    ("CONNECT reserved flag", connect_body("MQTT", 4, 3), None),
+    ("will QoS without will", connect_body("MQTT", 4, 0b0000_1010), None),
+    ("will retain without will", connect_body("MQTT", 4, 0b0010_0010), None),
+    ("will QoS 3", connect_body("MQTT", 4, 0b0001_1110, b"\x00\x01c\x00\x01t\x00\x00"), None),
+    ("password without user v4", connect_body("MQTT", 4, 0b0100_0010, b"\x00\x01c\x00\x01p"), None),
+    ("CONNECT trailing byte", connect_body("MQTT", 4, 2, b"\x00\x01c\x00"), None),
+    ("CONNECT client id past end", connect_body("MQTT", 4, 2, b"\x00\x05c"), None),
+    ("client id invalid UTF-8", connect_body("MQTT", 4, 2, b"\x00\x02\xc3\x28"), None),
+    ("client id surrogate", connect_body("MQTT", 4, 2, b"\x00\x03\xed\xa0\x80"), None),
+    ("client id U+0000", connect_body("MQTT", 4, 2, b"\x00\x02a\x00"), None),
+    (
+        "will topic wildcard",
+        connect_body("MQTT", 4, 0b0000_0110, b"\x00\x01c\x00\x01#\x00\x00"),
+        None,
+    ),
+    ("PUBLISH topic +", CONNECT4 + encode_publish("a/+/b", b"", v5=False), PROTOCOL_ERROR),
+    ("PUBLISH topic #", CONNECT4 + encode_publish("a/#", b"", v5=False), PROTOCOL_ERROR),
+    ("PUBLISH topic U+0000", CONNECT4 + encode_publish("a\x00", b"", v5=False), MALFORMED_PACKET),
+    ("PUBLISH topic bad UTF-8", CONNECT4 + frame(0x30, b"\x00\x01\xff"), MALFORMED_PACKET),
+    ("PUBLISH topic empty v3", CONNECT4 + encode_publish("", b"x", v5=False), PROTOCOL_ERROR),
+    ("PUBLISH topic empty v5", CONNECT5 + encode_publish("", b"x", v5=True), PROTOCOL_ERROR),
+    ("PUBLISH topic past end", CONNECT4 + frame(0x30, b"\x00\x09abc"), MALFORMED_PACKET),
+    ("PUBLISH without packet id", CONNECT4 + frame(0x32, b"\x00\x01t\x00"), MALFORMED_PACKET),
+    ("PUBLISH packet id 0", CONNECT4 + frame(0x32, b"\x00\x01t\x00\x00"), PROTOCOL_ERROR),
+    ("PUBLISH v5 without properties", CONNECT5 + frame(0x30, b"\x00\x01t"), MALFORMED_PACKET),
     (
         "PUBLISH unknown property",
         CONNECT5 + encode_publish("t", b"", v5=True, properties=u8(0x04, 0)),
+        MALFORMED_PACKET,
     ),
-    ("PUBLISH property past end", CONNECT5 + frame(0x30, b"\x00\x01t\x05\x02\x00\x00")),
-    ("PUBLISH property over length", CONNECT5 + frame(0x30, b"\x00\x01t\x02\x02\x00\x00\x00\x00")),
+    (
+        "PUBLISH property past end",
+        CONNECT5 + frame(0x30, b"\x00\x01t\x05\x02\x00\x00"),
+        MALFORMED_PACKET,
+    ),
+    (
+        "PUBLISH property over length",
+        CONNECT5 + frame(0x30, b"\x00\x01t\x02\x02\x00\x00\x00\x00"),
+        MALFORMED_PACKET,
+    ),
     (
         "PUBLISH topic alias 0",
         CONNECT5 + encode_publish("t", b"", v5=True, properties=u16(0x23, 0)),
+        MALFORMED_PACKET,
     ),
     (
         "PUBLISH topic alias twice",
         CONNECT5 + encode_publish("t", b"", v5=True, properties=u16(0x23, 1) + u16(0x23, 2)),
+        None,
     ),
-    ("PUBLISH unknown alias", CONNECT5 + encode_publish("", b"", v5=True, properties=u16(0x23, 9))),
+    (
+        "PUBLISH unknown alias",
+        CONNECT5 + encode_publish("", b"", v5=True, properties=u16(0x23, 9)),
+        PROTOCOL_ERROR,
+    ),
     (
         "PUBLISH property bad UTF-8",
         CONNECT5 + encode_publish("t", b"", v5=True, properties=text(0x03, b"\xff")),
+        MALFORMED_PACKET,
     ),
     (
         "PUBLISH user property value past end",
         CONNECT5 + frame(0x30, b"\x00\x01t\x05\x26\x00\x01k\x00"),
+        MALFORMED_PACKET,
     ),
-    ("SUBSCRIBE without filters", CONNECT4 + frame(0x82, b"\x00\x01")),
-    ("SUBSCRIBE v5 without filters", CONNECT5 + frame(0x82, b"\x00\x01\x00")),
-    ("SUBSCRIBE v3 options 3", CONNECT4 + encode_subscribe(1, [("a", 3)], v5=False)),
-    ("SUBSCRIBE v3 options 4", CONNECT4 + encode_subscribe(1, [("a", 4)], v5=False)),
-    ("SUBSCRIBE v5 reserved option bits", CONNECT5 + encode_subscribe(1, [("a", 0x40)], v5=True)),
-    ("SUBSCRIBE v5 QoS 3", CONNECT5 + encode_subscribe(1, [("a", 3)], v5=True)),
-    ("SUBSCRIBE v5 retain handling 3", CONNECT5 + encode_subscribe(1, [("a", 0x30)], v5=True)),
-    ("SUBSCRIBE filter without options", CONNECT4 + frame(0x82, b"\x00\x01\x00\x01a")),
-    ("SUBSCRIBE empty filter", CONNECT4 + encode_subscribe(1, [("", 0)], v5=False)),
-    ("SUBSCRIBE # not last", CONNECT4 + encode_subscribe(1, [("a/#/b", 0)], v5=False)),
-    ("SUBSCRIBE + inside a level", CONNECT4 + encode_subscribe(1, [("a+/b", 0)], v5=False)),
-    ("SUBSCRIBE packet id 0", CONNECT4 + frame(0x82, b"\x00\x00\x00\x01a\x00")),
-    ("UNSUBSCRIBE without filters", CONNECT4 + frame(0xA2, b"\x00\x01")),
-    ("PUBACK v3 with reason code", CONNECT4 + frame(0x40, b"\x00\x01\x00")),
-    ("PUBACK too short", CONNECT4 + frame(0x40, b"\x00")),
-    ("PUBACK v5 leftover after properties", CONNECT5 + frame(0x40, b"\x00\x01\x00\x00\x00")),
-    ("PINGREQ with a body", CONNECT4 + frame(0xC0, b"\x00")),
-    ("DISCONNECT v3 with a body", CONNECT4 + frame(0xE0, b"\x00")),
-    ("AUTH v5 with reason code only", CONNECT5 + frame(0xF0, b"\x18")),
+    ("SUBSCRIBE without filters", CONNECT4 + frame(0x82, b"\x00\x01"), MALFORMED_PACKET),
+    ("SUBSCRIBE v5 without filters", CONNECT5 + frame(0x82, b"\x00\x01\x00"), MALFORMED_PACKET),
+    (
+        "SUBSCRIBE v3 options 3",
+        CONNECT4 + encode_subscribe(1, [("a", 3)], v5=False),
+        MALFORMED_PACKET,
+    ),
+    (
+        "SUBSCRIBE v3 options 4",
+        CONNECT4 + encode_subscribe(1, [("a", 4)], v5=False),
+        MALFORMED_PACKET,
+    ),
+    (
+        "SUBSCRIBE v5 reserved option bits",
+        CONNECT5 + encode_subscribe(1, [("a", 0x40)], v5=True),
+        MALFORMED_PACKET,
+    ),
+    ("SUBSCRIBE v5 QoS 3", CONNECT5 + encode_subscribe(1, [("a", 3)], v5=True), MALFORMED_PACKET),
+    (
+        "SUBSCRIBE v5 retain handling 3",
+        CONNECT5 + encode_subscribe(1, [("a", 0x30)], v5=True),
+        MALFORMED_PACKET,
+    ),
+    (
+        "SUBSCRIBE filter without options",
+        CONNECT4 + frame(0x82, b"\x00\x01\x00\x01a"),
+        MALFORMED_PACKET,
+    ),
+    (
+        "SUBSCRIBE empty filter",
+        CONNECT4 + encode_subscribe(1, [("", 0)], v5=False),
+        MALFORMED_PACKET,
+    ),
+    (
+        "SUBSCRIBE # not last",
+        CONNECT4 + encode_subscribe(1, [("a/#/b", 0)], v5=False),
+        MALFORMED_PACKET,
+    ),
+    (
+        "SUBSCRIBE + inside a level",
+        CONNECT4 + encode_subscribe(1, [("a+/b", 0)], v5=False),
+        MALFORMED_PACKET,
+    ),
+    ("SUBSCRIBE packet id 0", CONNECT4 + frame(0x82, b"\x00\x00\x00\x01a\x00"), MALFORMED_PACKET),
+    ("UNSUBSCRIBE without filters", CONNECT4 + frame(0xA2, b"\x00\x01"), MALFORMED_PACKET),
+    ("PUBACK v3 with reason code", CONNECT4 + frame(0x40, b"\x00\x01\x00"), None),
+    ("PUBACK too short", CONNECT4 + frame(0x40, b"\x00"), None),
+    ("PUBACK v5 leftover after properties", CONNECT5 + frame(0x40, b"\x00\x01\x00\x00\x00"), None),
+    ("PINGREQ with a body", CONNECT4 + frame(0xC0, b"\x00"), MALFORMED_PACKET),
+    ("DISCONNECT v3 with a body", CONNECT4 + frame(0xE0, b"\x00"), None),
+    ("AUTH v5 with reason code only", CONNECT5 + frame(0xF0, b"\x18"), None),
 ]
 
 BAD_SERVER: list[tuple[str, int | None, bytes]] = [
@@ -607,18 +679,22 @@ BAD_SERVER: list[tuple[str, int | None, bytes]] = [
 ]
 
 
-@pytest.mark.parametrize(("data"), [case[1] for case in BAD_CLIENT], ids=[c[0] for c in BAD_CLIENT])
-def test_bad_client_bytes(data: bytes) -> None:
+@pytest.mark.parametrize(
+    ("data", "code"), [case[1:] for case in BAD_CLIENT], ids=[c[0] for c in BAD_CLIENT]
+)
+def test_bad_client_bytes(data: bytes, code: int | None) -> None:
     decoder = MQTTDecoder(from_client=True)
     with pytest.raises(MQTTDecodeError) as info:
         decoder.feed(data)
     assert isinstance(info.value, DecodeError)
     assert str(info.value)
+    assert info.value.code == code
     # the rule holds however the bytes arrive
-    with pytest.raises(MQTTDecodeError):
+    with pytest.raises(MQTTDecodeError) as info:
         bytewise = MQTTDecoder(from_client=True)
         for i in range(len(data)):
             bytewise.feed(data[i : i + 1])
+    assert info.value.code == code
 
 
 @pytest.mark.parametrize(
@@ -638,8 +714,9 @@ def test_oversized_packet_is_refused_once_its_length_is_known() -> None:
     exact = encode_publish("t", b"x" * 95, v5=False)
     assert len(exact) == 100
     assert isinstance(one(client(4, max_packet_size=100), exact), Publish)
-    with pytest.raises(MQTTDecodeError):
+    with pytest.raises(MQTTDecodeError) as info:
         client(4, max_packet_size=99).feed(exact[:2])
+    assert info.value.code == PACKET_TOO_LARGE
 
 
 def test_non_minimal_remaining_length_is_allowed() -> None:
@@ -657,9 +734,108 @@ def test_errors_are_final_and_keep_the_packets_before() -> None:
     with pytest.raises(MQTTDecodeError) as info:
         decoder.feed(CONNECT4 + encode_pingreq() + b"\x00\x00" + encode_pingreq())
     assert [p.raw for p in info.value.packets] == [CONNECT4, encode_pingreq()]
+    assert info.value.code == PROTOCOL_ERROR
     for data in (b"", encode_pingreq()):
-        with pytest.raises(MQTTDecodeError, match="earlier error"):
+        with pytest.raises(MQTTDecodeError, match="earlier error") as info:
             decoder.feed(data)
+        assert info.value.code is None  # the first error was the one to answer
+
+
+def publish5(topic: str | bytes, *, qos: int = 0, packet_id: int = 1, properties: bytes) -> bytes:
+    name = topic.encode() if isinstance(topic, str) else topic
+    head = len(name).to_bytes(2, "big") + name + (packet_id.to_bytes(2, "big") if qos else b"")
+    return frame(0x30 | qos << 1, head + varint(len(properties)) + properties + b"p")
+
+
+def connacked(topic_alias_maximum: int = 0, maximum_packet_size: int | None = None) -> MQTTDecoder:
+    """A v5 client-direction decoder that has applied a CONNACK with these limits."""
+    decoder = client(5)
+    decoder.apply_connack(
+        Connack(
+            raw=b"",
+            session_present=False,
+            reason_code=0,
+            topic_alias_maximum=topic_alias_maximum,
+            maximum_packet_size=maximum_packet_size,
+        )
+    )
+    return decoder
+
+
+def test_aliases_above_the_connack_maximum_are_invalid() -> None:
+    decoder = client(5)
+    assert decoder.connack is None
+    assert one(decoder, publish5("a", properties=u16(0x23, 500))).topic == "a"  # not known yet
+    connack = one(server(5), encode_connack(v5=True, properties=u16(0x22, 10)))
+    assert isinstance(connack, Connack)
+    decoder = client(5)
+    decoder.apply_connack(connack)
+    assert decoder.connack is connack
+    assert one(decoder, publish5("a", properties=u16(0x23, 10))).topic == "a"
+    for topic in ("b", ""):
+        with pytest.raises(MQTTDecodeError, match="Topic Alias Maximum 10") as info:
+            connacked(topic_alias_maximum=10).feed(publish5(topic, properties=u16(0x23, 11)))
+        assert info.value.code == TOPIC_ALIAS_INVALID
+    with pytest.raises(MQTTDecodeError) as info:
+        connacked(topic_alias_maximum=10).feed(publish5("a", properties=u16(0x23, 0)))
+    assert info.value.code == MALFORMED_PACKET
+
+
+def test_a_connack_without_topic_alias_maximum_allows_no_alias() -> None:
+    connack = one(server(5), encode_connack(v5=True))
+    assert isinstance(connack, Connack)
+    assert (connack.topic_alias_maximum, connack.maximum_packet_size) == (0, None)
+    decoder = client(5)
+    decoder.apply_connack(connack)
+    with pytest.raises(MQTTDecodeError) as info:
+        decoder.feed(publish5("a", properties=u16(0x23, 1)))
+    assert info.value.code == TOPIC_ALIAS_INVALID
+
+
+def test_connack_limits_are_for_the_client_direction_only() -> None:
+    with pytest.raises(ValueError):
+        server(5).apply_connack(Connack(raw=b"", session_present=False, reason_code=0))
+
+
+def test_the_connack_maximum_packet_size_counts_as_mosquitto_does() -> None:
+    # Mosquitto refuses when the remaining length + 1 exceeds its max_packet_size.
+    taken = frame(0x30, text(0, "t")[1:] + b"\x00" + b"x" * 995)  # remaining length 999
+    assert len(taken) == 1002
+    assert one(connacked(maximum_packet_size=1000), taken) == one(client(5), taken)
+    refused = frame(0x30, text(0, "t")[1:] + b"\x00" + b"x" * 996)  # remaining length 1000
+    decoder = connacked(maximum_packet_size=1000)
+    with pytest.raises(MQTTDecodeError, match="Maximum Packet Size 1000") as info:
+        decoder.feed(refused[:3])  # refused as soon as the length is known
+    assert info.value.code == PACKET_TOO_LARGE
+
+
+def test_a_connack_maximum_packet_size_of_0_is_an_error() -> None:
+    with pytest.raises(MQTTDecodeError, match="maximum packet size is 0"):
+        server(5).feed(encode_connack(v5=True, properties=u32(0x27, 0)))
+
+
+@pytest.mark.parametrize(
+    ("properties", "topic", "packet_id", "code"),
+    [
+        (u16(0x23, 11), "a/+", 1, TOPIC_ALIAS_INVALID),  # alias before wildcard
+        (u16(0x23, 0), "a/+", 1, MALFORMED_PACKET),
+        (u16(0x23, 11), b"a\xff", 1, MALFORMED_PACKET),  # encoding before alias
+        (u16(0x23, 11), b"a\xff", 0, MALFORMED_PACKET),  # encoding before packet id
+        (u16(0x23, 11), "a/b", 0, PROTOCOL_ERROR),  # packet id before alias
+        (u8(0x04, 0), "a/b", 0, PROTOCOL_ERROR),  # packet id before properties
+        (u8(0x04, 0), "a/+", 1, MALFORMED_PACKET),  # properties before wildcard
+        (u8(0x04, 0), "", 1, MALFORMED_PACKET),  # properties before the unknown alias
+        (u8(0x01, 0) * 2, "a/+", 1, None),  # a repeated property: Mosquitto just closes
+        (u8(0x01, 0) * 2, b"\xff", 1, MALFORMED_PACKET),
+    ],
+)
+def test_a_publish_with_two_faults_gets_mosquittos_code(
+    properties: bytes, topic: str | bytes, packet_id: int, code: int | None
+) -> None:
+    data = publish5(topic, qos=1, packet_id=packet_id, properties=properties)
+    with pytest.raises(MQTTDecodeError) as info:
+        connacked(topic_alias_maximum=10).feed(data)
+    assert info.value.code == code
 
 
 def test_partial_packets_wait_for_more() -> None:
@@ -873,8 +1049,10 @@ def test_arbitrary_bytes_raise_only_decode_errors(
 @given(st.booleans(), st.binary(max_size=120))
 def test_arbitrary_bytes_after_connect_raise_only_decode_errors(v5: bool, data: bytes) -> None:
     decoder = client(5 if v5 else 4)
-    with contextlib.suppress(MQTTDecodeError):
+    try:
         decoder.feed(data)
+    except MQTTDecodeError as exc:
+        assert exc.code in (None, MALFORMED_PACKET, PROTOCOL_ERROR, PACKET_TOO_LARGE)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,15 @@ The decoder holds these promises:
   keeps ``raw``, its exact bytes from the first header byte on, so the proxy forwards them as is;
 * whatever the specification forbids raises :class:`MQTTDecodeError` and nothing else; the
   decoder is then broken and every later ``feed`` raises too (close the connection);
-* a packet longer than ``max_packet_size`` is refused as soon as its length is known.
+* a packet longer than ``max_packet_size`` is refused as soon as its length is known;
+* each error carries ``code``, the MQTT 5.0 reason code a broker answers it with in DISCONNECT,
+  or None where it closes without one. Mosquitto 2.0.11 is the reference, measured fault by
+  fault: it writes no DISCONNECT for anything before or in CONNECT, for a second CONNECT, or for
+  faults inside acknowledgements, DISCONNECT and AUTH; and ``_publish`` checks in its order, so
+  a PUBLISH with two faults gets the same code.
+
+Handed the server's CONNACK (``apply_connack``), a client-direction decoder also refuses topic
+aliases above its Topic Alias Maximum and packets above its Maximum Packet Size.
 
 The packet types a direction accepts are a table (``_CLIENT_TYPES`` / ``_SERVER_TYPES``); the
 client direction starts with a table holding CONNECT alone. Encoders raise ``ValueError`` when
@@ -23,7 +31,11 @@ from typing import Final, NamedTuple
 from commgraph.errors import DecodeError
 
 __all__ = [
+    "MALFORMED_PACKET",
     "MAX_PACKET_SIZE",
+    "PACKET_TOO_LARGE",
+    "PROTOCOL_ERROR",
+    "TOPIC_ALIAS_INVALID",
     "Ack",
     "Connack",
     "Connect",
@@ -53,15 +65,27 @@ __all__ = [
 ]
 
 
+# MQTT 5.0 reason codes a server sends in DISCONNECT when the client broke the protocol.
+MALFORMED_PACKET: Final = 0x81
+PROTOCOL_ERROR: Final = 0x82
+TOPIC_ALIAS_INVALID: Final = 0x94
+PACKET_TOO_LARGE: Final = 0x95
+
+
 class MQTTDecodeError(DecodeError):
     """The peer sent bytes that are not MQTT; ``str(exc)`` says what is wrong.
 
-    ``packets`` holds the packets the same ``feed`` call decoded completely before the bad one.
+    ``code`` is the reason code of the DISCONNECT a broker answers this error with (MQTT 5.0
+    only; 3.x has none), None where it just closes the connection. ``packets`` holds the
+    packets the same ``feed`` call decoded completely before the bad one.
     """
 
-    def __init__(self, reason: str, *, packets: Sequence[Packet] = ()) -> None:
+    def __init__(
+        self, reason: str, *, code: int | None = MALFORMED_PACKET, packets: Sequence[Packet] = ()
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
         self.packets: tuple[Packet, ...] = tuple(packets)
 
 
@@ -102,11 +126,17 @@ class Connect:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Connack:
-    """CONNACK; ``reason_code`` is the 3.x return code or the 5.0 reason code."""
+    """CONNACK; ``reason_code`` is the 3.x return code or the 5.0 reason code.
+
+    The limits are the 5.0 properties: ``topic_alias_maximum`` 0 when absent (no aliases
+    allowed), ``maximum_packet_size`` None when absent (no limit).
+    """
 
     raw: bytes
     session_present: bool
     reason_code: int
+    topic_alias_maximum: int = 0
+    maximum_packet_size: int | None = None
 
 
 class Publish(NamedTuple):
@@ -222,13 +252,17 @@ _PROPERTY_TYPES: Final = {
     0x2A: _BYTE,  # shared subscription available
 }
 _FIXED_SIZE: Final = {_BYTE: 1, _TWO: 2, _FOUR: 4}
+_TOPIC_ALIAS_MAXIMUM: Final = 0x22
 _TOPIC_ALIAS: Final = 0x23
+_MAXIMUM_PACKET_SIZE: Final = 0x27
 _SUBSCRIPTION_ID: Final = 0x0B
 _REPEATABLE: Final = (1 << 0x26) | (1 << _SUBSCRIPTION_ID)
 
 _ACK_TYPES: Final = frozenset(
     {PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL, PacketType.PUBCOMP}
 )
+# Packets whose faults (flags, fields) Mosquitto answers with a bare close, not a DISCONNECT.
+_CLOSE_ONLY: Final = _ACK_TYPES | {PacketType.CONNECT, PacketType.DISCONNECT, PacketType.AUTH}
 
 _Handler = Callable[["MQTTDecoder", int, bytes, int], Packet]
 
@@ -289,10 +323,14 @@ def _string(raw: bytes, p: int, end: int, what: str) -> tuple[str, int]:
     return _text(data, what), p
 
 
+def _wildcard(topic: str, what: str) -> MQTTDecodeError:
+    return MQTTDecodeError(f"{what} {topic!r} contains a wildcard", code=PROTOCOL_ERROR)
+
+
 def _topic_name(data: bytes, what: str) -> str:
     topic = _text(data, what)
     if "+" in topic or "#" in topic:
-        raise MQTTDecodeError(f"{what} {topic!r} contains a wildcard")
+        raise _wildcard(topic, what)
     return topic
 
 
@@ -308,8 +346,13 @@ def _check_filter(topic_filter: str, what: str) -> None:
                 raise MQTTDecodeError(f"{what} topic filter {topic_filter!r} misplaces a wildcard")
 
 
-def _properties(raw: bytes, p: int, end: int, what: str) -> tuple[int, int, int | None]:
-    """Reads a v5 property length and the properties; returns (start, stop, topic alias)."""
+def _properties(
+    raw: bytes, p: int, end: int, what: str, values: dict[int, int] | None = None
+) -> tuple[int, int, int | None]:
+    """Reads a v5 property length and the properties; returns (start, stop, topic alias).
+
+    ``values``, when given, receives the fixed-size properties other than the topic alias.
+    """
     length, start = _varint(raw, p, end, f"{what} property length")
     stop = start + length
     if stop > end:
@@ -325,7 +368,7 @@ def _properties(raw: bytes, p: int, end: int, what: str) -> tuple[int, int, int 
             raise MQTTDecodeError(f"{what} has unknown property identifier 0x{ident:02x}")
         bit = 1 << ident
         if seen & bit and not bit & _REPEATABLE:
-            raise MQTTDecodeError(f"{what} repeats property 0x{ident:02x}")
+            raise MQTTDecodeError(f"{what} repeats property 0x{ident:02x}", code=None)
         seen |= bit
         size = _FIXED_SIZE.get(kind)
         if size is not None:
@@ -333,6 +376,8 @@ def _properties(raw: bytes, p: int, end: int, what: str) -> tuple[int, int, int 
                 raise MQTTDecodeError(f"{what} property 0x{ident:02x} runs past the properties")
             if ident == _TOPIC_ALIAS:
                 alias = raw[p] << 8 | raw[p + 1]
+            elif values is not None:
+                values[ident] = int.from_bytes(raw[p : p + size])
             p += size
         elif kind == _VARINT:
             value, p = _varint(raw, p, stop, f"{what} property 0x{ident:02x}")
@@ -359,17 +404,21 @@ class MQTTDecoder:
     """One direction of one connection.
 
     ``protocol_level`` is 3, 4 or 5 once known: the client-direction decoder sets it from
-    CONNECT; the server direction decodes as 3.1.1 until someone sets it.
+    CONNECT; the server direction decodes as 3.1.1 until someone sets it. ``connack`` is the
+    server's CONNACK once :meth:`apply_connack` was called with it, else None.
     """
 
     __slots__ = (
+        "_alias_max",
         "_aliases",
         "_buf",
         "_failure",
         "_from_client",
         "_max",
         "_need",
+        "_server_max",
         "_types",
+        "connack",
         "protocol_level",
     )
 
@@ -388,6 +437,26 @@ class MQTTDecoder:
         self._failure: str | None = None
         self._aliases: dict[int, str] = {}
         self._types: tuple[_Handler | None, ...] = _CONNECT_ONLY if from_client else _SERVER_TYPES
+        self.connack: Connack | None = None
+        # The server's limits; until its CONNACK is known nothing is refused for them.
+        self._alias_max = 0xFFFF
+        self._server_max = MAX_PACKET_SIZE
+
+    def apply_connack(self, connack: Connack) -> None:
+        """Client direction: the limits the server's ``connack`` announced hold from now on.
+
+        A topic alias above its Topic Alias Maximum raises with ``TOPIC_ALIAS_INVALID``, a
+        packet above its Maximum Packet Size with ``PACKET_TOO_LARGE``; that size is counted as
+        Mosquitto counts it, without the remaining length bytes, so that nothing the server
+        would take is refused here (a server counting them refuses the few bytes between).
+        Raises ``ValueError`` on a server-direction decoder.
+        """
+        if not self._from_client:
+            raise ValueError("a CONNACK sets the limits of the client direction only")
+        self.connack = connack
+        self._alias_max = connack.topic_alias_maximum
+        if connack.maximum_packet_size is not None:
+            self._server_max = connack.maximum_packet_size
 
     def feed(self, data: bytes) -> list[Packet]:
         """Returns the packets completed by ``data``, in order; keeps a partial one for later.
@@ -395,7 +464,9 @@ class MQTTDecoder:
         Raises :class:`MQTTDecodeError` on the first invalid packet, and on every call after.
         """
         if self._failure is not None:
-            raise MQTTDecodeError(f"decoder stopped after an earlier error: {self._failure}")
+            raise MQTTDecodeError(
+                f"decoder stopped after an earlier error: {self._failure}", code=None
+            )
         buf = self._buf
         if buf:
             buf += data
@@ -418,7 +489,8 @@ class MQTTDecoder:
                 flags = _FLAGS[first >> 4]
                 if flags >= 0 and first & 0x0F != flags:
                     raise MQTTDecodeError(
-                        f"{_name(first >> 4)} has reserved flags 0b{first & 0x0F:04b}"
+                        f"{_name(first >> 4)} has reserved flags 0b{first & 0x0F:04b}",
+                        code=None if first >> 4 in _CLOSE_ONLY else MALFORMED_PACKET,
                     )
                 byte = data[pos + 1]
                 length = byte & 0x7F
@@ -426,7 +498,7 @@ class MQTTDecoder:
                 shift = 7
                 while byte & 0x80:
                     if header == 5:
-                        raise MQTTDecodeError("remaining length is longer than 4 bytes")
+                        raise MQTTDecodeError("remaining length is longer than 4 bytes", code=None)
                     if pos + header >= end:
                         break
                     byte = data[pos + header]
@@ -436,18 +508,22 @@ class MQTTDecoder:
                 if byte & 0x80:
                     break  # the remaining length itself is still incomplete
                 total = header + length
-                if total > self._max:
-                    raise MQTTDecodeError(
-                        f"{_name(first >> 4)} of {total} bytes exceeds the maximum packet size "
-                        f"{self._max}"
-                    )
+                if total > self._max or length >= self._server_max:
+                    raise self._too_large(first >> 4, total)
                 if end - pos < total:
                     need = total
                     break
                 raw = data[pos : pos + total]
                 pos += total
-                packets.append(handler(self, first, raw, header))
+                try:
+                    packets.append(handler(self, first, raw, header))
+                except MQTTDecodeError as exc:
+                    if first >> 4 in _CLOSE_ONLY:
+                        exc.code = None
+                    raise
         except MQTTDecodeError as exc:
+            if self._types is _CONNECT_ONLY:
+                exc.code = None  # before CONNECT a server answers nothing, not even DISCONNECT
             self._failure = exc.reason
             exc.packets = tuple(packets)
             buf.clear()
@@ -457,20 +533,30 @@ class MQTTDecoder:
             self._need = need
         return packets
 
+    def _too_large(self, packet_type: int, total: int) -> MQTTDecodeError:
+        if total > self._max:
+            limit = f"the maximum packet size {self._max}"
+        else:
+            limit = f"the server's Maximum Packet Size {self._server_max}"
+        return MQTTDecodeError(
+            f"{_name(packet_type)} of {total} bytes exceeds {limit}", code=PACKET_TOO_LARGE
+        )
+
     def _unexpected(self, packet_type: int) -> MQTTDecodeError:
         if not packet_type:
-            return MQTTDecodeError("packet type 0 is reserved")
+            return MQTTDecodeError("packet type 0 is reserved", code=PROTOCOL_ERROR)
         if self._types is _CONNECT_ONLY:
-            return MQTTDecodeError(f"{_name(packet_type)} before CONNECT")
+            return MQTTDecodeError(f"{_name(packet_type)} before CONNECT", code=None)
         if packet_type == PacketType.CONNECT and self._from_client:
-            return MQTTDecodeError("CONNECT a second time")
+            return MQTTDecodeError("CONNECT a second time", code=None)
         side = "client" if self._from_client else "server"
-        return MQTTDecodeError(f"{_name(packet_type)} is not allowed from the {side}")
+        # Mosquitto closes on a CONNACK from a client (and ignores SUBACK, UNSUBACK, PINGRESP).
+        return MQTTDecodeError(f"{_name(packet_type)} is not allowed from the {side}", code=None)
 
     def _v5_only(self, packet_type: int) -> None:
         if self.protocol_level != 5:
             side = "client" if self._from_client else "server"
-            raise MQTTDecodeError(f"{_name(packet_type)} from the {side} needs MQTT 5.0")
+            raise MQTTDecodeError(f"{_name(packet_type)} from the {side} needs MQTT 5.0", code=None)
 
     # Every handler gets (first byte, whole packet, length of the fixed header).
 
@@ -540,14 +626,25 @@ class MQTTDecoder:
             raise MQTTDecodeError(f"CONNACK has reserved acknowledge flags 0x{flags:02x}")
         reason_code = raw[p + 1]
         p += 2
+        values: dict[int, int] = {}
         # A 5.0 client refused for its protocol version gets a 3.1.1 CONNACK: no properties.
         if self.protocol_level == 5 and p < end:
-            p = _properties(raw, p, end, "CONNACK")[1]
+            p = _properties(raw, p, end, "CONNACK", values)[1]
         _no_more(p, end, "CONNACK")
-        return Connack(raw=raw, session_present=bool(flags), reason_code=reason_code)
+        maximum_packet_size = values.get(_MAXIMUM_PACKET_SIZE)
+        if maximum_packet_size == 0:
+            raise MQTTDecodeError("CONNACK maximum packet size is 0", code=PROTOCOL_ERROR)
+        return Connack(
+            raw=raw,
+            session_present=bool(flags),
+            reason_code=reason_code,
+            topic_alias_maximum=values.get(_TOPIC_ALIAS_MAXIMUM, 0),
+            maximum_packet_size=maximum_packet_size,
+        )
 
     def _publish(self, first: int, raw: bytes, p: int) -> Packet:
-        # The hot path: fields are read inline, the payload is never touched.
+        # The hot path: fields are read inline, the payload is never touched. The checks come
+        # in Mosquitto's order: flags, topic encoding, packet id, properties, alias, wildcards.
         end = len(raw)
         qos = (first >> 1) & 3
         if qos == 3:
@@ -558,14 +655,15 @@ class MQTTDecoder:
         p = start + (raw[p] << 8 | raw[p + 1])
         if p > end:
             raise MQTTDecodeError("PUBLISH topic name runs past the end of the packet")
-        topic_bytes = raw[start:p]
+        named = p > start
+        topic = _text(raw[start:p], "PUBLISH topic name") if named else ""
         packet_id = None
         if qos:
             if p + 2 > end:
                 raise MQTTDecodeError("PUBLISH ends before its packet identifier")
             packet_id = raw[p] << 8 | raw[p + 1]
             if not packet_id:
-                raise MQTTDecodeError("PUBLISH packet identifier is 0")
+                raise MQTTDecodeError("PUBLISH packet identifier is 0", code=PROTOCOL_ERROR)
             p += 2
         alias = None
         if self.protocol_level == 5:
@@ -575,18 +673,29 @@ class MQTTDecoder:
                 p, alias = _properties(raw, p, end, "PUBLISH")[1:]
                 if alias == 0:
                     raise MQTTDecodeError("PUBLISH topic alias is 0")
+                if alias is not None and alias > self._alias_max:
+                    raise MQTTDecodeError(
+                        f"PUBLISH topic alias {alias} is above the server's Topic Alias Maximum "
+                        f"{self._alias_max}",
+                        code=TOPIC_ALIAS_INVALID,
+                    )
             else:
                 p += 1
-        if topic_bytes:
-            topic = _topic_name(topic_bytes, "PUBLISH topic name")
+        if named:
+            if "+" in topic or "#" in topic:
+                raise _wildcard(topic, "PUBLISH topic name")
             if alias is not None:
                 self._aliases[alias] = topic
         elif alias is None:
-            raise MQTTDecodeError("PUBLISH topic name is empty and has no topic alias")
+            raise MQTTDecodeError(
+                "PUBLISH topic name is empty and has no topic alias", code=PROTOCOL_ERROR
+            )
         else:
             known = self._aliases.get(alias)
             if known is None:
-                raise MQTTDecodeError(f"PUBLISH topic alias {alias} was never defined")
+                raise MQTTDecodeError(
+                    f"PUBLISH topic alias {alias} was never defined", code=PROTOCOL_ERROR
+                )
             topic = known
         return Publish(
             raw,
@@ -597,7 +706,7 @@ class MQTTDecoder:
             packet_id,
             end - p,
             alias,
-            bool(topic_bytes),
+            named,
         )
 
     def _ack(self, first: int, raw: bytes, p: int) -> Packet:

@@ -21,6 +21,11 @@ What the protocol itself says about a client goes to ``signal``: connections ope
 first PUBLISH or SUBSCRIBE, their close, CONNACKs the broker refused, and protocol errors.
 The guardrails count them per address (brute force, fuzzing, connection floods).
 
+A client that breaks the protocol is closed as the broker would close it (in every mode): the
+packets before the bad one are forwarded, then a v5 client that has had its CONNACK gets the
+DISCONNECT with the reason code the codec names; before that, and for 3.x, a bare close. The
+client's decoder applies the CONNACK's limits (topic alias maximum, maximum packet size).
+
 Backpressure: when one side's write buffer is full, the other side stops reading. Nothing is
 buffered without bound; a packet larger than ``max_packet_size`` closes the connection.
 """
@@ -49,6 +54,7 @@ from commgraph.adapters.mqtt.codec import (
     Subscribe,
     encode_ack,
     encode_connack,
+    encode_disconnect,
     encode_suback,
     encode_subscribe,
     with_topic,
@@ -397,16 +403,12 @@ class _ClientSide(_Side):
             if self.transport is not None:
                 self.transport.pause_reading()
             return
+        error: MQTTDecodeError | None = None
         try:
             packets = self.decoder.feed(data)
         except MQTTDecodeError as exc:
-            self.proxy.stats.decode_errors += 1
-            log.warning(
-                "closing %s (%s): %s", self.peer_name, self.address or "no CONNECT", str(exc)
-            )
-            self.proxy.signal(Signal.MALFORMED, self.ip, self.active, self.identity)
-            self.abort()
-            return
+            # The packets before the bad one go on first: the broker would have handled them.
+            packets, error = list(exc.packets), exc
         self.now = self.proxy.clock()  # one reading of the clock per read, not per packet
         out: list[bytes] = []
         for packet in packets:
@@ -427,12 +429,32 @@ class _ClientSide(_Side):
                     out.append(packet.raw)
             elif type(packet) is Connect:
                 if not self._connect(packet):
+                    if out:  # what came before it in this read (nothing, a CONNECT is first)
+                        self._to_broker(b"".join(out))
                     return  # refused: nothing more of this client reaches the broker
                 out.append(packet.raw)
             else:
                 out.append(packet.raw)
         if out:
             self._to_broker(b"".join(out) if len(out) > 1 else out[0])
+        if error is not None:
+            self._protocol_error(error)
+
+    def _protocol_error(self, exc: MQTTDecodeError) -> None:
+        """Close on the client's decode error as the broker would: a v5 client that has had its
+        CONNACK gets a DISCONNECT with the error's reason code first, any other a bare close."""
+        self.proxy.stats.decode_errors += 1
+        self.proxy.signal(Signal.MALFORMED, self.ip, self.active, self.identity)
+        who = self.address or "no CONNECT"
+        if not self.v5 or self.decoder.connack is None or exc.code is None:
+            log.warning("closing %s (%r): %s", self.peer_name, who, exc)
+            self.abort()
+            return
+        log.warning(
+            "closing %s (%r) with DISCONNECT 0x%02x: %s", self.peer_name, who, exc.code, exc
+        )
+        self.write(encode_disconnect(exc.code, v5=True))
+        self.close()
 
     def _to_broker(self, data: bytes) -> None:
         if self.broker is not None:  # always: data_received waits for the broker
@@ -541,6 +563,7 @@ class _ClientSide(_Side):
                 if packet.reason_code != 0 and (not self.v5 or packet.reason_code >= 0x80):
                     # the broker refused the client: bad credentials, not authorized, banned
                     self.proxy.signal(Signal.REFUSED, self.ip, self.active, self.identity)
+                self.decoder.apply_connack(packet)  # its limits hold for the client from now on
                 out.append(packet.raw)
             elif type(packet) is Ack and packet.type is PacketType.PUBREL:
                 if packet.packet_id in self.swallowed_from_broker:
