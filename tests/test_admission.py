@@ -169,9 +169,9 @@ def test_a_topic_storm_after_learning_is_a_few_alerts_and_bounded() -> None:
     for i in range(20_000):
         engine.observe_fields(at(7) + i * 0.001, "thermo-1", f"storm/{i}", "publish", 4)
     kinds = sorted(a.kind.value for a in engine.alerts.by_id.values())
-    assert kinds == ["edge-burst"] + ["new-edge"] * 5
+    assert kinds == ["edge-burst"] + ["new-edge"] * 3
     burst = next(a for a in engine.alerts.by_id.values() if a.kind is AlertKind.EDGE_BURST)
-    assert burst.detail["edges"] + 5 + 0 <= 500
+    assert burst.detail["edges"] + 3 + 1 == 500  # its learned edge counts toward the cap
     assert burst.detail["overflow"] > 19_000
     assert engine.graph.vertex_count - vertices <= 500, "no graph entries beyond the cap"
     # approving the burst approves its edges
@@ -179,6 +179,31 @@ def test_a_topic_storm_after_learning_is_a_few_alerts_and_bounded() -> None:
     assert engine.observe_fields(at(9), "thermo-1", "storm/100", "publish", 4).label is (
         Label.APPROVED
     )
+
+
+def test_a_storm_delivered_to_a_subscriber_is_part_of_the_storms_question() -> None:
+    engine = make(Mode.MONITOR)
+    learned_site(engine)
+    engine.observe_fields(at(6), "dashboard", "#", "subscribe")  # a wildcard subscriber
+    engine.tick(at(13))
+    before = len(engine.alerts.by_id)
+    for i in range(2000):
+        ts = at(14) + i * 0.01
+        engine.observe_fields(ts, "thermo-1", f"storm/{i}", "publish", 4)
+        engine.observe_fields(ts, f"storm/{i}", "dashboard", "deliver", 4)
+    new = [a for a in engine.alerts.by_id.values() if a.id > before]
+    kinds = sorted(a.kind.value for a in new)
+    # 3 questions of the publisher, the 3 deliveries of them, then one storm for the rest
+    assert kinds == ["edge-burst"] + ["new-edge"] * 6
+    (burst,) = [a for a in new if a.kind is AlertKind.EDGE_BURST]
+    assert engine.graph.names[burst.subject] == "thermo-1"
+    assert not any(a.kind is AlertKind.FLOOD for a in new), "receiving is no flood"
+    # a repeated delivery counts on the storm, asks nothing new
+    engine.observe_fields(at(15), "storm/1000", "dashboard", "deliver", 4)
+    assert len(engine.alerts.by_id) == before + 7
+    engine.decide(burst.id, Action.DENY, by="owner", at=at(16))
+    delivered = engine.edge_of("storm/1000", "dashboard", "deliver")
+    assert delivered is not None and engine.graph.label[delivered] == int(Label.DENIED)
 
 
 def test_a_storm_while_learning_stops_being_learned_beyond_the_ceiling() -> None:

@@ -591,11 +591,15 @@ def test_one_alert_per_pending_edge(script: list[tuple[float, str, str, str]], m
     assert len(own) == len(set(own)) and set(own) <= set(pending)
     for alert in edge_alerts:
         assert alert.count == engine.graph.stats(alert.edge).count
+
+    def subject_of(e: int) -> int:
+        src, dst, rid = engine.graph.endpoints(e)
+        return dst if engine.graph.relations[rid] == "deliver" else src
+
     for e in set(pending) - set(own):
-        src, dst, _ = engine.graph.endpoints(e)
-        assert src in questions or dst in questions
+        assert subject_of(e) in questions
     for subject, question in questions.items():
-        held = [e for e in pending if subject in engine.graph.endpoints(e)[:2] and e not in own]
+        held = [e for e in pending if subject_of(e) == subject and e not in own]
         assert question.count == max(1, sum(engine.graph.stats(e).count for e in held))
     assert sum(engine.graph.count) == len(script)
 

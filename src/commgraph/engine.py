@@ -244,7 +244,8 @@ class Engine:
         events = graph.events
         n = events[subject] + 1
         events[subject] = n
-        if n >= self._flood_next.get(subject, 0) and self._floods(subject, ts, node):
+        # the ceiling counts what a service sends, not what it is delivered
+        if n >= self._flood_next.get(subject, 0) and not rel[5] and self._floods(subject, ts, node):
             return _VERDICTS[(Label(graph.label[e]), True)]
         label = graph.label[e]
         if label in (_LEARNED, _APPROVED):
@@ -667,7 +668,11 @@ class Engine:
             learning = owner != 0 and owner != subject and self._learning(owner, ts)
         events = graph.events[subject] + 1
         graph.events[subject] = events
-        if events >= self._flood_next.get(subject, 0) and self._floods(subject, ts, node):
+        if (
+            events >= self._flood_next.get(subject, 0)
+            and not rel[5]
+            and self._floods(subject, ts, node)
+        ):
             return _PENDING_VERDICTS[True]  # dropped: not even a graph entry
         relation = graph.relations[rel[0]]
         if rel[4] is VertexKind.TOPIC and relation == "publish" and not graph.owner[d]:
@@ -707,6 +712,10 @@ class Engine:
             if question is not None:  # a newcomer the owner is asked about, learning
                 self._example(question, subject, counterpart, rel[0])
             return ALLOW_LEARNED
+        owner = self._owner(counterpart) if rel[5] else 0
+        if owner and owner != subject and self.alerts.open_about(owner, AlertKind.EDGE_BURST):
+            # delivered from a storm: one more edge of the storm's question, not a new one
+            return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node, owner)
         if self._storm(subject, ts, False):
             return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node)
         e = graph.add_edge(s, d, rel[0], Label.PENDING, ts, size)
@@ -729,10 +738,13 @@ class Engine:
         subject: int,
         instance: str | None,
         node: str | None,
+        storm: int = 0,
     ) -> Verdict:
         """A new edge beyond its service's ceiling: pending, on the service's one
-        edge-burst alert (no alert of its own); approving that alert approves them all."""
-        alert = self._about(subject, AlertKind.EDGE_BURST, ts, node)
+        edge-burst alert (no alert of its own); approving that alert approves them all.
+        ``storm``: the service whose storm this edge is part of, if not ``subject`` (a
+        delivery of the storm's topics)."""
+        alert = self._about(storm or subject, AlertKind.EDGE_BURST, ts, node)
         if alert is None:
             label = Label.APPROVED  # the owner approved this service's bursts
         elif alert.state is AlertState.PENDING:
@@ -742,7 +754,8 @@ class Engine:
         e = self.graph.add_edge(s, d, rid, label, ts, size)
         self._edge_added(e, subject, instance)
         if alert is not None:
-            self._example(alert, subject, d if s == subject else s, rid)
+            if not storm:
+                self._example(alert, subject, d if s == subject else s, rid)
             alert.detail["edges"] = alert.detail.get("edges", 0) + 1
             self._bumped.add(alert.id)
         if label is Label.PENDING:
@@ -870,9 +883,7 @@ class Engine:
         if label == _PENDING:
             alert = self._open.get((e, AlertKind.NEW_EDGE))
             if alert is None:  # an edge of a held newcomer or of a burst: its group's alert
-                alert = self.alerts.open_about(
-                    subject, AlertKind.NEW_SERVICE
-                ) or self.alerts.open_about(subject, AlertKind.EDGE_BURST)
+                alert = self._group_alert(e, subject)
             if alert is not None:
                 alert.count += 1
                 if ts > alert.last_seen:
@@ -885,6 +896,22 @@ class Engine:
                 self.changes.alerts.add(alert.id)
             return _PENDING_VERDICTS[self._blocks_pending(subject)]
         return _VERDICTS[(Label(label), self._blocks(subject, Label(label)))]
+
+    def _group_alert(self, e: int, subject: int) -> Alert | None:
+        """The open question a pending edge without its own alert belongs to: its service's
+        (a held newcomer, a burst), or the storm its topic came from (a delivery)."""
+        book = self.alerts
+        alert = book.open_about(subject, AlertKind.NEW_SERVICE) or book.open_about(
+            subject, AlertKind.EDGE_BURST
+        )
+        if alert is None:
+            src, dst, _ = self.graph.endpoints(e)
+            counterpart = src if dst == subject else dst
+            if self.graph.kind(counterpart) is VertexKind.TOPIC:
+                owner = self.graph.owner[counterpart]
+                if owner and owner != subject:
+                    alert = book.open_about(owner, AlertKind.EDGE_BURST)
+        return alert
 
     def _blocks_pending(self, subject: int) -> bool:
         """Whether a pending edge of ``subject`` is blocked: a held newcomer's always."""
@@ -1058,9 +1085,23 @@ class Engine:
             else:
                 self._decide_newcomer(alert.subject, label, at, by)
         elif kind is AlertKind.EDGE_BURST:
-            # its edges: the pending ones of the service that have no question of their own
-            for e, _direction, _counterpart in self._edges_of(alert.subject):
-                if self.graph.label[e] == _PENDING and (e, AlertKind.NEW_EDGE) not in self._open:
+            # its edges: the pending ones of the service that have no question of their own,
+            # and the deliveries of its storm's topics
+            graph = self.graph
+            topics = set()
+            for e, _direction, counterpart in self._edges_of(alert.subject):
+                if graph.label[e] == _PENDING and (e, AlertKind.NEW_EDGE) not in self._open:
+                    self._relabel(e, label, at, by)
+                if graph.kind(counterpart) is VertexKind.TOPIC:
+                    topics.add(counterpart)
+            endpoints = graph.endpoints
+            for e in range(graph.edge_count):
+                src, _dst, _ = endpoints(e)
+                if (
+                    src in topics
+                    and graph.label[e] == _PENDING
+                    and (e, AlertKind.NEW_EDGE) not in self._open
+                ):
                     self._relabel(e, label, at, by)
         elif kind is AlertKind.FLOOD:
             # approved: the service may send this much; denied: it stays at its ceiling

@@ -792,6 +792,7 @@ class Store:
         db = self._db
         labels = dict(db.execute("SELECT label, COUNT(*) FROM edges GROUP BY label").fetchall())
         states = dict(db.execute("SELECT state, COUNT(*) FROM alerts GROUP BY state").fetchall())
+        kinds = dict(db.execute("SELECT kind, COUNT(*) FROM alerts GROUP BY kind").fetchall())
         phases = dict(db.execute("SELECT phase, COUNT(*) FROM services GROUP BY phase").fetchall())
         events, first, last = db.execute(
             "SELECT COALESCE(SUM(count), 0), MIN(first_seen), MAX(last_seen) FROM edges"
@@ -808,6 +809,8 @@ class Store:
             "edges": sum(labels.values()),
             "edges_by_label": {label.text: labels.get(label.text, 0) for label in Label},
             "alerts_by_state": {s.value: states.get(s.value, 0) for s in AlertState},
+            "alerts_by_kind": {k.value: kinds.get(k.value, 0) for k in AlertKind},
+            "services_by_phase": {p.value: phases.get(p.value, 0) for p in Phase},
             "decisions": db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0],
         }
 

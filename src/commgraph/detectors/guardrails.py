@@ -49,7 +49,7 @@ class GuardrailSettings:
 
     messages_per_second: int = 500  # per service
     new_edges_per_minute: int = 1000  # per service while it learns
-    new_alerts_per_minute: int = 5  # per service after learning: more are grouped
+    new_alerts_per_minute: int = 3  # per service after learning: more are grouped
     max_edges_per_service: int = 5000  # beyond: one overflow count, no graph entries
     new_services_per_minute: int = 5  # site-wide: more newcomers are one grouped question
     auth_failures_per_minute: int = 5  # per address

@@ -290,9 +290,22 @@ class _NodeCollector(Collector):
         yield gauge("commgraph_edges", "Edges of the communication graph.", c.get("edges", 0.0))
         yield _labelled("commgraph_alerts", "Alerts by state.", "state", s["alerts_by_state"])
         yield _labelled("commgraph_edges_by_label", "Edges by label.", "label", s["edges_by_label"])
-        learning = s["services_learning"]
-        phases = {"learning": learning, "active": s["services"] - learning}
-        yield _labelled("commgraph_services", "Services by phase.", "phase", phases)
+        yield _labelled("commgraph_alerts_by_kind", "Alerts by kind.", "kind", s["alerts_by_kind"])
+        yield _labelled("commgraph_services", "Services by phase.", "phase", s["services_by_phase"])
+        signals = CounterMetricFamily(
+            "commgraph_signals",
+            "What the protocol said about connections, per signal (for the guardrails).",
+            labels=["signal"],
+        )
+        for key in sorted(k for k in c if k.startswith("signals_")):
+            signals.add_metric([key.removeprefix("signals_")], c[key])
+        yield signals
+        yield counter("commgraph_proxy_refused", "CONNECTs the node refused.", "proxy_refused")
+        yield gauge(
+            "commgraph_clients_bound",
+            "Client ids bound to a service now (open connections).",
+            c.get("clients_bound", 0.0),
+        )
         yield gauge(
             "commgraph_proxy_connections_open",
             "Client connections open in the proxy.",
