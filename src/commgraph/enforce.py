@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from commgraph.errors import CommgraphError
+from commgraph.errors import EnforceError
 from commgraph.model import ServiceModel, merge
 
 __all__ = [
@@ -57,10 +57,6 @@ _ACL_ACCESS: Mapping[str, str] = {"publish": "write", "subscribe": "read", "deli
 # Mosquitto 2.0 (lib/util_topic.c): a filter may have at most this many '/' separators.
 _TOPIC_HIERARCHY_LIMIT = 200
 _MQTT_STRING_MAX = 65535  # bytes of UTF-8: the length prefix of an MQTT string
-
-
-class EnforceError(CommgraphError, ValueError):
-    """A model cannot be written in the requested format; the message names what and why."""
 
 
 # --- strings Mosquitto accepts ----------------------------------------------------------------

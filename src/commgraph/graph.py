@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from commgraph.errors import CommgraphError
+from commgraph.errors import GraphFullError
 from commgraph.events import VertexKind
 
 __all__ = [
@@ -40,10 +40,6 @@ _M64 = (1 << 64) - 1
 SIZE_UNKNOWN = 0xFFFFFFFF
 _SIZE_CAP = 0xFFFFFFFE
 _BYTES_CAP = (1 << 64) - 1  # the byte counter saturates rather than wrapping
-
-
-class GraphFullError(CommgraphError):
-    """More vertices (8,388,607) or relations (262,143) than the packed edge key can hold."""
 
 
 class Label(IntEnum):
@@ -71,7 +67,6 @@ LABEL_TRANSITIONS: dict[Label, frozenset[Label]] = {
     Label.APPROVED: frozenset({Label.DENIED}),
     Label.DENIED: frozenset({Label.APPROVED}),
 }
-INITIAL_LABELS = frozenset({Label.LEARNED, Label.PENDING})
 
 _KIND_CODES = {kind: code for code, kind in enumerate(VertexKind)}
 _KINDS = list(VertexKind)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from commgraph.errors import CommgraphError
+from commgraph.errors import ModelError
 from commgraph.signing import PrivateKey, PublicKey, key_id, public_pem, sign, verify
 from commgraph.templates import matches
 
@@ -71,14 +71,6 @@ _DECIDING_ACTIONS = frozenset({"approve", "deny"})
 _TOPIC_RELATIONS = frozenset({"publish", "subscribe", "deliver"})
 
 EdgeKey = tuple[str, str, str]  # (relation, peer, direction)
-
-
-class ModelError(CommgraphError):
-    """A model document or envelope cannot be used; ``reason`` is one of ``REASONS``."""
-
-    def __init__(self, message: str, *, reason: str = "malformed") -> None:
-        self.reason = reason
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

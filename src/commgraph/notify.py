@@ -40,7 +40,7 @@ import apprise
 from commgraph.alerts import EDGE_KINDS, KIND_WORDS
 from commgraph.alerts import describe as alert_words
 from commgraph.config import NotifySettings
-from commgraph.errors import CommgraphError
+from commgraph.errors import CommgraphError, DeliveryError
 from commgraph.web.auth import make_action_token
 
 __all__ = [
@@ -64,10 +64,6 @@ NTFY_CLOUD = "https://ntfy.sh"
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # five tries in all
 QUEUE_SIZE = 1000
 HTTP_TIMEOUT = 15.0
-
-
-class DeliveryError(CommgraphError):
-    """A notification service refused or did not take a message."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

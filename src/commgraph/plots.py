@@ -12,14 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from commgraph.engine import TimelineRow
-from commgraph.errors import CommgraphError
+from commgraph.errors import PlotError
 from commgraph.evaluate import EvalResult
 
 __all__ = ["PlotError", "sweep_curve", "timeline_chart"]
-
-
-class PlotError(CommgraphError):
-    """A picture cannot be drawn (matplotlib missing, the file cannot be written)."""
 
 
 def _pyplot() -> Any:

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from commgraph.errors import CommgraphError
+from commgraph.errors import SigningError
 
 __all__ = [
     "PrivateKey",
@@ -38,10 +38,6 @@ __all__ = [
 PrivateKey = Ed25519PrivateKey | bytes
 PublicKey = Ed25519PublicKey | bytes
 StrPath = str | os.PathLike[str]
-
-
-class SigningError(CommgraphError):
-    """A key cannot be made, written, read or used; names the file when there is one."""
 
 
 def generate_keypair() -> tuple[bytes, bytes]:

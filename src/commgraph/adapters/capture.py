@@ -37,7 +37,7 @@ from commgraph.adapters.pcap import (
     PacketRecord,
     decode_frames,
 )
-from commgraph.errors import CommgraphError
+from commgraph.errors import CaptureError
 
 __all__ = [
     "CaptureError",
@@ -64,11 +64,6 @@ _LINK_TYPES: Final = {
     519: LinkType.RAW,  # ARPHRD_RAWIP
     0xFFFE: LinkType.RAW,  # ARPHRD_NONE: tun, WireGuard
 }
-
-
-class CaptureError(CommgraphError):
-    """A live capture cannot be opened (no such interface, no CAP_NET_RAW), or its filter
-    names something that is not a port or an IP address."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ from commgraph.adapters.mqtt.codec import (
     Subscribe,
 )
 from commgraph.detectors.guardrails import Signal, SignalNote
-from commgraph.errors import EventDecodeError
+from commgraph.errors import EventDecodeError, PacketDecodeError
 from commgraph.events import MAX_TS, Event
 
 __all__ = [
@@ -93,17 +93,6 @@ EventFields = tuple[float, str, str, str, "int | None"]
 # What the decoder reads frames from: ``bytes`` or a memory-mapped file.
 Data = bytes | mmap.mmap
 FrameDecoder = Callable[[float, Data, int, int, int], "EventFields | None"]
-
-
-class PacketDecodeError(EventDecodeError):
-    """A captured packet could not be decoded; ``packet`` is its 1-based number in the
-    capture (0: the file header), also stored as ``line`` for callers of replay."""
-
-    def __init__(self, reason: str, *, packet: int) -> None:
-        super().__init__(reason, line=packet)
-        self.packet = packet
-        where = "file header" if packet == 0 else f"packet {packet}"
-        self.args = (f"{where}: {reason}",)
 
 
 PacketRecord = EventFields | PacketDecodeError | SignalNote

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import BinaryIO, Final, NamedTuple
 
-from commgraph.errors import EventDecodeError
+from commgraph.errors import EventDecodeError, FlowDecodeError
 from commgraph.events import MAX_SIZE, MAX_TS, Event
 
 __all__ = [
@@ -49,19 +49,6 @@ __all__ = [
     "read_flows",
     "relation",
 ]
-
-
-class FlowDecodeError(EventDecodeError):
-    """A conn.log line cannot be read as a flow.
-
-    ``line`` is the 1-based line number when known, ``field`` the Zeek name of the column at
-    fault (``id.resp_p``) when one is. An :class:`EventDecodeError`, so code that skips and
-    counts bad event lines handles bad flow lines the same way.
-    """
-
-    def __init__(self, reason: str, *, line: int | None = None, field: str | None = None) -> None:
-        super().__init__(reason, line=line)
-        self.field = field
 
 
 class FlowRecord(NamedTuple):

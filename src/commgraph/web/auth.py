@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from commgraph.errors import CommgraphError
+from commgraph.errors import CommgraphError, TokenError
 
 __all__ = [
     "ActionToken",
@@ -35,10 +35,6 @@ __all__ = [
 ]
 
 ACTIONS = frozenset({"approve", "deny"})
-
-
-class TokenError(CommgraphError):
-    """An action token is malformed, forged, or expired."""
 
 
 @dataclass(frozen=True, slots=True)

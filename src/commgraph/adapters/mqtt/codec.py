@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple
 
-from commgraph.errors import DecodeError
+from commgraph.errors import MQTTDecodeError
 
 __all__ = [
     "MALFORMED_PACKET",
@@ -70,23 +70,6 @@ MALFORMED_PACKET: Final = 0x81
 PROTOCOL_ERROR: Final = 0x82
 TOPIC_ALIAS_INVALID: Final = 0x94
 PACKET_TOO_LARGE: Final = 0x95
-
-
-class MQTTDecodeError(DecodeError):
-    """The peer sent bytes that are not MQTT; ``str(exc)`` says what is wrong.
-
-    ``code`` is the reason code of the DISCONNECT a broker answers this error with (MQTT 5.0
-    only; 3.x has none), None where it just closes the connection. ``packets`` holds the
-    packets the same ``feed`` call decoded completely before the bad one.
-    """
-
-    def __init__(
-        self, reason: str, *, code: int | None = MALFORMED_PACKET, packets: Sequence[Packet] = ()
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-        self.packets: tuple[Packet, ...] = tuple(packets)
 
 
 class PacketType(IntEnum):
