@@ -234,3 +234,10 @@ def test_detector_settings() -> None:
     assert d.kinds == frozenset({"rate", "size"}) and d.rate_factor == 10.0
     assert (d.short_window, d.silence_periods, d.size_slack) == (300.0, 4.0, 0)
     assert parse_config({}).detectors.kinds == frozenset({"rate", "periodicity", "size"})
+
+
+def test_an_empty_config_is_exactly_the_settings_dataclasses_defaults() -> None:
+    # one source for each default: the parser reads them from the dataclasses
+    from commgraph.config import Config
+
+    assert parse_config({}, source="<defaults>") == Config()

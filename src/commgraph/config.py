@@ -10,20 +10,24 @@ keys are errors: a typo must not silently fall back to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from commgraph.detectors import KINDS, DetectorSettings
 from commgraph.detectors.guardrails import GuardrailSettings
 from commgraph.errors import ConfigError
-from commgraph.identity import AddressKind, IdentityRule
+from commgraph.identity import AddressKind, Identity, IdentityRule
 from commgraph.phases import Admission, LearningSettings, Mode
-from commgraph.templates import TemplateRule
+from commgraph.templates import TemplateRule, Templates
+
+if TYPE_CHECKING:
+    from commgraph.engine import Engine
 
 __all__ = [
     "APISettings",
@@ -157,7 +161,27 @@ class Config:
     sync_broker: Address | None = None
     private_key: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
-    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def engine(
+        self, settings: LearningSettings | None = None, *, node: str | None = None
+    ) -> Engine:
+        """A new, empty engine for this site: its learning settings (or ``settings``),
+        identity rules, templates, detectors and guardrails, named after this node."""
+        from commgraph.engine import Engine  # the engine is not needed to read a config
+
+        return Engine(
+            settings or self.learning,
+            Identity(self.identity),
+            node=node or self.node,
+            templates=Templates(self.templates),
+            detectors=self.detectors,
+            guardrails=self.guardrails,
+        )
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """The default a settings dataclass declares for a field (for those that need arguments)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 class _Reader:
@@ -297,31 +321,27 @@ def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
 
 
 def _detectors(section: _Reader) -> DetectorSettings:
-    kinds = section.get("kinds", list, sorted(KINDS))
+    defaults = DetectorSettings()
+    kinds = section.get("kinds", list, sorted(defaults.kinds))
     for kind in kinds:
         if kind not in KINDS:
             raise section.error("kinds", f"{kind!r} is not one of {', '.join(sorted(KINDS))}")
     numbers: dict[str, float] = {}
-    for key, default in (
-        ("rate_factor", 5.0),
-        ("rate_min_count", 10.0),
-        ("silence_periods", 3.0),
-        ("size_margin", 2.0),
-    ):
-        value = section.get(key, (int, float), default)
+    for key in ("rate_factor", "rate_min_count", "silence_periods", "size_margin"):
+        value = section.get(key, (int, float), getattr(defaults, key))
         if isinstance(value, bool) or value < 1:
             raise section.error(key, f"{value!r} must be a number of at least 1")
         numbers[key] = float(value)
     windows = {
-        key: _duration(section, key, default)
-        for key, default in (("short_window", 60.0), ("long_window", 3600.0), ("burst_gap", 1.0))
+        key: _duration(section, key, getattr(defaults, key))
+        for key in ("short_window", "long_window", "burst_gap")
     }
     for key, value in windows.items():
         if value <= 0:
             raise section.error(key, "must be longer than 0s")
-    rate_limit = section.get("rate_limit", bool, False)
-    size_slack = section.get("size_slack", int, 64)
-    min_hits = section.get("min_period_hits", int, 5)
+    rate_limit = section.get("rate_limit", bool, defaults.rate_limit)
+    size_slack = section.get("size_slack", int, defaults.size_slack)
+    min_hits = section.get("min_period_hits", int, defaults.min_period_hits)
     if size_slack < 0 or min_hits < 2:
         raise section.error("size_slack" if size_slack < 0 else "min_period_hits", "is too small")
     section.finish()
@@ -337,11 +357,11 @@ def _detectors(section: _Reader) -> DetectorSettings:
 
 def _capture(capture: _Reader) -> CaptureSettings | None:
     interface = capture.get("interface", str)
+    defaults = CaptureSettings(interface="")
     ports = {
-        key: _ports(capture, key, default)
-        for key, default in (("ports", []), ("mqtt_ports", [1883]))
+        key: _ports(capture, key, list(getattr(defaults, key))) for key in ("ports", "mqtt_ports")
     }
-    hosts = capture.get("hosts", list, [])
+    hosts = capture.get("hosts", list, list(defaults.hosts))
     for host in hosts:
         try:
             ipaddress.ip_address(host if isinstance(host, str) else "")
@@ -370,11 +390,12 @@ def _ports(section: _Reader, key: str, default: list[int]) -> tuple[int, ...]:
 
 def _mqtt(mqtt: _Reader, base: Path) -> MQTTSettings:
     listen, upstream = _address(mqtt, "listen"), _address(mqtt, "upstream")
-    fail = mqtt.get("fail", str, "open")
+    defaults = MQTTSettings()
+    fail = mqtt.get("fail", str, "open" if defaults.fail_open else "closed")
     if fail not in ("open", "closed"):
         raise mqtt.error("fail", f'{fail!r} must be "open" (forward) or "closed" (block)')
-    timeout = _duration(mqtt, "connect_timeout", 10.0)
-    max_size = mqtt.get("max_packet_size", int, 16 * 1024 * 1024)
+    timeout = _duration(mqtt, "connect_timeout", defaults.connect_timeout)
+    max_size = mqtt.get("max_packet_size", int, defaults.max_packet_size)
     if not 16 <= max_size <= 268_435_460:
         raise mqtt.error("max_packet_size", "must be between 16 and 268435460 bytes")
     tls = None
@@ -382,7 +403,9 @@ def _mqtt(mqtt: _Reader, base: Path) -> MQTTSettings:
         t = mqtt.sub("tls")
         tls_listen = _address(t, "listen")
         cert, key, ca = t.get("cert", str), t.get("key", str), t.get("ca", str)
-        require = t.get("require_client_cert", bool, False)
+        require = t.get(
+            "require_client_cert", bool, _field_default(TLSSettings, "require_client_cert")
+        )
         for name, value in (("listen", tls_listen), ("cert", cert), ("key", key)):
             if value is None:
                 raise t.error(name, "is required for a TLS listener")
@@ -451,15 +474,17 @@ def parse_config(
     """Validate a parsed TOML document; relative paths are taken from ``base``."""
     top = _Reader(source, "", data)
     base = base or Path.cwd()
+    # every default is the one its settings dataclass declares
+    defaults, learned, told = Config(), LearningSettings(), NotifySettings()
 
     node = top.sub("node")
-    name = node.get("name", str, "node")
+    name = node.get("name", str, defaults.node)
     db_text = node.get("db", str)
     node.finish()
 
     learning = top.sub("learning")
-    duration = _duration(learning, "duration", 3600.0)
-    min_events = learning.get("min_events", int, 0)
+    duration = _duration(learning, "duration", learned.duration)
+    min_events = learning.get("min_events", int, learned.min_events)
     if min_events < 0:
         raise learning.error("min_events", "must not be negative")
     per_service = learning.sub("services")
@@ -469,7 +494,7 @@ def parse_config(
     learning.finish()
 
     modes = top.sub("modes")
-    default_mode = _mode(modes, "default", Mode.MONITOR)
+    default_mode = _mode(modes, "default", learned.mode)
     mode_services = modes.sub("services")
     overrides = {svc: _mode(mode_services, svc, default_mode) for svc in mode_services.table}
     mode_services.finish()
@@ -480,7 +505,7 @@ def parse_config(
     admission = _admission(top.sub("admission"))
 
     protect = top.sub("protect")
-    pending = protect.get("pending", str, "block")
+    pending = protect.get("pending", str, "block" if learned.block_pending else "allow")
     if pending not in ("block", "allow"):
         raise protect.error("pending", f'{pending!r} must be "block" or "allow"')
     protect.finish()
@@ -509,13 +534,13 @@ def parse_config(
     urls = notify.get("urls", list, [])
     if not all(isinstance(u, str) for u in urls):
         raise notify.error("urls", "expected a list of strings")
-    per_minute = notify.get("per_minute", int, 5)
+    per_minute = notify.get("per_minute", int, told.per_minute)
     if per_minute < 1:
         raise notify.error("per_minute", "must be at least 1")
     link_base = notify.get("link_base", str)
     if link_base is not None and not link_base.startswith(("http://", "https://")):
         raise notify.error("link_base", f"{link_base!r} must start with http:// or https://")
-    link_valid_for = _duration(notify, "link_valid_for", 86400.0)
+    link_valid_for = _duration(notify, "link_valid_for", told.link_valid_for)
     sync = top.sub("sync")
     sync_broker = _address(sync, "broker")
     keys = top.sub("keys")
@@ -560,7 +585,6 @@ def parse_config(
         sync_broker=sync_broker,
         private_key=(base / private) if private else None,
         trusted_keys=tuple(base / t for t in trusted),
-        raw=data,
     )
 
 

@@ -720,12 +720,10 @@ class Engine:
             return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node)
         e = graph.add_edge(s, d, rel[0], Label.PENDING, ts, size)
         self._edge_added(e, subject, instance)
-        alert, _ = self.alerts.raise_or_repeat(
+        alert, new = self.alerts.raise_or_repeat(
             e, AlertKind.NEW_EDGE, ts, node or self.node, subject=subject
         )
-        self.changes.alerts.add(alert.id)
-        self.changes.raised.append(alert.id)
-        self._minute_anomalies += 1
+        self._raised(alert, new)
         return Verdict(Label.PENDING, self._blocks(subject, Label.PENDING), alert.id)
 
     def _burst_edge(
@@ -845,13 +843,11 @@ class Engine:
                 open_alert.last_seen = ts
             self._bumped.add(open_alert.id)
             return _VERDICTS[(label, limit)]
-        alert, _ = self.alerts.raise_or_repeat(
+        alert, new = self.alerts.raise_or_repeat(
             e, alert_kind, ts, node or self.node, subject=subject
         )
-        self.changes.alerts.add(alert.id)
-        self.changes.raised.append(alert.id)
         self._at_minute(ts)
-        self._minute_anomalies += 1
+        self._raised(alert, new)
         return Verdict(label, limit, alert.id)
 
     def _silences(self, now: float) -> None:
@@ -866,12 +862,10 @@ class Engine:
             subject = dst if self._relation_subject_is_dst(rid) else src
             if self.phases.mode(subject) is Mode.LEARN:
                 continue
-            alert, _ = self.alerts.raise_or_repeat(
+            alert, new = self.alerts.raise_or_repeat(
                 e, AlertKind.PERIODICITY, due, self.node, subject=subject
             )
-            self.changes.alerts.add(alert.id)
-            self.changes.raised.append(alert.id)
-            self._minute_anomalies += 1
+            self._raised(alert, new)
 
     def _relation_subject_is_dst(self, rid: int) -> bool:
         return endpoint_kinds(self.graph.relations[rid])[1] is VertexKind.SERVICE
@@ -889,11 +883,11 @@ class Engine:
                 if ts > alert.last_seen:
                     alert.last_seen = ts
                 self._bumped.add(alert.id)
-            else:  # a pending edge whose question was lost: ask again
-                alert, _ = self.alerts.raise_or_repeat(
+            else:  # a pending edge whose question was lost: ask again, and tell the owner
+                alert, new = self.alerts.raise_or_repeat(
                     e, AlertKind.NEW_EDGE, ts, node or self.node, subject=subject
                 )
-                self.changes.alerts.add(alert.id)
+                self._raised(alert, new)
             return _PENDING_VERDICTS[self._blocks_pending(subject)]
         return _VERDICTS[(Label(label), self._blocks(subject, Label(label)))]
 
@@ -1069,7 +1063,7 @@ class Engine:
             at=at,
             reason=reason,
             alert=alert.id,
-            edge=self._edge_names(alert.edge),
+            edge=self.edge_names(alert.edge),
         )
         return self._audit(decision) if audit else decision
 
@@ -1264,7 +1258,7 @@ class Engine:
                 at=known.decided_at,
                 reason=f"site model from node {source}",
                 alert=alert_id,
-                edge=self._edge_names(e),
+                edge=self.edge_names(e),
                 detail=f"from node {source}",
             )
         )
@@ -1345,13 +1339,10 @@ class Engine:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _edge_names(self, edge: int) -> tuple[str, str, str]:
-        src, dst, rid = self.graph.endpoints(edge)
-        return self.graph.names[src], self.graph.names[dst], self.graph.relations[rid]
-
     def edge_names(self, edge: int) -> tuple[str, str, str]:
         """``(src, dst, relation)`` of an edge, by name."""
-        return self._edge_names(edge)
+        src, dst, rid = self.graph.endpoints(edge)
+        return self.graph.names[src], self.graph.names[dst], self.graph.relations[rid]
 
     def edge_of(self, src: str, dst: str, relation: str) -> int | None:
         """The edge concrete addresses were last counted on, if they have been observed."""
@@ -1370,7 +1361,7 @@ class Engine:
         if alert.edge == NO_EDGE:
             name = "site" if alert.subject == SITE else self.graph.names[alert.subject]
             return name, alert.node or self.node or "this node", alert.kind.value
-        return self._edge_names(alert.edge)
+        return self.edge_names(alert.edge)
 
     def resumed(self) -> None:
         """Rebuild what is derived from the graph and the alerts, after a restore: the

@@ -119,7 +119,18 @@ class LearningSettings:
         return self.durations.get(service, self.duration)
 
     def mode_for(self, service: str) -> Mode:
-        return self.modes.get(service, self.mode)
+        return self.mode_of(service)[0]
+
+    def mode_of(self, service: str, chosen: Mode | None = None) -> tuple[Mode, str]:
+        """The mode a service runs in and where it comes from (``owner``, ``config`` or
+        ``default``). The one precedence rule: the mode the owner chose for the service, then
+        the site config's mode for it, then the site's default mode."""
+        if chosen is not None:
+            return chosen, "owner"
+        mode = self.modes.get(service)
+        if mode is not None:
+            return mode, "config"
+        return self.mode, "default"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -262,4 +273,4 @@ class LearningPhases:
         state = self.states.get(vid)
         if state is None:
             return self.settings.mode
-        return state.mode or self.settings.mode_for(state.service)
+        return self.settings.mode_of(state.service, state.mode)[0]

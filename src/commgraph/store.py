@@ -576,12 +576,10 @@ class Store:
         )
         for row in rows:
             owner_mode = row.pop("owner_mode")
-            if owner_mode:
-                row["mode"], row["mode_source"] = owner_mode, "owner"
-            elif row["name"] in settings.modes:
-                row["mode"], row["mode_source"] = settings.modes[row["name"]].value, "config"
-            else:
-                row["mode"], row["mode_source"] = settings.mode.value, "default"
+            mode, row["mode_source"] = settings.mode_of(
+                row["name"], Mode(owner_mode) if owner_mode else None
+            )
+            row["mode"] = mode.value
             row["instances"] = sorted((row["instances"] or "").split())
         return rows
 
