@@ -165,3 +165,11 @@ def test_add_restored_alerts() -> None:
     assert open_.count == 3
     fresh, is_new = book.raise_or_repeat(EDGE_A, AlertKind.NEW_EDGE, T0 + 9, None)
     assert is_new and fresh.id == 8
+
+
+def test_every_kind_has_its_words_and_its_tag_in_one_place() -> None:
+    from commgraph.alerts import KIND_LABELS, KIND_WORDS, AlertKind
+
+    kinds = {k.value for k in AlertKind}
+    assert set(KIND_WORDS) == kinds
+    assert set(KIND_LABELS) == kinds

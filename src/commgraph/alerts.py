@@ -23,6 +23,7 @@ from commgraph.errors import DecisionError, UnknownItemError
 __all__ = [
     "ALERT_TRANSITIONS",
     "EDGE_KINDS",
+    "KIND_LABELS",
     "KIND_WORDS",
     "NO_EDGE",
     "SITE",
@@ -206,7 +207,7 @@ class AlertBook:
 KIND_WORDS: dict[str, str] = {
     "new-edge": "never seen before",
     "rate": "far more often than it learned",
-    "periodicity": "silent for longer than its rhythm allows",
+    "periodicity": "gone silent, longer than its usual rhythm allows",
     "size": "messages of a size it never learned",
     "new-service": "a new device: is it yours?",
     "flood": "more messages a second than its ceiling",
@@ -214,6 +215,20 @@ KIND_WORDS: dict[str, str] = {
     "auth-failure": "refused log-ins (password guessing?)",
     "malformed": "broken protocol packets (fuzzing?)",
     "connection-flood": "too many connections",
+}
+
+# the same, as a tag beside a listed alert
+KIND_LABELS: dict[str, str] = {
+    "new-edge": "new",
+    "rate": "far more often than learned",
+    "periodicity": "silent for longer than its rhythm",
+    "size": "unusual message size",
+    "new-service": "waiting for you",
+    "flood": "flood",
+    "edge-burst": "storm",
+    "auth-failure": "brute force?",
+    "malformed": "fuzzing?",
+    "connection-flood": "connection flood",
 }
 
 _DID = {"publish": "published to", "subscribe": "subscribed to", "deliver": "received"}
@@ -241,8 +256,6 @@ def describe(
     """One alert in words a site owner understands (plain text: callers escape it for
     their medium). ``src``/``dst``/``relation`` name its edge; for an alert about a service
     or an address, ``src`` is its name and ``dst`` the node."""
-    from commgraph.events import describe_edge  # events does not import alerts
-
     detail = detail or {}
     if kind == "new-service":
         if "services" in detail:  # a grouped question for the whole site
@@ -279,8 +292,29 @@ def describe(
         if kind == "malformed":
             return f"{who} sent {count} broken MQTT packets{as_ids}: fuzzing?"
         return f"{who} opened too many connections ({detail.get('open', count)} open at once)"
-    words = describe_edge(src, dst, relation)
-    return f"{words}: {KIND_WORDS.get(kind, kind)}"
+    if kind == "new-edge":
+        if relation == "publish":
+            said = f"{src} started publishing to {dst}"
+        elif relation == "subscribe":
+            said = f"{src} started subscribing to {dst}"
+        elif relation == "deliver":
+            said = f"{dst} started receiving {src}"
+        else:
+            said = f"{src} started talking to {dst} over {relation}"
+        return f"{said}, never seen before"
+    if kind in KIND_WORDS:
+        return f"{_doing(src, dst, relation)}: {KIND_WORDS[kind]}"
+    return f"{kind} anomaly on {_doing(src, dst, relation)}"
+
+
+def _doing(src: str, dst: str, relation: str) -> str:
+    if relation == "publish":
+        return f"{src} publishing to {dst}"
+    if relation == "subscribe":
+        return f"{src} subscribing to {dst}"
+    if relation == "deliver":
+        return f"{dst} receiving {src}"
+    return f"{src} talking to {dst} over {relation}"
 
 
 def describe_row(row: Mapping[str, Any]) -> str:

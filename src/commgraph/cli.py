@@ -27,7 +27,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from commgraph import __version__
-from commgraph.alerts import Action, Decision, describe_row
+from commgraph.alerts import KIND_LABELS, Action, Decision, describe_row
 from commgraph.config import Config, format_duration, load_config, parse_duration
 from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.engine import Engine
@@ -394,20 +394,6 @@ def _describe(alert: dict[str, Any]) -> str:
     return esc(describe_row(alert))
 
 
-_KIND_WORDS = {
-    "new-edge": "new",
-    "rate": "far more often than learned",
-    "periodicity": "silent for longer than its rhythm",
-    "size": "unusual message size",
-    "new-service": "waiting for you",
-    "flood": "flood",
-    "edge-burst": "storm",
-    "auth-failure": "brute force?",
-    "malformed": "fuzzing?",
-    "connection-flood": "connection flood",
-}
-
-
 def _print_alerts(alerts: Sequence[dict[str, Any]]) -> None:
     if not alerts:
         return
@@ -417,7 +403,7 @@ def _print_alerts(alerts: Sequence[dict[str, Any]]) -> None:
         table.add_row(
             str(a["id"]),
             f"[{colour}]{a['state']}[/]",
-            f"{_describe(a)} ({_KIND_WORDS.get(a['kind'], a['kind'])})",
+            f"{_describe(a)} ({KIND_LABELS.get(a['kind'], a['kind'])})",
             str(a["count"]),
             _when(a["first_seen"]),
             _when(a["last_seen"]),

@@ -37,7 +37,6 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import apprise
 
-from commgraph.alerts import EDGE_KINDS, KIND_WORDS
 from commgraph.alerts import describe as alert_words
 from commgraph.config import NotifySettings
 from commgraph.errors import CommgraphError, DeliveryError
@@ -122,40 +121,10 @@ class NotifyStats:
 
 
 def describe(notice: AlertNotice) -> str:
-    """The alert in the owner's words."""
-    src, dst, relation = notice.src, notice.dst, notice.relation
-    if notice.kind in KIND_WORDS and notice.kind not in EDGE_KINDS:  # a service, an address
-        return alert_words(notice.kind, src, dst, relation, dict(notice.detail), notice.count)
-    if notice.kind in _KNOWN_EDGE_WORDS:
-        return f"{_edge_words(src, dst, relation)}: {_KNOWN_EDGE_WORDS[notice.kind]}"
-    if notice.kind != "new-edge":
-        return f"{notice.kind} anomaly on {_edge_words(src, dst, relation)}"
-    if relation == "publish":
-        said = f"{src} started publishing to {dst}"
-    elif relation == "subscribe":
-        said = f"{src} started subscribing to {dst}"
-    elif relation == "deliver":
-        said = f"{dst} started receiving {src}"
-    else:
-        said = f"{src} started talking to {dst} over {relation}"
-    return f"{said}, never seen before"
-
-
-_KNOWN_EDGE_WORDS = {
-    "rate": "far more often than it learned",
-    "periodicity": "gone silent, longer than its usual rhythm allows",
-    "size": "messages of a size it never learned",
-}
-
-
-def _edge_words(src: str, dst: str, relation: str) -> str:
-    if relation == "publish":
-        return f"{src} publishing to {dst}"
-    if relation == "subscribe":
-        return f"{src} subscribing to {dst}"
-    if relation == "deliver":
-        return f"{dst} receiving {src}"
-    return f"{src} talking to {dst} over {relation}"
+    """The alert in the owner's words (the wording lives in ``alerts``)."""
+    return alert_words(
+        notice.kind, notice.src, notice.dst, notice.relation, dict(notice.detail), notice.count
+    )
 
 
 def local_time(at: float) -> str:
