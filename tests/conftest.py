@@ -24,15 +24,9 @@ import pytest
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 # The real IoT traffic the tests use, by path (never copied into the repository):
-# $COMMGRAPH_DATA, else ../shared/data beside the checkout, else where the development
-# machines keep it (as bench/shared_data.py looks for it).
-_DATA_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "shared" / "data",
-    Path("/work/shared/data"),
-)
+# $COMMGRAPH_DATA, else ../shared/data beside the checkout (as bench/shared_data.py).
 DATA = Path(
-    os.environ.get("COMMGRAPH_DATA")
-    or next((path for path in _DATA_CANDIDATES if path.is_dir()), _DATA_CANDIDATES[0])
+    os.environ.get("COMMGRAPH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
 )
 
 
