@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from commgraph.config import NotifySettings
+from commgraph.links import TokenError, read_action_token
 from commgraph.notify import AlertNotice, Message, Notifier, describe, local_time, ntfy_target
-from commgraph.web.auth import TokenError, read_action_token
 
 KEY = b"k" * 32
 LINK_BASE = "http://127.0.0.1:9999"

@@ -329,7 +329,7 @@ class Daemon:
         for notifier in self.notifiers:
             notifier.notify(notice)  # queues; a failing notifier never stops observation
 
-    # -- the owner's actions, from the web side (commgraph.web.app.Node) ---------------
+    # -- the owner's actions, from the web side (commgraph.web.state.Node) ---------------
 
     @property
     def name(self) -> str:

@@ -41,7 +41,7 @@ from commgraph.alerts import EDGE_KINDS, KIND_WORDS
 from commgraph.alerts import describe as alert_words
 from commgraph.config import NotifySettings
 from commgraph.errors import CommgraphError
-from commgraph.web.auth import make_action_token
+from commgraph.links import make_action_token
 
 __all__ = [
     "AlertNotice",

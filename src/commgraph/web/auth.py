@@ -1,20 +1,14 @@
-"""Credentials of a node's web side: the API token and signed action links.
+"""Credentials of a node's web side: the API token and the link key.
 
-- The **API token** is made at first start, shown once, and kept with the link key in a file
-  readable by its owner only (0600). Requests carry it as ``Authorization: Bearer TOKEN``;
-  the dashboard keeps it in a cookie after the login form.
-- **Action tokens** ride in the Approve / Deny links of notifications, so the owner can act
-  from the phone without the API token. Each names one alert and one action, expires, and is
-  signed (HMAC-SHA256 with the link key). Single use is the store's job: the token's nonce is
-  recorded when it is used, and a second use is refused.
-
-Pure functions over bytes and time; only :func:`load_or_create` touches a file.
+The **API token** is made at first start, shown once on the terminal, and kept with the link
+key (which signs the action links of :mod:`commgraph.links`) in a file readable by its owner
+only (0600). Requests carry it as ``Authorization: Bearer TOKEN``; the dashboard keeps it in a
+cookie after the login form.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import os
@@ -24,21 +18,7 @@ from pathlib import Path
 
 from commgraph.errors import CommgraphError
 
-__all__ = [
-    "ActionToken",
-    "Credentials",
-    "TokenError",
-    "load_or_create",
-    "make_action_token",
-    "read_action_token",
-    "same_secret",
-]
-
-ACTIONS = frozenset({"approve", "deny"})
-
-
-class TokenError(CommgraphError):
-    """An action token is malformed, forged, or expired."""
+__all__ = ["Credentials", "load_or_create", "same_secret"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +27,8 @@ class Credentials:
     link_key: bytes
     created: bool  # made just now: the caller shows the token once
 
-
-@dataclass(frozen=True, slots=True)
-class ActionToken:
-    alert: int
-    action: str
-    expires: float
-    nonce: str
+    def __repr__(self) -> str:  # a traceback or a debug log must not show the secrets
+        return f"Credentials(api_token=<secret>, link_key=<secret>, created={self.created})"
 
 
 def load_or_create(path: Path) -> Credentials:
@@ -80,51 +55,3 @@ def load_or_create(path: Path) -> Credentials:
 def same_secret(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a presented token with the real one."""
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def make_action_token(
-    key: bytes, alert: int, action: str, *, now: float, valid_for: float, nonce: str | None = None
-) -> str:
-    """A URL-safe token allowing ``action`` on ``alert`` until ``now + valid_for``."""
-    if action not in ACTIONS:
-        raise ValueError(f"an action token is for approve or deny, not {action!r}")
-    body = json.dumps(
-        {"a": alert, "x": action, "e": int(now + valid_for), "n": nonce or secrets.token_hex(8)},
-        separators=(",", ":"),
-    ).encode()
-    mac = hmac.new(key, body, hashlib.sha256).digest()
-    return f"{_b64(body)}.{_b64(mac)}"
-
-
-def read_action_token(key: bytes, token: str, *, now: float) -> ActionToken:
-    """Check signature and expiry; raises :class:`TokenError` with a reason a person reads."""
-    try:
-        body_text, mac_text = token.split(".")
-        body, mac = _unb64(body_text), _unb64(mac_text)
-    except ValueError:
-        raise TokenError("this link is damaged (not a commgraph action token)") from None
-    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
-        raise TokenError("this link was not issued by this node (bad signature)")
-    try:
-        data = json.loads(body)
-        parsed = ActionToken(
-            alert=int(data["a"]),
-            action=str(data["x"]),
-            expires=float(data["e"]),
-            nonce=str(data["n"]),
-        )
-    except (ValueError, KeyError, TypeError):
-        raise TokenError("this link is damaged (unreadable contents)") from None
-    if parsed.action not in ACTIONS:
-        raise TokenError("this link asks for an unknown action")
-    if now > parsed.expires:
-        raise TokenError("this link has expired: decide in the dashboard or the CLI instead")
-    return parsed
