@@ -4,6 +4,9 @@ The **API token** is made at first start, shown once on the terminal, and kept w
 key (which signs the action links of :mod:`commgraph.links`) in a file readable by its owner
 only (0600). Requests carry it as ``Authorization: Bearer TOKEN``; the dashboard keeps it in a
 cookie after the login form.
+
+The token is a secret, so it never goes to the log (which ends up in journald): only
+:func:`announce_token` prints it, to a terminal.
 """
 
 from __future__ import annotations
@@ -11,14 +14,19 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import logging
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from commgraph.errors import CommgraphError
 
-__all__ = ["Credentials", "load_or_create", "same_secret"]
+__all__ = ["Credentials", "announce_token", "load_or_create", "same_secret"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +63,21 @@ def load_or_create(path: Path) -> Credentials:
 def same_secret(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a presented token with the real one."""
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def announce_token(credentials: Credentials, path: Path, terminal: TextIO | None = None) -> None:
+    """Tell whoever starts the node about an API token made just now.
+
+    The log (journald, under systemd) only says where the token is kept. The token itself is
+    printed to ``terminal`` (standard error by default) if that is a terminal, so a person sees
+    it once; otherwise the owner reads it from ``path``.
+    """
+    out = sys.stderr if terminal is None else terminal
+    log.warning("a new API token was made; it is kept in %s (readable by its owner only)", path)
+    try:
+        on_terminal = out.isatty()
+    except (AttributeError, ValueError):  # closed or detached stream
+        on_terminal = False
+    if on_terminal:
+        print(f"API token (shown once, kept in {path}): {credentials.api_token}", file=out)
+        out.flush()
