@@ -53,11 +53,24 @@ def _top_level(body: Iterable[ast.stmt]) -> Iterable[ast.stmt]:
                 yield from _top_level(block)
 
 
+def _everywhere(node: ast.AST) -> Iterable[ast.AST]:
+    """Every statement that may run some time (function bodies too), ``TYPE_CHECKING`` aside."""
+    for child in ast.iter_child_nodes(node):
+        yield child
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            for other in child.orelse:
+                yield other
+                yield from _everywhere(other)
+        else:
+            yield from _everywhere(child)
+
+
 def _imported(name: str, path: Path, *, lazy: bool) -> frozenset[str]:
-    """The commgraph modules importing ``name`` runs (its own statements only)."""
+    """The commgraph modules importing ``name`` runs (its own statements only); with
+    ``lazy``, also those its functions import when called."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    statements = ast.walk(tree) if lazy else _top_level(tree.body)
+    statements = _everywhere(tree) if lazy else _top_level(tree.body)
     dotted: set[str] = set()
     for node in statements:
         if isinstance(node, ast.Import):
