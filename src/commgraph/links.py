@@ -20,18 +20,20 @@ from dataclasses import dataclass
 
 from commgraph.errors import CommgraphError
 
-__all__ = ["ACTIONS", "ActionToken", "TokenError", "make_action_token", "read_action_token"]
+__all__ = [
+    "ACTIONS",
+    "ActionToken",
+    "TokenError",
+    "is_sound",
+    "make_action_token",
+    "read_action_token",
+]
 
 ACTIONS = frozenset({"approve", "deny"})
 
 
 class TokenError(CommgraphError):
-    """An action token is malformed, forged, or expired; ``expired`` says which of the last:
-    a token that is sound but past its time (the owner needs another way, not a fresh link)."""
-
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
+    """An action token is malformed, forged, or expired."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +67,7 @@ def make_action_token(
 
 
 def read_action_token(key: bytes, token: str, *, now: float) -> ActionToken:
-    """Check signature and expiry; raises :class:`TokenError` with a reason a person reads
-    (``expired`` set when only the time is wrong)."""
+    """Check signature and expiry; raises :class:`TokenError` with a reason a person reads."""
     try:
         body_text, mac_text = token.split(".")
         body, mac = _unb64(body_text), _unb64(mac_text)
@@ -87,7 +88,15 @@ def read_action_token(key: bytes, token: str, *, now: float) -> ActionToken:
     if parsed.action not in ACTIONS:
         raise TokenError("this link asks for an unknown action")
     if now > parsed.expires:
-        raise TokenError(
-            "this link has expired: decide in the dashboard or the CLI instead", expired=True
-        )
+        raise TokenError("this link has expired: decide in the dashboard or the CLI instead")
     return parsed
+
+
+def is_sound(key: bytes, token: str) -> bool:
+    """Whether ``token`` was signed with ``key`` and reads well, whatever its time: a refused
+    token that is sound has only expired (the owner needs another way, not a better link)."""
+    try:
+        read_action_token(key, token, now=float("-inf"))
+    except TokenError:
+        return False
+    return True

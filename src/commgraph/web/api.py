@@ -31,7 +31,7 @@ from commgraph.alerts import Action, AlertState, Decision
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.export import service_view
 from commgraph.graph import Label
-from commgraph.links import TokenError, read_action_token
+from commgraph.links import TokenError, is_sound, read_action_token
 from commgraph.model import (
     ModelError,
     ServiceModel,
@@ -486,11 +486,12 @@ async def act(request: web.Request) -> web.Response:
     """A notification link: the token names the alert and the action, and is used once."""
     node = _node(request)
     key = request.app[STATE].credentials.link_key
+    token_text = request.match_info["token"]
     now = time.time()
     try:
-        token = read_action_token(key, request.match_info["token"], now=now)
+        token = read_action_token(key, token_text, now=now)
     except TokenError as exc:
-        raise ApiError(410 if exc.expired else 400, str(exc)) from None
+        raise ApiError(410 if is_sound(key, token_text) else 400, str(exc)) from None
     _alert_row(node, token.alert)  # 404 before the link is spent
     if not node.store.use_token(token.nonce, now):
         raise ApiError(409, "this link was already used")

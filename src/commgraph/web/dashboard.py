@@ -27,7 +27,7 @@ from commgraph.alerts import Action, describe_row
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
-from commgraph.links import ActionToken, TokenError, read_action_token
+from commgraph.links import ActionToken, TokenError, is_sound, read_action_token
 from commgraph.phases import Mode
 from commgraph.web import render, session
 from commgraph.web.api import model_rows, whole_number
@@ -323,10 +323,11 @@ async def reset_learning(request: web.Request) -> web.Response:
 def _act_read(request: web.Request) -> tuple[ActionToken, dict[str, Any]] | web.Response:
     """The action token of the URL and its alert, or the page saying why not."""
     key = request.app[STATE].credentials.link_key
+    token = request.match_info["token"]
     try:
-        parsed = read_action_token(key, request.match_info["token"], now=time.time())
+        parsed = read_action_token(key, token, now=time.time())
     except TokenError as exc:
-        status = 410 if exc.expired else 400
+        status = 410 if is_sound(key, token) else 400
         return _act_refused(request, status, "This link cannot be used", str(exc))
     alert = request.app[STATE].node.store.alert(parsed.alert)
     if alert is None:
