@@ -16,7 +16,7 @@
     ├── CaptureError (adapters.capture) no such interface, or no CAP_NET_RAW
     ├── PlotError (plots)          a picture cannot be drawn (matplotlib missing)
     ├── DeliveryError (notify)     a notification service refused a message
-    └── TokenError (links)         a notification link is damaged, forged or expired
+    └── TokenError (web.auth)      a notification link is damaged, forged or expired
 
 Callers show ``str(exc)`` to the user as one line; no traceback for these.
 """
