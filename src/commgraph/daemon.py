@@ -44,7 +44,7 @@ from commgraph.signing import PrivateKey, PublicKey, load_private, load_trusted
 from commgraph.store import Store
 from commgraph.sync import ModelSync
 from commgraph.templates import Templates
-from commgraph.web.auth import load_or_create
+from commgraph.web.auth import announce_token, load_or_create
 
 __all__ = ["Daemon", "ReplaySummary", "replay", "run_daemon", "run_live_demo"]
 
@@ -329,7 +329,7 @@ class Daemon:
         for notifier in self.notifiers:
             notifier.notify(notice)  # queues; a failing notifier never stops observation
 
-    # -- the owner's actions, from the web side (commgraph.web.app.Node) ---------------
+    # -- the owner's actions, from the web side (commgraph.web.state.Node) ---------------
 
     @property
     def name(self) -> str:
@@ -724,11 +724,7 @@ class Daemon:
         await web.TCPSite(runner, listen.host, listen.port).start()
         log.info("dashboard and API on http://%s/ (token in %s)", listen, self.credentials_path())
         if credentials.created:
-            log.warning(
-                "API token (shown once, kept in %s): %s",
-                self.credentials_path(),
-                credentials.api_token,
-            )
+            announce_token(credentials, self.credentials_path())
         return runner
 
     async def _tick(self) -> None:

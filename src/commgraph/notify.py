@@ -18,7 +18,8 @@ Senders are plain async functions ``send(url, message)`` that raise on failure. 
 and ``ntfys://`` URLs are published directly as ntfy JSON, because ntfy's action buttons are
 per message here (each carries a signed token), while Apprise's ntfy plugin only takes one
 fixed ``actions=`` string per URL. Every other URL goes through Apprise with the links in the
-body.
+body, as plain text: Apprise escapes it for targets that render HTML or Markdown, so a
+device's topic name is never markup there.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import apprise
 from commgraph.alerts import describe as alert_words
 from commgraph.config import NotifySettings
 from commgraph.errors import CommgraphError, DeliveryError
-from commgraph.web.auth import make_action_token
+from commgraph.links import make_action_token
 
 __all__ = [
     "AlertNotice",
@@ -219,7 +220,13 @@ async def send_apprise(url: str, message: Message) -> None:
     service = apprise.Apprise()
     if not service.add(url):
         raise DeliveryError(f"{redact(url)}: not a notification URL Apprise understands")
-    result = await service.async_notify(body=message.body_with_links(), title=message.title)
+    # Plain text: topics and client ids are chosen by devices, so a target that renders HTML
+    # or Markdown (e-mail, say) must get them escaped by Apprise, never as markup.
+    result = await service.async_notify(
+        body=message.body_with_links(),
+        title=message.title,
+        body_format=apprise.NotifyFormat.TEXT,
+    )
     if not result:
         raise DeliveryError(f"{redact(url)}: Apprise could not deliver the message")
 

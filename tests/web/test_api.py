@@ -21,10 +21,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from commgraph.config import parse_config
 from commgraph.daemon import Daemon
+from commgraph.links import make_action_token
 from commgraph.store import SCHEMA_VERSION, Store
-from commgraph.web import api
-from commgraph.web.app import CREDENTIALS, NODE
-from commgraph.web.auth import Credentials, load_or_create, make_action_token
+from commgraph.web import api, session
+from commgraph.web.auth import Credentials, load_or_create
+from commgraph.web.state import STATE, AppState
 from conftest import seed_alerts, seeded_state
 
 T = 1_700_000_000.0
@@ -90,8 +91,7 @@ async def serving(daemon: Daemon, tmp_path: Path) -> AsyncIterator[Site]:
     """The API of ``daemon`` on a test server."""
     credentials = load_or_create(tmp_path / "creds")
     app = web.Application(client_max_size=64 * 1024)
-    app[NODE] = daemon
-    app[CREDENTIALS] = credentials
+    app[STATE] = AppState(node=daemon, credentials=credentials)
     api.setup(app)
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -171,11 +171,11 @@ async def test_wrong_token_is_401(site: Site) -> None:
 
 
 async def test_token_in_cookie_works(site: Site) -> None:
-    cookie = {"Cookie": f"{api.COOKIE}={site.credentials.api_token}"}
+    cookie = {"Cookie": f"{session.COOKIE}={site.credentials.api_token}"}
     response = await site.client.get("/api/v1/alerts", headers=cookie)
     assert response.status == 200
     assert len(await response.json()) == 2
-    wrong = await site.client.get("/api/v1/alerts", headers={"Cookie": f"{api.COOKIE}=nope"})
+    wrong = await site.client.get("/api/v1/alerts", headers={"Cookie": f"{session.COOKIE}=nope"})
     assert wrong.status == 401
     # A form on another site cannot use the owner's cookie; the dashboard's own page can.
     evil = await site.client.post(
@@ -188,19 +188,20 @@ async def test_token_in_cookie_works(site: Site) -> None:
     assert (await same.json())["state"] == "approved"
 
 
-def test_authorized_is_reusable() -> None:
+async def test_authorized_is_reusable(site: Site) -> None:
     from aiohttp.test_utils import make_mocked_request
 
     app = web.Application()
-    app[CREDENTIALS] = Credentials(api_token="s3cret", link_key=b"k", created=False)
+    credentials = Credentials(api_token="s3cret", link_key=b"k", created=False)
+    app[STATE] = AppState(node=site.daemon, credentials=credentials)
     ok = make_mocked_request("GET", "/", headers={"Authorization": "Bearer s3cret"}, app=app)
     by_cookie = make_mocked_request(
         "GET", "/", headers={"Cookie": "commgraph_token=s3cret"}, app=app
     )
     bad = make_mocked_request("GET", "/", headers={"Cookie": "commgraph_token=s3cre"}, app=app)
     none = make_mocked_request("GET", "/", app=app)
-    assert api.authorized(ok) and api.authorized(by_cookie)
-    assert not api.authorized(bad) and not api.authorized(none)
+    assert session.authorized(ok) and session.authorized(by_cookie)
+    assert not session.authorized(bad) and not session.authorized(none)
 
 
 # -- errors of the router --------------------------------------------------------------------

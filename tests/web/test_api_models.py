@@ -25,8 +25,8 @@ from commgraph.model import ModelEdge, ServiceModel, canonical_json, open_model,
 from commgraph.signing import PublicKey, load_private, load_public, write_keypair
 from commgraph.store import Store
 from commgraph.web import api
-from commgraph.web.app import CREDENTIALS, NODE
 from commgraph.web.auth import Credentials, load_or_create
+from commgraph.web.state import STATE, AppState
 
 T = 1_700_000_000.0
 VALVE = ServiceModel(
@@ -91,8 +91,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
 
     credentials = load_or_create(tmp_path / "creds")
     app = web.Application()
-    app[NODE] = daemon
-    app[CREDENTIALS] = credentials
+    app[STATE] = AppState(node=daemon, credentials=credentials)
     api.setup(app)
     client = TestClient(TestServer(app))
     await client.start_server()

@@ -1,19 +1,23 @@
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import pty
+import select
 import stat
+import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from commgraph.web.auth import (
-    TokenError,
-    load_or_create,
-    make_action_token,
-    read_action_token,
-    same_secret,
-)
-
-KEY = b"k" * 32
+from commgraph.config import parse_config
+from commgraph.daemon import Daemon
+from commgraph.store import Store
+from commgraph.web.auth import load_or_create, same_secret
+from conftest import free_port
 
 
 def test_credentials_are_made_once_and_private(tmp_path: Path) -> None:
@@ -28,27 +32,77 @@ def test_credentials_are_made_once_and_private(tmp_path: Path) -> None:
     assert not same_secret("nope", first.api_token) and not same_secret(None, first.api_token)
 
 
-def test_action_tokens_name_one_alert_and_action_and_expire() -> None:
-    token = make_action_token(KEY, 7, "approve", now=1000.0, valid_for=60)
-    parsed = read_action_token(KEY, token, now=1059.0)
-    assert (parsed.alert, parsed.action) == (7, "approve")
-    with pytest.raises(TokenError, match="expired"):
-        read_action_token(KEY, token, now=1061.0)
-    with pytest.raises(TokenError, match="not issued by this node"):
-        read_action_token(b"x" * 32, token, now=1000.0)
-    _body, mac = token.split(".")
-    forged = make_action_token(KEY, 8, "deny", now=1000.0, valid_for=60).split(".")[0]
-    with pytest.raises(TokenError, match="bad signature"):
-        read_action_token(KEY, f"{forged}.{mac}", now=1000.0)
-    for damaged in ("", "abc", "a.b.c", token + "x"):
-        with pytest.raises(TokenError):
-            read_action_token(KEY, damaged, now=1000.0)
-    with pytest.raises(ValueError):
-        make_action_token(KEY, 1, "delete", now=0, valid_for=1)
-
-
 def test_unreadable_credentials_are_named(tmp_path: Path) -> None:
     path = tmp_path / "bad"
     path.write_text("{not json")
     with pytest.raises(Exception, match="bad"):
         load_or_create(path)
+
+
+# -- the token at first start: on the terminal, never in the log -------------------------------
+
+
+@contextlib.asynccontextmanager
+async def web_started(tmp_path: Path) -> AsyncIterator[Path]:
+    """The web side of the node in ``tmp_path`` started; yields its credentials file."""
+    config = parse_config(
+        {"node": {"name": "node-a"}, "api": {"listen": f"127.0.0.1:{free_port()}"}}
+    )
+    with Store(tmp_path / "n.db") as store:
+        daemon = Daemon(config, store)
+        runner = await daemon._start_web()
+        assert runner is not None
+        try:
+            yield daemon.credentials_path()
+        finally:
+            await runner.cleanup()
+
+
+async def test_without_a_terminal_the_log_names_the_file_and_never_the_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with web_started(tmp_path) as path:
+        token = load_or_create(path).api_token
+    out, err = capsys.readouterr()
+    assert not sys.stderr.isatty()  # pytest's capture: as under systemd
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert token not in logged and token not in out + err
+    assert str(path) in caplog.text
+    assert any(r.levelno >= logging.WARNING and str(path) in r.getMessage() for r in caplog.records)
+
+
+async def test_on_a_terminal_the_token_is_shown_once_and_not_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    controller, terminal_fd = pty.openpty()
+    with open(terminal_fd, "w", encoding="utf-8", closefd=True) as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        async with web_started(tmp_path) as path:
+            token = load_or_create(path).api_token
+            shown = _read_until(controller, token.encode())
+        async with web_started(tmp_path) as again:  # the second start: the token exists
+            assert again == path
+        monkeypatch.undo()
+        print("end", file=terminal, flush=True)
+        rest = _read_until(controller, b"end")
+    os.close(controller)
+    assert shown.count(token.encode()) == 1 and str(path).encode() in shown
+    assert token.encode() not in rest  # shown once: not at the second start
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert token not in logged
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float = 10.0) -> bytes:
+    """What the terminal ``fd`` shows until ``wanted`` appears (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{wanted!r} not shown on the terminal; it showed {seen!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            seen += os.read(fd, 4096)
+    return seen

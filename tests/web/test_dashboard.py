@@ -21,12 +21,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from commgraph.alerts import Action
 from commgraph.config import parse_config
 from commgraph.daemon import Daemon
+from commgraph.links import make_action_token
 from commgraph.model import ModelEdge, ServiceModel, sign_model
 from commgraph.signing import load_private, write_keypair
 from commgraph.store import Store
 from commgraph.web import dashboard
-from commgraph.web.app import CREDENTIALS, NODE
-from commgraph.web.auth import Credentials, load_or_create, make_action_token
+from commgraph.web.auth import Credentials, load_or_create
+from commgraph.web.state import STATE, AppState
 from conftest import free_port, seed_alerts, seeded_state
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -84,8 +85,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
 @pytest.fixture
 async def client(site: Site) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = web.Application()
-    app[NODE] = site.daemon
-    app[CREDENTIALS] = site.credentials
+    app[STATE] = AppState(node=site.daemon, credentials=site.credentials)
     dashboard.setup(app)
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
@@ -369,8 +369,7 @@ async def logged_in(daemon: Daemon, tmp_path: Path) -> AsyncIterator[TestClient[
     """The dashboard of ``daemon`` in a test client, the owner logged in."""
     credentials = load_or_create(tmp_path / "credentials")
     app = web.Application()
-    app[NODE] = daemon
-    app[CREDENTIALS] = credentials
+    app[STATE] = AppState(node=daemon, credentials=credentials)
     dashboard.setup(app)
     async with TestClient(TestServer(app)) as client:
         await log_in(client, credentials.api_token)

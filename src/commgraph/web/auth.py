@@ -1,40 +1,32 @@
-"""Credentials of a node's web side: the API token and signed action links.
+"""Credentials of a node's web side: the API token and the link key.
 
-- The **API token** is made at first start, shown once, and kept with the link key in a file
-  readable by its owner only (0600). Requests carry it as ``Authorization: Bearer TOKEN``;
-  the dashboard keeps it in a cookie after the login form.
-- **Action tokens** ride in the Approve / Deny links of notifications, so the owner can act
-  from the phone without the API token. Each names one alert and one action, expires, and is
-  signed (HMAC-SHA256 with the link key). Single use is the store's job: the token's nonce is
-  recorded when it is used, and a second use is refused.
+The **API token** is made at first start, shown once on the terminal, and kept with the link
+key (which signs the action links of :mod:`commgraph.links`) in a file readable by its owner
+only (0600). Requests carry it as ``Authorization: Bearer TOKEN``; the dashboard keeps it in a
+cookie after the login form.
 
-Pure functions over bytes and time; only :func:`load_or_create` touches a file.
+The token is a secret, so it never goes to the log (which ends up in journald): only
+:func:`announce_token` prints it, to a terminal.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
-from commgraph.errors import CommgraphError, TokenError
+from commgraph.errors import CommgraphError
 
-__all__ = [
-    "ActionToken",
-    "Credentials",
-    "TokenError",
-    "load_or_create",
-    "make_action_token",
-    "read_action_token",
-    "same_secret",
-]
+__all__ = ["Credentials", "announce_token", "load_or_create", "same_secret"]
 
-ACTIONS = frozenset({"approve", "deny"})
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +35,8 @@ class Credentials:
     link_key: bytes
     created: bool  # made just now: the caller shows the token once
 
-
-@dataclass(frozen=True, slots=True)
-class ActionToken:
-    alert: int
-    action: str
-    expires: float
-    nonce: str
+    def __repr__(self) -> str:  # a traceback or a debug log must not show the secrets
+        return f"Credentials(api_token=<secret>, link_key=<secret>, created={self.created})"
 
 
 def load_or_create(path: Path) -> Credentials:
@@ -78,49 +65,19 @@ def same_secret(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def announce_token(credentials: Credentials, path: Path, terminal: TextIO | None = None) -> None:
+    """Tell whoever starts the node about an API token made just now.
 
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def make_action_token(
-    key: bytes, alert: int, action: str, *, now: float, valid_for: float, nonce: str | None = None
-) -> str:
-    """A URL-safe token allowing ``action`` on ``alert`` until ``now + valid_for``."""
-    if action not in ACTIONS:
-        raise ValueError(f"an action token is for approve or deny, not {action!r}")
-    body = json.dumps(
-        {"a": alert, "x": action, "e": int(now + valid_for), "n": nonce or secrets.token_hex(8)},
-        separators=(",", ":"),
-    ).encode()
-    mac = hmac.new(key, body, hashlib.sha256).digest()
-    return f"{_b64(body)}.{_b64(mac)}"
-
-
-def read_action_token(key: bytes, token: str, *, now: float) -> ActionToken:
-    """Check signature and expiry; raises :class:`TokenError` with a reason a person reads."""
+    The log (journald, under systemd) only says where the token is kept. The token itself is
+    printed to ``terminal`` (standard error by default) if that is a terminal, so a person sees
+    it once; otherwise the owner reads it from ``path``.
+    """
+    out = sys.stderr if terminal is None else terminal
+    log.warning("a new API token was made; it is kept in %s (readable by its owner only)", path)
     try:
-        body_text, mac_text = token.split(".")
-        body, mac = _unb64(body_text), _unb64(mac_text)
-    except ValueError:
-        raise TokenError("this link is damaged (not a commgraph action token)") from None
-    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
-        raise TokenError("this link was not issued by this node (bad signature)")
-    try:
-        data = json.loads(body)
-        parsed = ActionToken(
-            alert=int(data["a"]),
-            action=str(data["x"]),
-            expires=float(data["e"]),
-            nonce=str(data["n"]),
-        )
-    except (ValueError, KeyError, TypeError):
-        raise TokenError("this link is damaged (unreadable contents)") from None
-    if parsed.action not in ACTIONS:
-        raise TokenError("this link asks for an unknown action")
-    if now > parsed.expires:
-        raise TokenError("this link has expired: decide in the dashboard or the CLI instead")
-    return parsed
+        on_terminal = out.isatty()
+    except (AttributeError, ValueError):  # closed or detached stream
+        on_terminal = False
+    if on_terminal:
+        print(f"API token (shown once, kept in {path}): {credentials.api_token}", file=out)
+        out.flush()

@@ -1,9 +1,9 @@
 """The owner's dashboard: server-rendered pages over the node's store, readable on a phone.
 
 Every page except ``/login`` and ``/act/{token}`` needs the API token, kept after the login
-form in the HttpOnly, SameSite=Strict cookie ``commgraph_token``. Every state-changing form
-carries ``csrf`` = HMAC(link key, cookie value), checked on POST (403 without it). The pages
-work without JavaScript; owner actions go through :class:`commgraph.web.app.Node` (durable
+form in a session cookie; every state-changing form carries a ``csrf`` field (both in
+:mod:`commgraph.web.session`). The pages work without JavaScript; handlers get the node from
+``request.app[STATE]``: owner actions go through :class:`commgraph.web.state.Node` (durable
 before the redirect), reads go to the store.
 
 ``/act/{token}`` is what a notification link opens: GET only shows what would happen, the
@@ -12,9 +12,6 @@ one POST button does it; the signed token authorizes, once (the store records it
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,15 +27,14 @@ from commgraph.alerts import Action, describe_row
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
+from commgraph.links import ActionToken, TokenError, is_sound, read_action_token
 from commgraph.phases import Mode
-from commgraph.web import render
-from commgraph.web.api import COOKIE, authorized, model_rows, whole_number
-from commgraph.web.app import CREDENTIALS, NODE
-from commgraph.web.auth import ActionToken, TokenError, read_action_token, same_secret
+from commgraph.web import render, session
+from commgraph.web.api import model_rows, whole_number
+from commgraph.web.state import STATE
 
-__all__ = ["COOKIE", "csrf_token", "setup"]
+__all__ = ["setup"]
 
-LOGIN_COOKIE = "commgraph_login"  # double-submit value for the login form (no token yet)
 FLASH_COOKIE = "commgraph_flash"
 HERE = Path(__file__).parent
 TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
@@ -61,8 +57,7 @@ class Pager:
 
 
 def setup(app: web.Application) -> None:
-    """Register the dashboard's pages and its static files on ``app`` (which holds NODE and
-    CREDENTIALS)."""
+    """Register the dashboard's pages and its static files on ``app`` (which holds STATE)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -92,35 +87,7 @@ def setup(app: web.Application) -> None:
     r.add_static("/static/", HERE / "static", append_version=True)
 
 
-# -- sessions, CSRF, flash --------------------------------------------------------------------
-
-
-def _logged_in(request: web.Request) -> bool:
-    return authorized(request)  # the session cookie (or a bearer header), as the API sees it
-
-
-def csrf_token(link_key: bytes, cookie: str) -> str:
-    """The ``csrf`` form field for a session cookie value."""
-    return hmac.new(link_key, b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
-
-
-def _csrf(request: web.Request) -> str:
-    return csrf_token(request.app[CREDENTIALS].link_key, request.cookies.get(COOKIE, ""))
-
-
-def _require_login(request: web.Request) -> None:
-    if not _logged_in(request):
-        raise web.HTTPSeeOther("/login")
-
-
-async def _checked_form(request: web.Request) -> Mapping[str, str]:
-    """The posted form of a logged-in owner with a valid ``csrf`` field, else 303 / 403."""
-    _require_login(request)
-    form = await request.post()
-    given = form.get("csrf")
-    if not isinstance(given, str) or not hmac.compare_digest(given, _csrf(request)):
-        raise web.HTTPForbidden(text="missing or wrong csrf field: reload the page and retry")
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+# -- redirects and flash ----------------------------------------------------------------------
 
 
 def _redirect(target: str) -> web.Response:
@@ -142,11 +109,11 @@ def _back(form: Mapping[str, str], default: str, message: str) -> web.Response:
 def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     env = request.app[TEMPLATES]
     flash = request.cookies.get(FLASH_COOKIE)
-    context.setdefault("logged_in", _logged_in(request))
+    context.setdefault("logged_in", session.authorized(request))
     body = env.get_template(template).render(
-        csrf=_csrf(request) if context["logged_in"] else "",
+        csrf=session.csrf_of(request) if context["logged_in"] else "",
         flash=unquote(flash) if flash else None,
-        node=request.app[NODE].name,
+        node=request.app[STATE].node.name,
         path=request.path_qs,
         **context,
     )
@@ -166,50 +133,34 @@ def _page(request: web.Request, template: str, status: int = 200, **context: Any
 
 
 async def login_page(request: web.Request) -> web.Response:
-    nonce = secrets.token_urlsafe(16)
-    response = _page(request, "login.html", login_nonce=nonce, error=None, logged_in=False)
-    response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/login")
+    return _login_form(request, status=200, error=None)
+
+
+def _login_form(request: web.Request, *, status: int, error: str | None) -> web.Response:
+    nonce = session.login_nonce()
+    response = _page(
+        request, "login.html", status=status, login_nonce=nonce, error=error, logged_in=False
+    )
+    session.offer_login(response, nonce)
     return response
 
 
 async def login(request: web.Request) -> web.Response:
     form = await request.post()
     token, nonce = form.get("token"), form.get("login_nonce")
-    cookie = request.cookies.get(LOGIN_COOKIE)
-    if not isinstance(nonce, str) or not same_secret(cookie, nonce):
+    if not isinstance(nonce, str) or not session.login_nonce_ok(request, nonce):
         raise web.HTTPForbidden(text="the login form expired: reload /login and retry")
-    if not isinstance(token, str) or not same_secret(
-        token.strip(), request.app[CREDENTIALS].api_token
-    ):
-        fresh = secrets.token_urlsafe(16)
-        response = _page(
-            request,
-            "login.html",
-            status=401,
-            login_nonce=fresh,
-            error="That is not this node's API token.",
-            logged_in=False,
-        )
-        response.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="Strict", path="/login")
-        return response
+    if not isinstance(token, str) or not session.is_api_token(request, token.strip()):
+        return _login_form(request, status=401, error="That is not this node's API token.")
     response = _redirect("/")
-    response.set_cookie(
-        COOKIE,
-        token.strip(),
-        httponly=True,
-        samesite="Strict",
-        path="/",
-        secure=request.secure,
-        max_age=30 * 86400,
-    )
-    response.del_cookie(LOGIN_COOKIE, path="/login")
+    session.start(request, response, token.strip())
     return response
 
 
 async def logout(request: web.Request) -> web.Response:
-    await _checked_form(request)
+    await session.checked_form(request)
     response = _redirect("/login")
-    response.del_cookie(COOKIE, path="/")
+    session.end(response)
     return response
 
 
@@ -217,8 +168,8 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def overview(request: web.Request) -> web.Response:
-    _require_login(request)
-    store = request.app[NODE].store
+    session.require_login(request)
+    store = request.app[STATE].node.store
     counts = store.status()
     pending = store.alerts(state="pending", limit=OVERVIEW_ALERTS, newest_first=True)
     waiting = counts["alerts_by_state"]["pending"]
@@ -236,8 +187,8 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def graph(request: web.Request) -> web.Response:
-    _require_login(request)
-    store = request.app[NODE].store
+    session.require_login(request)
+    store = request.app[STATE].node.store
     edges = store.edges()
     view = "services" if request.query.get("view") == "services" else "full"
     if view == "services":
@@ -255,9 +206,9 @@ async def graph(request: web.Request) -> web.Response:
 
 
 async def service(request: web.Request) -> web.Response:
-    _require_login(request)
+    session.require_login(request)
     name = request.match_info["name"]
-    node = request.app[NODE]
+    node = request.app[STATE].node
     store = node.store
     found = [s for s in store.services() if s["name"] == name]
     if not found:
@@ -285,7 +236,7 @@ async def service(request: web.Request) -> web.Response:
 
 
 async def alerts(request: web.Request) -> web.Response:
-    _require_login(request)
+    session.require_login(request)
     state = request.query.get("state") or None
     if state is not None and state not in ALERT_STATES:
         raise web.HTTPBadRequest(text=f"state must be one of {', '.join(ALERT_STATES)}")
@@ -293,7 +244,7 @@ async def alerts(request: web.Request) -> web.Response:
     asked = whole_number(text)
     if asked is None or asked < 1:
         raise web.HTTPBadRequest(text=f"page must be a whole number from 1, not {text[:40]!r}")
-    store = request.app[NODE].store
+    store = request.app[STATE].node.store
     total = store.count_alerts(state)
     # past the last page (its alerts were just decided, say): the last page
     number = min(asked, max(1, -(-total // ALERTS_PAGE)))
@@ -314,8 +265,8 @@ async def alerts(request: web.Request) -> web.Response:
 
 
 async def timeline(request: web.Request) -> web.Response:
-    _require_login(request)
-    rows = request.app[NODE].store.timeline()
+    session.require_login(request)
+    rows = request.app[STATE].node.store.timeline()
     return _page(request, "timeline.html", svg=Markup(render.timeline_svg(rows)), rows=rows)
 
 
@@ -323,11 +274,11 @@ async def timeline(request: web.Request) -> web.Response:
 
 
 async def decide(request: web.Request) -> web.Response:
-    form = await _checked_form(request)
+    form = await session.checked_form(request)
     alert_id = int(request.match_info["id"])
     action = Action(request.match_info["action"])
     try:
-        request.app[NODE].decide(
+        request.app[STATE].node.decide(
             alert_id, action, by="dashboard", reason=form.get("reason", "").strip()[:500]
         )
     except DecisionError as exc:
@@ -337,7 +288,7 @@ async def decide(request: web.Request) -> web.Response:
 
 
 async def set_mode(request: web.Request) -> web.Response:
-    form = await _checked_form(request)
+    form = await session.checked_form(request)
     name = request.match_info["name"]
     here = f"/services/{quote(name, safe='')}"
     chosen = form.get("mode", "")
@@ -345,7 +296,7 @@ async def set_mode(request: web.Request) -> web.Response:
         return _back(form, here, f"Not done: unknown mode {chosen!r}")
     mode = None if chosen == "default" else Mode(chosen)
     try:
-        request.app[NODE].set_mode(name, mode, by="dashboard", reason=form.get("reason", ""))
+        request.app[STATE].node.set_mode(name, mode, by="dashboard", reason=form.get("reason", ""))
     except UnknownItemError:
         raise web.HTTPNotFound(text=f"no service named {name!r}") from None
     except DecisionError as exc:
@@ -354,11 +305,11 @@ async def set_mode(request: web.Request) -> web.Response:
 
 
 async def reset_learning(request: web.Request) -> web.Response:
-    form = await _checked_form(request)
+    form = await session.checked_form(request)
     name = request.match_info["name"]
     here = f"/services/{quote(name, safe='')}"
     try:
-        request.app[NODE].reset_learning(name, by="dashboard", reason=form.get("reason", ""))
+        request.app[STATE].node.reset_learning(name, by="dashboard", reason=form.get("reason", ""))
     except UnknownItemError:
         raise web.HTTPNotFound(text=f"no service named {name!r}") from None
     except DecisionError as exc:
@@ -371,18 +322,14 @@ async def reset_learning(request: web.Request) -> web.Response:
 
 def _act_read(request: web.Request) -> tuple[ActionToken, dict[str, Any]] | web.Response:
     """The action token of the URL and its alert, or the page saying why not."""
-    key = request.app[CREDENTIALS].link_key
+    key = request.app[STATE].credentials.link_key
     token = request.match_info["token"]
     try:
         parsed = read_action_token(key, token, now=time.time())
     except TokenError as exc:
-        try:  # signature and contents fine: then only the time was wrong
-            read_action_token(key, token, now=float("-inf"))
-            status = 410
-        except TokenError:
-            status = 400
+        status = 410 if is_sound(key, token) else 400
         return _act_refused(request, status, "This link cannot be used", str(exc))
-    alert = request.app[NODE].store.alert(parsed.alert)
+    alert = request.app[STATE].node.store.alert(parsed.alert)
     if alert is None:
         return _act_refused(request, 404, "Unknown alert", f"There is no alert {parsed.alert}.")
     return parsed, alert
@@ -415,7 +362,7 @@ async def act(request: web.Request) -> web.Response:
         return read
     parsed, alert = read
     what = describe_row(alert)
-    node = request.app[NODE]
+    node = request.app[STATE].node
     if not node.store.use_token(parsed.nonce, time.time()):
         return _act_refused(
             request,
