@@ -30,7 +30,7 @@ from commgraph.alerts import Action, describe_row
 from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
-from commgraph.phases import Mode
+from commgraph.phases import LearningSettings, Mode, format_duration
 from commgraph.web import render
 from commgraph.web.api import COOKIE, authorized, model_rows, whole_number
 from commgraph.web.app import CREDENTIALS, NODE
@@ -272,10 +272,12 @@ async def service(request: web.Request) -> web.Response:
             "percent": max(0.0, min(100.0, (now - started) / total * 100)),
             "left": max(0.0, ends - now),
         }
+    after = (store.settings() or LearningSettings()).promote_after
     return _page(
         request,
         "service.html",
         service=info,
+        promote_after=format_duration(after) if after else "-",
         progress=progress,
         edges=store.edges(service=name),
         models=model_rows(node, name),
