@@ -968,7 +968,7 @@ class Engine:
             for vid, state in self.phases.states.items()
             if (at := promote_at(state)) is not None and now >= at and not self._open_about(vid)
         ]
-        for service in due:
+        for service in sorted(due):
             self.set_mode(
                 service,
                 Mode.PROTECT,
