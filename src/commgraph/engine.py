@@ -16,6 +16,11 @@ Trust no newcomer: a service first seen after the site's bootstrap period is ask
 and guardrails (:mod:`commgraph.detectors.guardrails`) bound what any service or address can
 do, learning or not: floods, topic storms, an edge cap, brute force, fuzzing, connection
 floods. Each is one alert per service (or address) and kind whose count grows.
+
+From watching to protecting: with ``promote_after``, :meth:`Engine.tick` promotes a service
+monitored by the site default to protect once nothing was asked about it for that long (the
+rule is :meth:`~commgraph.phases.LearningSettings.promote_at`); the promotion is an audited
+:meth:`Engine.set_mode` by ``commgraph``.
 """
 
 from __future__ import annotations
@@ -1203,7 +1208,8 @@ class Engine:
         reason: str = "",
         audit: bool = True,
     ) -> Decision:
-        """Set a service's mode (None: back to the configured one)."""
+        """Set a service's mode (None: back to the configured one), remembering who set it
+        and when. Anyone but commgraph setting it stops the service's promotion for good."""
         vid = self._service(service)
         state = self.phases.states[vid]
         state.mode, state.mode_by, state.mode_at = mode, by, at

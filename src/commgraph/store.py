@@ -584,7 +584,10 @@ class Store:
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def services(self, settings: LearningSettings | None = None) -> list[dict[str, Any]]:
-        """Services with phase, mode (and where it comes from), learning progress, counts."""
+        """Services with phase, mode (where it comes from, who set it and when), learning
+        progress, counts, and with ``promote_after`` when each will be protected
+        (``promote_at``; ``promotion`` is ``counting``, ``waiting`` on open questions, or
+        None when it is not on its way)."""
         settings = settings or self.settings() or LearningSettings()
         rows = self._rows(
             "SELECT s.name, s.phase, s.mode AS owner_mode, s.started_at AS learning_started_at,"
