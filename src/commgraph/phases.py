@@ -158,7 +158,7 @@ class LearningSettings:
         return self.modes.get(service, self.mode)
 
     def mode_of(
-        self, service: str, chosen: Mode | None, chosen_by: str | None = None
+        self, service: str, chosen: Mode | None = None, chosen_by: str | None = None
     ) -> tuple[Mode, ModeSource]:
         """A service's mode and where it comes from: ``chosen`` (set on the service by
         ``chosen_by``) beats the config's per-service override, which beats the default."""
