@@ -892,3 +892,47 @@ def test_keygen_writes_a_private_and_a_public_key_and_never_overwrites(tmp_path:
     again = run("keygen", "--out", tmp_path / "keys", "--name", "home")
     assert again.returncode == 1
     assert "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_services_show_when_a_service_is_promoted_and_by_whom(tmp_path: Path) -> None:
+    from commgraph.engine import Engine
+    from commgraph.events import Event
+    from commgraph.phases import LearningSettings
+    from commgraph.store import Store
+
+    db = tmp_path / "node.db"
+    t, day = 1_700_000_000.0, 86400.0
+    with Store(db) as store:
+        settings = LearningSettings(duration=60.0, promote_after=7 * day)
+        store.save_settings(settings)
+        engine: Engine = store.load_engine()
+        for name in ("thermo", "valve"):
+            engine.observe(Event(ts=t, src=name, dst=f"home/{name}", relation="publish"))
+        engine.tick(t + 60)
+        engine.tick(t + 60 + 7 * day)  # both promoted...
+        engine.set_mode("valve", None, by="alice", at=t + 8 * day)  # ...one set back
+        store.flush(engine)
+    rows = {r["name"]: r for r in listing(db, "services")}
+    assert {n: (r["mode"], r["mode_source"], r["mode_set_by"]) for n, r in rows.items()} == {
+        "thermo": ("protect", "promoted", "commgraph"),
+        "valve": ("monitor", "default", "alice"),
+    }
+    assert rows["thermo"]["mode_set_at"] == t + 60 + 7 * day
+    assert rows["valve"]["promote_at"] is None  # the owner's choice stands
+    table = invoke(db, "services")
+    assert "protect (by commgraph," in table
+    with Store(db) as store:  # a newcomer: it learns, and its question is open
+        engine = store.load_engine()
+        engine.observe(Event(ts=t + 9 * day, src="lamp", dst="home/lamp", relation="publish"))
+        engine.tick(t + 9 * day + 60)
+        store.flush(engine)
+    [lamp] = [r for r in listing(db, "services") if r["name"] == "lamp"]
+    assert (lamp["promotion"], lamp["promote_at"]) == ("waiting", None)
+    assert "protect once nothing is open" in invoke(db, "services")
+    [question] = listing(db, "alerts")
+    before = time.time()
+    invoke(db, "approve", str(question["id"]))  # answered now: a week from now
+    [lamp] = [r for r in listing(db, "services") if r["name"] == "lamp"]
+    assert lamp["promotion"] == "counting"
+    assert before + 7 * day <= lamp["promote_at"] <= time.time() + 7 * day
+    assert "protect on" in invoke(db, "services")

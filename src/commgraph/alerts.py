@@ -35,6 +35,7 @@ __all__ = [
     "Decision",
     "describe",
     "describe_row",
+    "mode_words",
 ]
 
 NO_EDGE = -1  # the edge of an alert about a service or an address
@@ -124,6 +125,7 @@ class AlertBook:
         self._open: dict[tuple[int, AlertKind], Alert] = {}
         # the newest alert per key, whatever its state: what the owner last said about it
         self.latest: dict[tuple[int, AlertKind], Alert] = {}
+        self._open_of: dict[int, int] = {}  # subject -> how many open alerts are about it
         self.next_id = 1
 
     def raise_or_repeat(
@@ -168,6 +170,7 @@ class AlertBook:
             self.latest[alert.key] = alert
         if alert.state is AlertState.PENDING:
             self._open[alert.key] = alert
+            self._open_of[alert.subject] = self._open_of.get(alert.subject, 0) + 1
 
     def open_about(self, subject: int, kind: AlertKind) -> Alert | None:
         """The open alert of ``kind`` about a service or address (not an edge), if any."""
@@ -194,9 +197,26 @@ class AlertBook:
         after = ALERT_TRANSITIONS.get((alert.state, action))
         if after is None:
             raise DecisionError(f"alert {alert_id} is already {alert.state}")
-        self._open.pop(alert.key, None)
+        if self._open.pop(alert.key, None) is not None:
+            left = self._open_of.get(alert.subject, 0) - 1
+            if left > 0:
+                self._open_of[alert.subject] = left
+            else:
+                self._open_of.pop(alert.subject, None)
         alert.state = after
         return alert
+
+    def open_count(self, subject: int) -> int:
+        """How many open alerts are about ``subject`` (on its edges, or about itself)."""
+        return self._open_of.get(subject, 0)
+
+    def recount(self) -> None:
+        """Recount open alerts per subject (after the engine set the subjects of restored
+        alerts of an older schema)."""
+        counts: dict[int, int] = {}
+        for alert in self._open.values():
+            counts[alert.subject] = counts.get(alert.subject, 0) + 1
+        self._open_of = counts
 
     def pending(self) -> list[Alert]:
         return [a for a in self.by_id.values() if a.state is AlertState.PENDING]
@@ -230,6 +250,15 @@ KIND_LABELS: dict[str, str] = {
     "malformed": "fuzzing?",
     "connection-flood": "connection flood",
 }
+
+_NOW = {"protect": "is now protected", "monitor": "is now monitored", "learn": "now learns"}
+
+
+def mode_words(service: str, mode: str) -> str:
+    """A service's new mode as the owner is told it: ``valve-kitchen is now protected``
+    (plain text: callers escape it for their medium)."""
+    return f"{service} {_NOW.get(mode, f'is now in {mode} mode')}"
+
 
 _DID = {"publish": "published to", "subscribe": "subscribed to", "deliver": "received"}
 

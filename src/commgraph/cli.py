@@ -140,14 +140,7 @@ def _settings(
         changes["mode"] = Mode(mode)
     if not changes:
         return base
-    return LearningSettings(
-        duration=changes.get("duration", base.duration),
-        durations=base.durations,
-        min_events=changes.get("min_events", base.min_events),
-        mode=changes.get("mode", base.mode),
-        modes=base.modes,
-        block_pending=base.block_pending,
-    )
+    return dataclasses.replace(base, **changes)
 
 
 def _engine_for(
@@ -444,8 +437,9 @@ def status(ctx: Context, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def services(ctx: Context, as_json: bool) -> None:
-    """Services with their learning phase and mode, and the node whose model a service
-    adopted instead of learning (model_from)."""
+    """Services with their learning phase and mode (who set it and when; with [modes]
+    promote_after, when a monitored service will be protected: promote_at), and the node
+    whose model a service adopted instead of learning (model_from)."""
     with ctx.store() as store:
         rows = store.services()
     if as_json:
@@ -463,10 +457,17 @@ def services(ctx: Context, as_json: bool) -> None:
             if r["phase"] == "learning" and r["learning_ends_at"] is None
             else _when(r["learning_ends_at"])
         )
+        mode = f"{r['mode']} ({r['mode_source']})"
+        if r["mode_set_by"] and r["mode_source"] in ("owner", "promoted"):
+            mode = f"{r['mode']} (by {esc(r['mode_set_by'])}, {_when(r['mode_set_at'])})"
+        if r["promote_at"] is not None:
+            mode += f", protect on {_when(r['promote_at'])}"
+        elif r["promotion"] == "waiting":
+            mode += ", protect once nothing is open"
         table.add_row(
             esc(r["name"]),
             phase,
-            f"{r['mode']} ({r['mode_source']})",
+            mode,
             ends,
             f"{r['events']:,}",
             str(r["edges"]),

@@ -23,7 +23,7 @@ from commgraph.detectors import KINDS, DetectorSettings
 from commgraph.detectors.guardrails import GuardrailSettings
 from commgraph.errors import ConfigError
 from commgraph.identity import AddressKind, Identity, IdentityRule
-from commgraph.phases import Admission, LearningSettings, Mode
+from commgraph.phases import Admission, LearningSettings, Mode, format_duration
 from commgraph.templates import TemplateRule, Templates
 
 if TYPE_CHECKING:
@@ -67,19 +67,6 @@ def parse_duration(text: str | int | float) -> float:
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"{text!r} is not a duration")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as a short human duration: ``3600`` -> ``1h``, ``5400`` -> ``1h30m``."""
-    if seconds < 60:
-        return f"{seconds:g}s"
-    rest = round(seconds)
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size:
-            out.append(f"{rest // size}{unit}")
-            rest %= size
-    return "".join(out[:2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +482,9 @@ def parse_config(
 
     modes = top.sub("modes")
     default_mode = _mode(modes, "default", learned.mode)
+    promote_after = learned.promote_after
+    if "promote_after" in modes.table:
+        promote_after = _duration(modes, "promote_after", 0.0) or None  # "0": off
     mode_services = modes.sub("services")
     overrides = {svc: _mode(mode_services, svc, default_mode) for svc in mode_services.table}
     mode_services.finish()
@@ -566,6 +556,7 @@ def parse_config(
             block_pending=pending == "block",
             site=site,
             admission=admission,
+            promote_after=promote_after,
         ),
         detectors=detectors,
         guardrails=guardrails,

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
-from commgraph.alerts import Action, Decision, describe
+from commgraph.alerts import Action, Decision, describe, mode_words
 from commgraph.config import Config, NotifySettings, format_duration
 from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
 from commgraph.detectors.guardrails import Signal, SignalNote
@@ -38,8 +38,8 @@ from commgraph.model import (
     read_envelope,
     sign_model,
 )
-from commgraph.notify import AlertNotice, Message, Notifier, Sender
-from commgraph.phases import Mode, Phase
+from commgraph.notify import AlertNotice, Message, ModeNotice, Notifier, Sender
+from commgraph.phases import COMMGRAPH, Mode, Phase
 from commgraph.signing import PrivateKey, PublicKey, load_private, load_trusted
 from commgraph.store import Store
 from commgraph.sync import ModelSync
@@ -329,6 +329,28 @@ class Daemon:
         for notifier in self.notifiers:
             notifier.notify(notice)  # queues; a failing notifier never stops observation
 
+    def _tell(self, decision: Decision) -> None:
+        """A decision commgraph made on its own (a promotion): logged, and told to the owner."""
+        if decision.action is not Action.MODE or not decision.service:
+            return
+        log.warning(
+            "%s (%s); back with: commgraph --db %s mode %s monitor",
+            mode_words(decision.service, decision.detail),
+            decision.reason,
+            self.store.path,
+            decision.service,
+        )
+        notice = ModeNotice(
+            service=decision.service,
+            mode=decision.detail,
+            by=decision.by,
+            reason=decision.reason,
+            node=self.name,
+            at=decision.at,
+        )
+        for notifier in self.notifiers:
+            notifier.notify(notice)
+
     # -- the owner's actions, from the web side (commgraph.web.state.Node) ---------------
 
     @property
@@ -375,6 +397,9 @@ class Daemon:
         changes = self.engine.take_changes()
         for alert_id in changes.raised:  # new edges, rates, sizes, silences
             self._announce(alert_id)
+        for decision in changes.decisions:
+            if decision.by == COMMGRAPH:
+                self._tell(decision)
         if changes.edges or changes.services:
             self._model_dirty.update(self._services_touched(changes.edges, changes.services))
         self._own_decisions.update(self.store.write_changes(self.engine, changes))
@@ -591,6 +616,7 @@ class Daemon:
                 node=self.config.node,
                 release=self.release,
                 signal=self.signal,
+                clock=self.clock,
             )
             await self.proxy.start()
         capturing = self._start_capture(loop)

@@ -16,6 +16,11 @@ Trust no newcomer: a service first seen after the site's bootstrap period is ask
 and guardrails (:mod:`commgraph.detectors.guardrails`) bound what any service or address can
 do, learning or not: floods, topic storms, an edge cap, brute force, fuzzing, connection
 floods. Each is one alert per service (or address) and kind whose count grows.
+
+From watching to protecting: with ``promote_after``, :meth:`Engine.tick` promotes a service
+monitored by the site default to protect once nothing was asked about it for that long (the
+rule is :meth:`~commgraph.phases.LearningSettings.promote_at`); the promotion is an audited
+:meth:`Engine.set_mode` by ``commgraph``.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ from commgraph.graph import SIZE_UNKNOWN, Graph, Label
 from commgraph.identity import AddressKind, Identity, Resolved
 from commgraph.model import ModelEdge, ModelIndex, ServiceModel, build_model, merge
 from commgraph.phases import (
+    COMMGRAPH,
     Admission,
     LearningPhases,
     LearningSettings,
     Mode,
     Phase,
     PhaseChange,
+    format_duration,
 )
 from commgraph.templates import Templates
 
@@ -100,6 +107,7 @@ class Changes:
     edges: set[int] = field(default_factory=set)
     services: set[int] = field(default_factory=set)
     modes: set[int] = field(default_factory=set)  # services whose owner-set mode changed
+    quiet: set[int] = field(default_factory=set)  # services whose quiet_since moved on
     alerts: set[int] = field(default_factory=set)
     instances: list[tuple[int, str]] = field(default_factory=list)
     raised: list[int] = field(default_factory=list)  # alerts raised, of every kind
@@ -115,6 +123,7 @@ class Changes:
             or self.edges
             or self.services
             or self.modes
+            or self.quiet
             or self.alerts
             or self.instances
             or self.edge_instances
@@ -417,6 +426,7 @@ class Engine:
             alert = self._about(SITE, AlertKind.NEW_SERVICE, ts, None)
             if alert is not None:
                 names = alert.detail.setdefault("services", [])
+                self._restart_quiet(vid, ts)
                 if len(names) < _GROUPED:
                     names.append(self.graph.names[vid])
                 else:
@@ -436,6 +446,15 @@ class Engine:
         if new:
             self.changes.raised.append(alert.id)
             self._minute_anomalies += 1
+            self._restart_quiet(alert.subject, alert.first_seen)
+
+    def _restart_quiet(self, subject: int, at: float) -> None:
+        """A question about ``subject`` was raised or closed at ``at``: its count towards
+        promotion starts again (see :mod:`commgraph.phases`)."""
+        state = self.phases.states.get(subject)
+        if state is not None and (state.quiet_since is None or at > state.quiet_since):
+            state.quiet_since = at
+            self.changes.quiet.add(subject)
 
     def _about(self, subject: int, kind: AlertKind, ts: float, node: str | None) -> Alert | None:
         """The alert of ``kind`` about a service or address, raised or repeated; None when
@@ -934,10 +953,41 @@ class Engine:
 
     def tick(self, now: float) -> None:
         """Let time pass to ``now``: end learning phases that are due, close timeline minutes,
-        and raise a periodicity alert for each periodic edge silent for too long."""
+        raise a periodicity alert for each periodic edge silent for too long, and promote to
+        protect the services quiet for ``promote_after``."""
         self._at_minute(now)
         self._end_phases(now)
         self._silences(now)
+        if self.settings.promote_after:
+            self._promote(now)
+
+    def _promote(self, now: float) -> None:
+        """Monitor -> protect for every service due (:meth:`LearningSettings.promote_at`) with
+        no open question about it; decided and audited as ``by commgraph``."""
+        after = self.settings.promote_after
+        assert after is not None
+        promote_at = self.settings.promote_at
+        due = [
+            state.service
+            for vid, state in self.phases.states.items()
+            if (at := promote_at(state)) is not None and now >= at and not self._open_about(vid)
+        ]
+        for service in sorted(due):
+            self.set_mode(
+                service,
+                Mode.PROTECT,
+                by=COMMGRAPH,
+                at=now,
+                reason=f"no open question for {format_duration(after)}",
+            )
+
+    def _open_about(self, vid: int) -> bool:
+        """Whether a question about a service is open: on its edges, about itself, or a
+        grouped question that names it."""
+        if self.alerts.open_count(vid):
+            return True
+        grouped = self.alerts.open_about(SITE, AlertKind.NEW_SERVICE)
+        return grouped is not None and self.graph.names[vid] in grouped.detail.get("services", ())
 
     def _end_phases(self, now: float) -> None:
         for change in self.phases.due(now, self.graph.events):
@@ -986,6 +1036,8 @@ class Engine:
     def _phase_changed(self, vid: int, change: PhaseChange) -> None:
         self.changes.services.add(vid)
         self.changes.phase_changes.append(change)
+        if change.after is Phase.ACTIVE:
+            self._restart_quiet(vid, change.at)  # its count towards promotion starts
         if change.after is Phase.ACTIVE and change.before is Phase.LEARNING:
             self._learned.add(vid)  # its figures are learned at the end of _end_phases
 
@@ -1028,6 +1080,12 @@ class Engine:
             raise DecisionError(f"an alert is approved or denied, not {action}")
         alert = self.alerts.decide(alert_id, action)
         label = Label.APPROVED if alert.state is AlertState.APPROVED else Label.DENIED
+        self._restart_quiet(alert.subject, at)  # a question closed (or answered anew)
+        if alert.subject == SITE:
+            for name in alert.detail.get("services", ()):
+                vid = self.graph.vertex(VertexKind.SERVICE, name)
+                if vid is not None:
+                    self._restart_quiet(vid, at)
         if alert.edge == NO_EDGE:
             self._decide_about(alert, label, at, by)
             self.changes.alerts.add(alert.id)
@@ -1149,9 +1207,11 @@ class Engine:
         reason: str = "",
         audit: bool = True,
     ) -> Decision:
-        """Set a service's mode (None: back to the configured one)."""
+        """Set a service's mode (None: back to the configured one), remembering who set it
+        and when. Anyone but commgraph setting it stops the service's promotion for good."""
         vid = self._service(service)
-        self.phases.states[vid].mode = mode
+        state = self.phases.states[vid]
+        state.mode, state.mode_by, state.mode_at = mode, by, at
         self.changes.modes.add(vid)
         detail = mode.value if mode is not None else f"config ({self.phases.mode(vid).value})"
         decision = Decision(
@@ -1244,6 +1304,7 @@ class Engine:
         if alert_id is not None and self.alerts.by_id[alert_id].state.value != known.label:
             self.alerts.decide(alert_id, action)
             self.changes.alerts.add(alert_id)
+            self._restart_quiet(self.alerts.by_id[alert_id].subject, known.decided_at)
             changed = True
         if graph.label[e] != label:
             graph.set_label(e, label)
@@ -1381,6 +1442,7 @@ class Engine:
                 src, dst, rid = graph.endpoints(alert.edge)
                 alert.subject = dst if subject_is_dst[rid] else src
                 self.changes.alerts.add(alert.id)
+        self.alerts.recount()
 
     def mode_of(self, vid: int) -> Mode:
         return self.phases.mode(vid)

@@ -1,4 +1,5 @@
-"""Telling the owner about new alerts on the phone, with Approve / Deny links.
+"""Telling the owner about new alerts on the phone, with Approve / Deny links, and about
+what commgraph decided on its own (a service promoted to protect: :class:`ModeNotice`).
 
 The engine calls :meth:`Notifier.notify` on the event loop; it only queues. A background task,
 :meth:`Notifier.run`, turns queued alerts into messages and hands each message to a sender
@@ -33,12 +34,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import apprise
 
 from commgraph.alerts import describe as alert_words
+from commgraph.alerts import mode_words
 from commgraph.config import NotifySettings
 from commgraph.errors import CommgraphError, DeliveryError
 from commgraph.links import make_action_token
@@ -48,6 +50,8 @@ __all__ = [
     "Button",
     "DeliveryError",
     "Message",
+    "ModeNotice",
+    "Notice",
     "Notifier",
     "NotifyStats",
     "Sender",
@@ -79,6 +83,21 @@ class AlertNotice:
     at: float
     detail: Mapping[str, Any] = field(default_factory=dict)  # alerts about a service/address
     count: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModeNotice:
+    """A service's mode changed without the owner (``by`` commgraph): told, not asked."""
+
+    service: str
+    mode: str
+    by: str
+    reason: str
+    node: str
+    at: float
+
+
+Notice = AlertNotice | ModeNotice
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,8 +140,11 @@ class NotifyStats:
     dropped: int = 0
 
 
-def describe(notice: AlertNotice) -> str:
-    """The alert in the owner's words (the wording lives in ``alerts``)."""
+def describe(notice: Notice) -> str:
+    """The alert (or the decision) in the owner's words (the wording lives in ``alerts``)."""
+    if isinstance(notice, ModeNotice):
+        said = mode_words(notice.service, notice.mode)
+        return f"{said} ({notice.reason})" if notice.reason else said
     return alert_words(
         notice.kind, notice.src, notice.dst, notice.relation, dict(notice.detail), notice.count
     )
@@ -269,9 +291,9 @@ class Notifier:
         self._delays = tuple(retry_delays)
         self._per_minute = max(1, settings.per_minute)
         self.urls = self._usable(settings.urls) if send is None else settings.urls
-        self._queue: deque[AlertNotice] = deque()
+        self._queue: deque[Notice] = deque()
         self._queue_size = queue_size
-        self._digest: list[AlertNotice] = []
+        self._digest: list[Notice] = []
         self._recent: deque[float] = deque()  # loop times of messages in the last minute
         self._wake = asyncio.Event()
         self._closing = False
@@ -293,15 +315,18 @@ class Notifier:
                 log.error("notify: %s is not a usable notification URL; skipped", redact(url))
         return tuple(usable)
 
-    def notify(self, notice: AlertNotice) -> None:
-        """Queue one alert for the owner. Never blocks, never raises."""
+    def notify(self, notice: Notice) -> None:
+        """Queue one alert (or decision) for the owner. Never blocks, never raises."""
         try:
             if not self.urls or self._closing:
                 return
             while len(self._queue) >= self._queue_size:
                 dropped = self._queue.popleft()
                 self.stats.dropped += 1
-                log.warning("notify: queue full, alert %d not notified", dropped.id)
+                if isinstance(dropped, ModeNotice):
+                    log.warning("notify: queue full, %s not notified", describe(dropped))
+                else:
+                    log.warning("notify: queue full, alert %d not notified", dropped.id)
             self._queue.append(notice)
             self._wake.set()
         except Exception:  # an addon-like part must not stop observation
@@ -357,7 +382,9 @@ class Notifier:
 
     # -- messages
 
-    def _single_message(self, notice: AlertNotice) -> Message:
+    def _single_message(self, notice: Notice) -> Message:
+        if isinstance(notice, ModeNotice):
+            return self._mode_message(notice)
         node = notice.node or self.node
         what = "new relationship" if notice.kind == "new-edge" else f"{notice.kind} alert"
         now = self._clock()
@@ -382,16 +409,35 @@ class Notifier:
             alerts=(notice.id,),
         )
 
-    def _digest_message(self, notices: Sequence[AlertNotice]) -> Message:
+    def _mode_message(self, notice: ModeNotice) -> Message:
+        node = notice.node or self.node
+        said = mode_words(notice.service, notice.mode)
+        why = f" ({notice.reason})" if notice.reason else ""
+        return Message(
+            title=f"commgraph: {said}",
+            text=f"{said}, decided by {notice.by}{why}.\nNode: {node}\n"
+            f"Time: {local_time(notice.at)}",
+            buttons=(
+                Button(
+                    label="Service", page=f"{self._base}/services/{quote(notice.service, safe='')}"
+                ),
+            ),
+        )
+
+    def _digest_message(self, notices: Sequence[Notice]) -> Message:
         count = len(notices)
-        things = "new relationship" if count == 1 else "new relationships"
+        alerts = tuple(n.id for n in notices if isinstance(n, AlertNotice))
+        if len(alerts) == count:
+            things = "new relationship" if count == 1 else "new relationships"
+        else:
+            things = "message" if count == 1 else "messages"
         lines = [f"{count} more {things} on {self.node}:"]
         lines += [f"- {describe(n)} ({local_time(n.at)})" for n in notices]
         return Message(
             title=f"commgraph: {count} more {things} on {self.node}",
             text="\n".join(lines),
             buttons=(Button(label="Review", page=f"{self._base}/alerts?state=pending"),),
-            alerts=tuple(n.id for n in notices),
+            alerts=alerts,
             digest=True,
         )
 

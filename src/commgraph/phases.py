@@ -10,7 +10,14 @@ Rules:
   is active at once, with no learning phase of its own (``model_from`` names the node).
 - Modes are independent of phases: ``learn`` keeps learning silently after the phase,
   ``monitor`` alerts, ``protect`` alerts and blocks. The owner's choice beats the config's
-  per-service override, which beats the site default.
+  per-service override, which beats the site default (:meth:`LearningSettings.mode_of`, the
+  one place this is decided).
+- Promotion (``promote_after``, off by default): an active service in monitor mode by the
+  site default alone is promoted to protect once it has been quiet that long: its count
+  starts when it became active and restarts whenever a question about it is raised or
+  closed (``quiet_since``), and it never ends while one is open (the engine checks that).
+  Once anyone but commgraph set the service's mode (``mode_by``), even back to the
+  configured one, it is never promoted: the owner's choice stands.
 
 Admission: the site has a bootstrap period (``site``, by default the learning duration) from
 its first event. A service first seen after it is a newcomer: with ``admission`` ``learn`` it
@@ -29,16 +36,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
+    "COMMGRAPH",
     "TRANSITIONS",
     "Admission",
     "LearningPhases",
     "LearningSettings",
     "Mode",
+    "ModeSource",
     "Phase",
     "PhaseChange",
     "PhaseEvent",
     "ServicePhase",
+    "format_duration",
 ]
+
+COMMGRAPH = "commgraph"  # who the audit log names for what commgraph decides on its own
 
 
 class Phase(StrEnum):
@@ -60,6 +72,28 @@ class Mode(StrEnum):
     LEARN = "learn"
     MONITOR = "monitor"
     PROTECT = "protect"
+
+
+class ModeSource(StrEnum):
+    """Where a service's mode comes from."""
+
+    OWNER = "owner"  # someone set it on the service
+    PROMOTED = "promoted"  # commgraph promoted it (``promote_after``)
+    CONFIG = "config"  # ``[modes.services]``
+    DEFAULT = "default"  # ``[modes] default``
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a short human duration: ``3600`` -> ``1h``, ``5400`` -> ``1h30m``."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    rest = round(seconds)
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(out[:2])
 
 
 class PhaseEvent(StrEnum):
@@ -105,6 +139,7 @@ class LearningSettings:
     block_pending: bool = True
     site: float | None = None  # the site's bootstrap period; None: the learning duration
     admission: Admission | None = None  # None: ask in learn/monitor mode, hold in protect
+    promote_after: float | None = None  # monitor -> protect after this long quiet; None: off
 
     @property
     def bootstrap(self) -> float:
@@ -121,16 +156,34 @@ class LearningSettings:
     def mode_for(self, service: str) -> Mode:
         return self.mode_of(service)[0]
 
-    def mode_of(self, service: str, chosen: Mode | None = None) -> tuple[Mode, str]:
-        """The mode a service runs in and where it comes from (``owner``, ``config`` or
-        ``default``). The one precedence rule: the mode the owner chose for the service, then
-        the site config's mode for it, then the site's default mode."""
+    def mode_of(
+        self, service: str, chosen: Mode | None = None, chosen_by: str | None = None
+    ) -> tuple[Mode, ModeSource]:
+        """A service's mode and where it comes from: ``chosen`` (set on the service by
+        ``chosen_by``) beats the config's per-service override, which beats the default."""
         if chosen is not None:
-            return chosen, "owner"
-        mode = self.modes.get(service)
-        if mode is not None:
-            return mode, "config"
-        return self.mode, "default"
+            return chosen, ModeSource.PROMOTED if chosen_by == COMMGRAPH else ModeSource.OWNER
+        if service in self.modes:
+            return self.modes[service], ModeSource.CONFIG
+        return self.mode, ModeSource.DEFAULT
+
+    def promote_at(self, state: ServicePhase) -> float | None:
+        """When the service is promoted to protect if nothing is asked about it before;
+        None if it is not on its way (promotion off, not active, its mode not monitor by the
+        site default, or its mode set by someone). Open questions are the engine's check."""
+        after = self.promote_after
+        if not after or state.phase is not Phase.ACTIVE:
+            return None
+        if state.mode_by is not None:
+            return None
+        mode, source = self.mode_of(state.service, state.mode, state.mode_by)
+        if mode is not Mode.MONITOR or source is not ModeSource.DEFAULT:
+            return None
+        quiet = max(
+            -1.0 if state.quiet_since is None else state.quiet_since,
+            -1.0 if state.learned_at is None else state.learned_at,
+        )
+        return None if quiet < 0 else quiet + after
 
 
 @dataclass(slots=True, kw_only=True)
@@ -145,6 +198,9 @@ class ServicePhase:
     mode: Mode | None = None  # the owner's choice, overriding the config
     learned_at: float | None = None
     model_from: str | None = None  # the node whose model it adopted instead of learning
+    mode_by: str | None = None  # who last set its mode (None: nobody, ever)
+    mode_at: float | None = None  # and when
+    quiet_since: float | None = None  # became active, or a question about it raised/closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,4 +329,4 @@ class LearningPhases:
         state = self.states.get(vid)
         if state is None:
             return self.settings.mode
-        return self.settings.mode_of(state.service, state.mode)[0]
+        return self.settings.mode_of(state.service, state.mode, state.mode_by)[0]

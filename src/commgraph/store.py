@@ -106,6 +106,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alerts_by_subject ON alerts (subject);
     CREATE INDEX decisions_by_alert ON decisions (alert);
     """,
+    # 6: who set a service's mode and when, and since when it is quiet (promote_after); for
+    # a database made before, both from the audit log, the alerts and the learning phases
+    """
+    ALTER TABLE services ADD COLUMN mode_by TEXT;
+    ALTER TABLE services ADD COLUMN mode_at REAL;
+    ALTER TABLE services ADD COLUMN quiet_since REAL;
+    UPDATE services SET
+        mode_by = (SELECT by FROM decisions d WHERE d.action = 'mode'
+            AND d.service = services.name ORDER BY d.id DESC LIMIT 1),
+        mode_at = (SELECT at FROM decisions d WHERE d.action = 'mode'
+            AND d.service = services.name ORDER BY d.id DESC LIMIT 1);
+    UPDATE services SET quiet_since = NULLIF(MAX(
+        COALESCE(learned_at, -1),
+        COALESCE((SELECT MAX(first_seen) FROM alerts a WHERE a.subject = services.vertex), -1),
+        COALESCE((SELECT MAX(d.at) FROM decisions d JOIN alerts a ON a.id = d.alert
+            WHERE a.subject = services.vertex), -1)), -1)
+        WHERE phase = 'active';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -229,6 +247,7 @@ class Store:
                     "block_pending": settings.block_pending,
                     "site": settings.site,
                     "admission": settings.admission.value if settings.admission else None,
+                    "promote_after": settings.promote_after,
                 },
                 sort_keys=True,
             ),
@@ -248,6 +267,7 @@ class Store:
             block_pending=bool(data["block_pending"]),
             site=None if data.get("site") is None else float(data["site"]),
             admission=Admission(data["admission"]) if data.get("admission") else None,
+            promote_after=data.get("promote_after") or None,
         )
 
     # -- loading --------------------------------------------------------------------------
@@ -311,20 +331,11 @@ class Store:
                 except ValueError as exc:
                     raise StoreError(f"{self.path}: {exc}") from None
         graph.take_dirty()
-        for vid, name, phase, started, ends, learned, at_start, mode, model_from in db.execute(
+        for row in db.execute(
             "SELECT vertex, name, phase, started_at, ends_at, learned_at, events_at_start, mode,"
-            " model_from FROM services"
+            " model_from, mode_by, mode_at, quiet_since FROM services"
         ):
-            engine.phases.states[vid] = ServicePhase(
-                service=name,
-                phase=Phase(phase),
-                started_at=started,
-                ends_at=ends,
-                learned_at=learned,
-                events_at_start=at_start,
-                mode=Mode(mode) if mode else None,
-                model_from=model_from,
-            )
+            engine.phases.states[row[0]] = _service_phase(*row[1:])
         for aid, edge, kind, state, count, first, last, node_name, subject, detail in db.execute(
             "SELECT id, edge, kind, state, count, first_seen, last_seen, node, subject, detail"
             " FROM alerts ORDER BY id"
@@ -424,7 +435,8 @@ class Store:
             states = engine.phases.states
             db.executemany(
                 "INSERT INTO services (vertex, name, phase, started_at, ends_at, learned_at,"
-                " events_at_start, mode, model_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " events_at_start, mode, model_from, mode_by, mode_at, quiet_since)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (vertex) DO UPDATE SET phase = excluded.phase,"
                 " started_at = excluded.started_at, ends_at = excluded.ends_at,"
                 " learned_at = excluded.learned_at, events_at_start = excluded.events_at_start,"
@@ -440,13 +452,29 @@ class Store:
                         states[vid].events_at_start,
                         _mode_text(states[vid].mode),
                         states[vid].model_from,
+                        states[vid].mode_by,
+                        states[vid].mode_at,
+                        states[vid].quiet_since,
                     )
                     for vid in sorted(changes.services | changes.modes)
                 ],
             )
             db.executemany(
-                "UPDATE services SET mode = ? WHERE vertex = ?",
-                [(_mode_text(states[vid].mode), vid) for vid in sorted(changes.modes)],
+                "UPDATE services SET mode = ?, mode_by = ?, mode_at = ? WHERE vertex = ?",
+                [
+                    (_mode_text(states[vid].mode), states[vid].mode_by, states[vid].mode_at, vid)
+                    for vid in sorted(changes.modes)
+                ],
+            )
+            # Only ever forward: a process holding an older view cannot restart the count.
+            db.executemany(
+                "UPDATE services SET quiet_since = MAX(COALESCE(quiet_since, ?1), ?1)"
+                " WHERE vertex = ?2",
+                [
+                    (states[vid].quiet_since, vid)
+                    for vid in sorted(changes.quiet)
+                    if states[vid].quiet_since is not None
+                ],
             )
             alerts = engine.alerts.by_id
             db.executemany(
@@ -556,11 +584,16 @@ class Store:
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def services(self, settings: LearningSettings | None = None) -> list[dict[str, Any]]:
-        """Services with phase, mode (and where it comes from), learning progress, counts."""
+        """Services with phase, mode (where it comes from, who set it and when), learning
+        progress, counts, and with ``promote_after`` when each will be protected
+        (``promote_at``; ``promotion`` is ``counting``, ``waiting`` on open questions, or
+        None when it is not on its way)."""
         settings = settings or self.settings() or LearningSettings()
         rows = self._rows(
             "SELECT s.name, s.phase, s.mode AS owner_mode, s.started_at AS learning_started_at,"
             " s.ends_at AS learning_ends_at, s.learned_at, s.model_from, v.events, v.first_seen,"
+            " s.events_at_start, s.mode_by AS mode_set_by, s.mode_at AS mode_set_at,"
+            " s.quiet_since,"
             " COALESCE(n.edges, 0) AS edges, COALESCE(p.alerts, 0) AS pending_alerts,"
             " (SELECT group_concat(instance, ' ') FROM instances i WHERE i.service = s.vertex)"
             "   AS instances"
@@ -575,11 +608,28 @@ class Store:
             " ORDER BY s.name"
         )
         for row in rows:
-            owner_mode = row.pop("owner_mode")
-            mode, row["mode_source"] = settings.mode_of(
-                row["name"], Mode(owner_mode) if owner_mode else None
+            state = _service_phase(
+                row["name"],
+                row["phase"],
+                row["learning_started_at"],
+                row["learning_ends_at"],
+                row["learned_at"],
+                row.pop("events_at_start"),
+                row.pop("owner_mode"),
+                row["model_from"],
+                row["mode_set_by"],
+                row["mode_set_at"],
+                row["quiet_since"],
             )
-            row["mode"] = mode.value
+            mode, source = settings.mode_of(state.service, state.mode, state.mode_by)
+            row["mode"], row["mode_source"] = mode.value, source.value
+            # when it will be promoted to protect; None while a question about it is open
+            # (the one this listing can count: about it or on its edges) or when not counting
+            promote_at = settings.promote_at(state)
+            row["promote_at"] = None if row["pending_alerts"] else promote_at
+            row["promotion"] = (
+                None if promote_at is None else "waiting" if row["pending_alerts"] else "counting"
+            )
             row["instances"] = sorted((row["instances"] or "").split())
         return rows
 
@@ -834,6 +884,35 @@ def _edge_by_names(graph: Graph, src: str, dst: str, relation: str) -> int | Non
             if e >= 0:
                 return e
     return None
+
+
+def _service_phase(
+    name: str,
+    phase: str,
+    started: float | None,
+    ends: float | None,
+    learned: float | None,
+    at_start: int,
+    mode: str | None,
+    model_from: str | None,
+    mode_by: str | None,
+    mode_at: float | None,
+    quiet_since: float | None,
+) -> ServicePhase:
+    """A service's state from its row (the columns of ``services`` in their order)."""
+    return ServicePhase(
+        service=name,
+        phase=Phase(phase),
+        started_at=started,
+        ends_at=ends,
+        learned_at=learned,
+        events_at_start=at_start,
+        mode=Mode(mode) if mode else None,
+        model_from=model_from,
+        mode_by=mode_by,
+        mode_at=mode_at,
+        quiet_since=quiet_since,
+    )
 
 
 def _mode_text(mode: Mode | None) -> str | None:

@@ -644,3 +644,46 @@ async def test_metrics_count_20000_alerts(many: Site) -> None:
     lines = (await response.text()).splitlines()
     assert f'commgraph_alerts{{state="pending"}} {float(len(PENDING))}' in lines
     assert f'commgraph_alerts{{state="approved"}} {float(MANY // 5)}' in lines
+
+
+async def test_a_service_shows_its_promotion_to_protect(tmp_path: Path) -> None:
+    config = parse_config(
+        {"learning": {"duration": "1s"}, "modes": {"default": "monitor", "promote_after": "1d"}}
+    )
+    clock = [T]
+    store = Store(tmp_path / "n.db")
+    daemon = Daemon(config, store, clock=lambda: clock[0])
+    daemon.observe(T, "thermo", "home/kitchen/temp", "publish", 12)
+    clock[0] = T + 5
+    daemon.every_second()
+    try:
+        async with serving(daemon, tmp_path) as site:
+            row = await site.get("/api/v1/services/thermo")
+            assert (row["mode"], row["mode_source"], row["mode_set_by"]) == (
+                "monitor",
+                "default",
+                None,
+            )
+            assert (row["promotion"], row["promote_at"]) == ("counting", T + 1 + 86400)
+            clock[0] = T + 1 + 86400
+            daemon.every_second()
+            row = await site.get("/api/v1/services/thermo")
+            assert (row["mode"], row["mode_source"], row["mode_set_by"], row["mode_set_at"]) == (
+                "protect",
+                "promoted",
+                "commgraph",
+                T + 1 + 86400,
+            )
+            assert (row["promotion"], row["promote_at"]) == (None, None)
+            [decision] = await site.get("/api/v1/decisions")
+            assert (decision["by"], decision["service"], decision["detail"]) == (
+                "commgraph",
+                "thermo",
+                "protect",
+            )
+            schema = (await site.get("/api/v1/openapi.json"))["components"]["schemas"]
+            assert {"mode_set_by", "mode_set_at", "promote_at", "promotion"} <= set(
+                schema["Service"]["properties"]
+            )
+    finally:
+        store.close()

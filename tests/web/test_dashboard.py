@@ -714,3 +714,81 @@ async def test_paging_through_20000_alerts_in_chromium(many: Daemon, tmp_path: P
         await page.get_by_role("link", name="Previous").click()
         await page.wait_for_url(base + "/alerts?state=pending&page=1")
         assert await rows.first.get_attribute("id") == f"alert-{MANY}"
+
+
+# -- promotion to protect ([modes] promote_after) ---------------------------------------------
+
+
+def promoting_site(tmp_path: Path, clock: list[float]) -> Daemon:
+    """The fixture's site with ``promote_after = "7d"``, its web side on a free port: the
+    kitchen sensor's question stays open, the valve's week of quiet starts when it learned."""
+    config = parse_config(
+        {
+            "node": {"name": "node-a"},
+            "learning": {"duration": "10m"},
+            "modes": {"default": "monitor", "promote_after": "7d"},
+            "api": {"listen": f"127.0.0.1:{free_port()}"},
+        }
+    )
+    daemon = Daemon(config, Store(tmp_path / "node.db"), clock=lambda: clock[0])
+    learning_then_anomaly(daemon, clock)
+    return daemon
+
+
+async def test_the_service_page_says_when_it_will_be_protected_and_who_protected_it(
+    tmp_path: Path,
+) -> None:
+    clock = [time.time() - 30 * 86400]
+    daemon = promoting_site(tmp_path, clock)
+    [valve] = [s for s in daemon.store.services() if s["name"] == "valve-kitchen"]
+    promote_at = valve["learned_at"] + 7 * 86400
+    assert (valve["promotion"], valve["promote_at"]) == ("counting", promote_at)
+    try:
+        async with logged_in(daemon, tmp_path) as client:
+            page = await (await client.get("/services/valve-kitchen")).text()
+            assert f"Protect on <b>{dashboard._when(promote_at)}</b>" in page
+            assert "after 7d in monitor mode with no open question" in page
+            page = await (await client.get("/services/thermo-kitchen")).text()
+            assert "Promotion to protect waits until the open questions" in page
+            assert "Protect on" not in page
+
+            clock[0] = promote_at
+            daemon.every_second()  # the daemon's periodic tick
+            page = await (await client.get("/services/valve-kitchen")).text()
+            assert (
+                f"Mode protect set by <b>commgraph</b>\n    on {dashboard._when(promote_at)}"
+                in page
+            )
+            assert "Protect on" not in page
+            assert "promoted from monitor" in page
+            page = await (await client.get("/services/thermo-kitchen")).text()
+            assert "set by" not in page  # still waiting for its owner
+            overview = await (await client.get("/")).text()
+            assert "by commgraph" in overview
+            assert any(
+                d["by"] == "commgraph" and d["service"] == "valve-kitchen"
+                for d in daemon.store.decisions()
+            )
+    finally:
+        daemon.store.close()
+
+
+async def test_a_promotion_in_chromium(tmp_path: Path) -> None:
+    clock = [time.time() - 30 * 86400]
+    daemon = promoting_site(tmp_path, clock)
+    [valve] = [s for s in daemon.store.services() if s["name"] == "valve-kitchen"]
+    try:
+        async with chromium_page(daemon) as (page, base):
+            await page.goto(base + "/services/valve-kitchen")
+            text = await page.locator(".promotion").inner_text()
+            assert text.startswith(f"Protect on {dashboard._when(valve['promote_at'])}")
+            clock[0] = valve["promote_at"]
+            daemon.every_second()
+            await page.goto(base + "/services/valve-kitchen")
+            said = await page.locator(".mode-set").inner_text()
+            assert said.startswith("Mode protect set by commgraph on")
+            assert await page.locator(".promotion").count() == 0
+            await page.screenshot(path=tmp_path / "service-promoted.png", full_page=True)
+            save(tmp_path / "service-promoted.png")
+    finally:
+        daemon.store.close()

@@ -28,7 +28,7 @@ from commgraph.errors import DecisionError, UnknownItemError
 from commgraph.events import describe_edge
 from commgraph.export import LABEL_COLOURS, service_view
 from commgraph.links import ActionToken, TokenError, is_sound, read_action_token
-from commgraph.phases import Mode
+from commgraph.phases import LearningSettings, Mode, format_duration
 from commgraph.web import render, session
 from commgraph.web.api import model_rows, whole_number
 from commgraph.web.state import STATE
@@ -223,10 +223,12 @@ async def service(request: web.Request) -> web.Response:
             "percent": max(0.0, min(100.0, (now - started) / total * 100)),
             "left": max(0.0, ends - now),
         }
+    after = (store.settings() or LearningSettings()).promote_after
     return _page(
         request,
         "service.html",
         service=info,
+        promote_after=format_duration(after) if after else "-",
         progress=progress,
         edges=store.edges(service=name),
         models=model_rows(node, name),

@@ -380,7 +380,32 @@ OPENAPI: Final[dict[str, Any]] = {
                     "name": {"type": "string"},
                     "phase": {"type": "string", "enum": ["learning", "active"]},
                     "mode": {"type": "string", "enum": ["learn", "monitor", "protect"]},
-                    "mode_source": {"type": "string", "enum": ["owner", "config", "default"]},
+                    "mode_source": {
+                        "type": "string",
+                        "enum": ["owner", "promoted", "config", "default"],
+                        "description": "Set on the service by someone (owner) or by "
+                        "commgraph's promotion (promoted), or the config's.",
+                    },
+                    "mode_set_by": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "Who last set the service's mode (commgraph for a "
+                        "promotion); null if nobody ever did.",
+                    },
+                    "mode_set_at": _NULLABLE_TIME,
+                    "quiet_since": _NULLABLE_TIME,
+                    "promote_at": {
+                        **_NULLABLE_TIME,
+                        "description": "With [modes] promote_after: when this monitored "
+                        "service is promoted to protect if nothing is asked about it before.",
+                    },
+                    "promotion": {
+                        "type": "string",
+                        "nullable": True,
+                        "enum": ["counting", "waiting", None],
+                        "description": "counting towards promote_at, or waiting for its open "
+                        "questions; null if it is not on its way to protect.",
+                    },
                     "learning_started_at": _NULLABLE_TIME,
                     "learning_ends_at": _NULLABLE_TIME,
                     "learned_at": _NULLABLE_TIME,
