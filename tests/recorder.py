@@ -89,9 +89,10 @@ class Recorder:
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -133,11 +134,14 @@ class Recorder:
                 self._note(conn, closed)
                 sink.close()
 
-        await asyncio.gather(
-            pump(reader, up_writer, CLIENT, CLIENT_CLOSED),
-            pump(up_reader, writer, SERVER, SERVER_CLOSED),
-            return_exceptions=True,
-        )
+        try:
+            await asyncio.gather(
+                pump(reader, up_writer, CLIENT, CLIENT_CLOSED),
+                pump(up_reader, writer, SERVER, SERVER_CLOSED),
+            )
+        except asyncio.CancelledError:  # the recorder stops: close, and end quietly
+            writer.close()
+            up_writer.close()
 
     def write(self, path: Path, server: tuple[str, int] = ("127.0.0.1", 1883)) -> int:
         """The recording so far as a pcap file; returns the number of packets."""

@@ -58,8 +58,15 @@ def alerts_written(proxy: Proxy, at_least: int = 1) -> list[dict[str, Any]]:
 
 
 def during(site: Site, attack: Callable[[], T], tag: str) -> tuple[T, list[Received]]:
-    """Run ``attack`` in a thread while the site's ``pub`` publishes to ``t/a`` (QoS 1);
-    ``sub`` must get every one of those, during the attack and after it. Returns what the
+    """:func:`while_publishing` with the site's ``pub`` and ``sub``."""
+    return while_publishing(site.pub, site.sub, attack, tag)
+
+
+def while_publishing(
+    pub: Client, sub: Client, attack: Callable[[], T], tag: str
+) -> tuple[T, list[Received]]:
+    """Run ``attack`` in a thread while ``pub`` publishes to ``t/a`` (QoS 1); ``sub`` (on
+    ``t/#``) must get every one of those, during the attack and after it. Returns what the
     attack returned and the other messages ``sub`` got meanwhile."""
     result: list[T] = []
     failure: list[BaseException] = []
@@ -77,20 +84,20 @@ def during(site: Site, attack: Callable[[], T], tag: str) -> tuple[T, list[Recei
     # sent one is too fast for the rate detector (that would be an alert about the site).
     while thread.is_alive() and len(sent) < BENIGN_DURING:
         sent.append(f"{tag}-during-{len(sent)}".encode())
-        assert site.pub.publish("t/a", sent[-1], qos=1, timeout=15) == SUCCESS
+        assert pub.publish("t/a", sent[-1], qos=1, timeout=15) == SUCCESS
         thread.join(0.3)
     thread.join(90)
     assert not thread.is_alive(), "the attack did not end within its bounds"
     if failure:
         raise failure[0]
     sent.append(f"{tag}-after".encode())
-    assert site.pub.publish("t/a", sent[-1], qos=1, timeout=15) == SUCCESS
+    assert pub.publish("t/a", sent[-1], qos=1, timeout=15) == SUCCESS
 
     seen: list[bytes] = []
     others: list[Received] = []
 
     def all_there() -> bool:
-        for message in site.sub.drain():
+        for message in sub.drain():
             if message.payload.startswith(tag.encode()):
                 seen.append(message.payload)
             else:
@@ -99,7 +106,7 @@ def during(site: Site, attack: Callable[[], T], tag: str) -> tuple[T, list[Recei
 
     wait_until(all_there, 30, interval=0.1, what="the site's own messages during the attack")
     assert sorted(seen) == sorted(sent), "a message of the site was lost or doubled"
-    assert site.pub.unexpected_disconnects == 0 and site.sub.unexpected_disconnects == 0
+    assert pub.unexpected_disconnects == 0 and sub.unexpected_disconnects == 0
     return result[0], others
 
 
