@@ -187,6 +187,7 @@ def test_a_flood_of_10000_publishes_is_one_flood_alert(monitored: Site) -> None:
     alerts = alerts_written(proxy, at_least=2)
     alert = the_alert(alerts, "flood", "flooder", allowed={"new-service"})
     assert alert["count"] >= 10_000 - 500 * 10  # over the ceiling of 500 a second
+    assert (alert["detail"]["address"], alert["detail"]["client_id"]) == (ATTACKER, "flooder")
     question = the_alert(alerts, "new-service", "flooder", allowed={"flood"})
     assert question["detail"]["address"] == ATTACKER
     assert question["detail"]["examples"] == ["publish t/flood"]
@@ -204,6 +205,7 @@ def test_a_storm_of_20000_topics_is_one_edge_burst_alert(monitored: Site) -> Non
     alerts = alerts_written(proxy, at_least=2)
     burst = the_alert(alerts, "edge-burst", "stormer", allowed={"new-service", "flood"})
     detail = burst["detail"]
+    assert (detail["address"], detail["client_id"]) == (ATTACKER, "stormer")
     assert detail["edges"] + detail["overflow"] >= 19_000  # all but its first 1,000 a minute
     assert detail["overflow"] > 0, "beyond its cap of 5,000 edges nothing is recorded"
     question = the_alert(alerts, "new-service", "stormer", allowed={"edge-burst", "flood"})
