@@ -4,20 +4,21 @@ Each attack runs against a real Mosquitto (not our proxy) through the recording 
 tests/recorder.py, with a small site around it (paho clients on 127.0.0.10 and 127.0.0.11)
 that talked first and goes on talking during and after the attack. The capture is written
 with the broker on port 1883, the attack two minutes after the site's first minute, and
-replayed by ``commgraph replay`` (learning 1 minute, monitor mode): the same kinds of alert
-as the live node raises, one to a few, naming the attacker (127.0.0.66); none about the site.
+replayed by ``commgraph replay`` in this process (learning 1 minute, monitor mode): the same
+kinds of alert as the live node raises, one to a few, naming the attacker (127.0.0.66), and
+none about the site.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from click.testing import CliRunner
 from paho.mqtt.client import MQTTv311
 
 from adapters.mqtt.test_attacks_live import USERS, while_publishing
@@ -31,7 +32,8 @@ from attacks import (
     the_alert,
     topic_storm,
 )
-from conftest import COMMGRAPH, Broker, raise_nofile_limit
+from commgraph.cli import cli as cli_main
+from conftest import Broker, raise_nofile_limit
 from recorder import Recorder, recording
 
 T = TypeVar("T")
@@ -67,14 +69,10 @@ class Recorded:
 
 
 def cli(db: Path, *args: str) -> Any:
-    done = subprocess.run(
-        [str(COMMGRAPH), "--db", str(db), *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    """``commgraph --db DB ARGS... --json`` in this process (as tests/test_cli.py does)."""
+    result = CliRunner().invoke(cli_main, ["--db", str(db), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 @pytest.fixture

@@ -254,3 +254,59 @@ def test_1000_idle_connections_are_one_connection_flood_alert(monitored: Site) -
     alert = the_alert(alerts_written(proxy), "connection-flood", ATTACKER, allowed=set())
     assert alert["detail"]["address"] == ATTACKER
     assert alert["detail"]["open"] >= 101  # beyond the ceiling of 100 idle at once
+
+
+# -- protect mode -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def protected(start_proxy: Callable[..., Proxy], clients: Callable[..., Client]) -> Site:
+    """:func:`monitored`, in protect mode."""
+    raise_nofile_limit()
+    proxy = start_proxy(mode="protect", learning="2s", mqtt={"connect_timeout": "60s"})
+    return learned_site(proxy, MQTTv311, clients)
+
+
+@pytest.mark.mosquitto(extra="max_queued_messages 0\n")
+def test_in_protect_mode_a_newcomers_flood_is_held_and_one_flood_alert(protected: Site) -> None:
+    proxy = protected.proxy
+    flood = lambda: publish_flood("127.0.0.1", proxy.port, count=10_000)  # noqa: E731
+    sent, delivered = during(protected, flood, "pf")
+    assert sent == 10_000
+    delivered += protected.sub.collect(0.5)
+    assert [m for m in delivered if m.topic == "t/flood"] == [], "a held newcomer was delivered"
+
+    alerts = alerts_written(proxy, at_least=2)
+    alert = the_alert(alerts, "flood", "flooder", allowed={"new-service"})
+    assert alert["count"] >= 10_000 - 500 * 10
+    assert alert["detail"]["address"] == ATTACKER
+    question = the_alert(alerts, "new-service", "flooder", allowed={"flood"})
+    assert question["detail"]["address"] == ATTACKER
+    services = {s["name"]: s["phase"] for s in proxy.cli_json("services")}
+    assert services["flooder"] == "held"
+
+
+def test_in_protect_mode_idle_connections_beyond_the_ceiling_are_refused(
+    protected: Site,
+) -> None:
+    proxy = protected.proxy
+
+    def hold() -> int:
+        with idle_connections("127.0.0.1", proxy.port, count=1000) as held:
+            assert len(held.sockets) + held.failed == 1000
+            # the node refuses (resets) what is beyond its ceilings: 20 a second, 100 idle
+            open_now: list[int] = []
+
+            def refused() -> bool:
+                open_now.append(held.still_open())
+                return open_now[-1] <= 100 + 20
+
+            wait_until(refused, 20, interval=0.2, what="the connections beyond the ceiling to go")
+            return open_now[-1]
+
+    still_open, _ = during(protected, hold, "pi")
+    assert 1 <= still_open <= 120
+
+    alert = the_alert(alerts_written(proxy), "connection-flood", ATTACKER, allowed=set())
+    assert alert["detail"]["address"] == ATTACKER
+    assert alert["count"] >= 1000 - 120  # one per refused connection
