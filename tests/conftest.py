@@ -115,9 +115,27 @@ class Broker:
     log: Path
 
 
-def launch_mosquitto(directory: Path, *, name: str = "mosquitto", extra: str = "") -> Broker:
+def write_password_file(path: Path, users: dict[str, str]) -> None:
+    """A Mosquitto password file for ``users`` (name -> password), by ``mosquitto_passwd -b``."""
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        pytest.fail("mosquitto_passwd is missing; it comes with: sudo apt-get install -y mosquitto")
+    path.write_text("")
+    for user, password in users.items():
+        subprocess.run([tool, "-b", str(path), user, password], check=True, timeout=30)
+
+
+def launch_mosquitto(
+    directory: Path,
+    *,
+    name: str = "mosquitto",
+    extra: str = "",
+    users: dict[str, str] | None = None,
+) -> Broker:
     """Start a private Mosquitto on a free loopback port; ``extra`` is more mosquitto.conf
-    (e.g. a bridge). Fails the test if it does not accept connections within 10 s."""
+    (e.g. a bridge). With ``users`` (name -> password) only they may connect: a password
+    file and ``allow_anonymous false``. Fails the test if it does not accept connections
+    within 10 s."""
     if not MOSQUITTO.exists() and shutil.which("mosquitto") is None:
         pytest.fail(
             "mosquitto is not installed; install it with: sudo apt-get install -y mosquitto"
@@ -125,9 +143,17 @@ def launch_mosquitto(directory: Path, *, name: str = "mosquitto", extra: str = "
     binary = str(MOSQUITTO) if MOSQUITTO.exists() else str(shutil.which("mosquitto"))
     port = free_port()
     conf = directory / f"{name}.conf"
+    access = "allow_anonymous true\n"
+    if users is not None:
+        passwords = directory / f"{name}.passwd"
+        write_password_file(passwords, users)
+        access = f"allow_anonymous false\npassword_file {passwords}\n"
+        if os.geteuid() == 0:
+            # as root, Mosquitto reads the file after dropping to its own user, who cannot
+            # enter the test's private directory
+            access += "user root\n"
     conf.write_text(
-        f"listener {port} {HOST}\nallow_anonymous true\npersistence false\nmax_connections -1\n"
-        + extra
+        f"listener {port} {HOST}\n{access}persistence false\nmax_connections -1\n" + extra
     )
     log = directory / f"{name}.log"
     with log.open("wb") as log_file:
@@ -162,9 +188,16 @@ def stop_mosquitto(broker: Broker) -> None:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Broker]:
-    """A private Mosquitto on a free loopback port, for one test."""
-    broker = launch_mosquitto(tmp_path)
+def mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """A private Mosquitto on a free loopback port, for one test.
+
+    ``@pytest.mark.mosquitto(users={"name": "password"}, extra="max_queued_messages 0\\n")``
+    on a test gives it a broker with a password file (no anonymous clients) and more
+    configuration; :func:`launch_mosquitto` says what they mean.
+    """
+    marker = request.node.get_closest_marker("mosquitto")
+    options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
+    broker = launch_mosquitto(tmp_path, **options)
     try:
         yield broker
     finally:

@@ -310,3 +310,25 @@ def test_bindings_are_released_when_connections_close() -> None:
     assert engine.bound == 1, "the second connection of the id still holds it"
     engine.unbind(b)
     assert engine.bound == 0
+
+
+def test_flood_and_edge_burst_alerts_name_the_connection_behind_the_client_id() -> None:
+    engine = make(Mode.MONITOR, guardrails=GuardrailSettings(messages_per_second=100))
+    learned_site(engine)
+    flooder = connect(engine, "thermo-1", at(7), ip="10.0.0.66")
+    for i in range(400):  # 400 messages in 0.4 s, on the connection of 10.0.0.66
+        engine.observe_fields(at(7) + i * 0.001, flooder, "home/kitchen/temp", "publish", 12)
+    stormer = connect(engine, "storm-1", at(8), ip="10.0.0.67")
+    for i in range(2000):
+        engine.observe_fields(at(8) + i * 0.01, stormer, f"storm/{i}", "publish", 4)
+    by_kind = {a.kind: a for a in engine.alerts.by_id.values()}
+    flood, burst = by_kind[AlertKind.FLOOD], by_kind[AlertKind.EDGE_BURST]
+    assert engine.graph.names[flood.subject] == "thermo-1"
+    assert (flood.detail["address"], flood.detail["client_id"]) == ("10.0.0.66", "thermo-1")
+    assert engine.graph.names[burst.subject] == "storm-1"
+    assert (burst.detail["address"], burst.detail["client_id"]) == ("10.0.0.67", "storm-1")
+    # events without a connection (a replay) name nothing
+    for i in range(400):
+        engine.observe_fields(at(9) + i * 0.001, "pump-1", "home/pump", "publish", 2)
+    pump = [a for a in engine.alerts.by_id.values() if a.kind is AlertKind.FLOOD and a is not flood]
+    assert pump and "address" not in pump[0].detail

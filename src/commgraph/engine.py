@@ -254,7 +254,11 @@ class Engine:
         n = events[subject] + 1
         events[subject] = n
         # the ceiling counts what a service sends, not what it is delivered
-        if n >= self._flood_next.get(subject, 0) and not rel[5] and self._floods(subject, ts, node):
+        if (
+            n >= self._flood_next.get(subject, 0)
+            and not rel[5]
+            and self._floods(subject, ts, node, src)
+        ):
             return _VERDICTS[(Label(graph.label[e]), True)]
         label = graph.label[e]
         if label in (_LEARNED, _APPROVED):
@@ -476,6 +480,20 @@ class Engine:
             self._bumped.add(alert.id)
         return alert
 
+    def _name_connection(self, alert: Alert, address: str | None) -> None:
+        """Name on a service's flood or edge-burst alert, once, what is known of the
+        connection its messages came by (client id, username, IP address): the owner sees
+        the address behind a client id. Replayed events carry no connection: nothing."""
+        if address is None or "address" in alert.detail:
+            return
+        known = self._known_as.get(address)
+        if not known:
+            return
+        for key in ("client_id", "username", "address"):
+            if known.get(key):
+                alert.detail[key] = known[key]
+        self.changes.alerts.add(alert.id)
+
     def _example(self, alert: Alert, subject: int, counterpart: int, rid: int) -> None:
         examples = alert.detail.setdefault("examples", [])
         if len(examples) < _EXAMPLES:
@@ -483,9 +501,10 @@ class Engine:
             examples.append(f"{graph.relations[rid]} {graph.names[counterpart]}")
             self.changes.alerts.add(alert.id)
 
-    def _floods(self, subject: int, ts: float, node: str | None) -> bool:
+    def _floods(self, subject: int, ts: float, node: str | None, address: str) -> bool:
         """The rate check of a service, due every ``messages_per_second`` events: True if
-        this message is over the ceiling and to be dropped (protect mode)."""
+        this message is over the ceiling and to be dropped (protect mode). ``address``: the
+        one the message came from (its connection's, for :meth:`_name_connection`)."""
         ceiling = self.guardrails.messages_per_second
         if not ceiling or self.graph.kind(subject) is not VertexKind.SERVICE:
             self._flood_next[subject] = _NEVER
@@ -501,6 +520,7 @@ class Engine:
         if alert is None:  # the owner said this service may send this much
             self._flood_next[subject] = _NEVER
             return False
+        self._name_connection(alert, address)
         self._flood_next[subject] = events + 1  # check every message until the second ends
         return self.phases.mode(subject) is Mode.PROTECT
 
@@ -522,11 +542,14 @@ class Engine:
         cap = self.guardrails.max_edges_per_service
         return bool(cap) and self._edges_of_service.get(subject, 0) >= cap
 
-    def _overflow(self, subject: int, ts: float, node: str | None, what: str) -> Verdict:
+    def _overflow(
+        self, subject: int, ts: float, node: str | None, what: str, address: str
+    ) -> Verdict:
         """A new edge of a service at its cap: counted on its edge-burst alert, no graph
         entry; blocked in protect mode."""
         alert = self._about(subject, AlertKind.EDGE_BURST, ts, node)
         if alert is not None:
+            self._name_connection(alert, address)
             alert.detail["overflow"] = alert.detail.get("overflow", 0) + 1
             examples = alert.detail.setdefault("examples", [])
             if len(examples) < _EXAMPLES:
@@ -552,14 +575,14 @@ class Engine:
                 d = self._vertex(rel[4], dst, ts, relation, rel[2])
             if s is None:
                 if self._capped(d):
-                    return self._overflow(d, ts, node, f"{relation} {src}")
+                    return self._overflow(d, ts, node, f"{relation} {src}", dst)
                 s = self._vertex(rel[3], src, ts)
         else:
             if s is None:
                 s = self._vertex(rel[3], src, ts)
             if d is None:
                 if self._capped(s):
-                    return self._overflow(s, ts, node, f"{relation} {dst}")
+                    return self._overflow(s, ts, node, f"{relation} {dst}", src)
                 d = self._vertex(rel[4], dst, ts, relation, rel[2])
         return s, d
 
@@ -690,7 +713,7 @@ class Engine:
         if (
             events >= self._flood_next.get(subject, 0)
             and not rel[5]
-            and self._floods(subject, ts, node)
+            and self._floods(subject, ts, node, address)
         ):
             return _PENDING_VERDICTS[True]  # dropped: not even a graph entry
         relation = graph.relations[rel[0]]
@@ -705,7 +728,8 @@ class Engine:
             if known is not None:
                 return self._modelled(s, d, rel[0], ts, size, known, subject, instance)
         if self._capped(subject):
-            return self._overflow(subject, ts, node, f"{relation} {graph.names[counterpart]}")
+            what = f"{relation} {graph.names[counterpart]}"
+            return self._overflow(subject, ts, node, what, address)
         state = self.phases.states.get(subject)
         phase = None if state is None else state.phase
         if phase is Phase.HELD or phase is Phase.DENIED:
@@ -723,7 +747,9 @@ class Engine:
         mode = self.phases.mode(subject)
         if learning or mode is Mode.LEARN:
             if learning and self._storm(subject, ts, True):
-                return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node)
+                return self._burst_edge(
+                    s, d, rel[0], ts, size, subject, instance, node, address=address
+                )
             e = graph.add_edge(s, d, rel[0], Label.LEARNED, ts, size)
             self._edge_added(e, subject, instance)
             self._minute_learned += 1
@@ -736,7 +762,9 @@ class Engine:
             # delivered from a storm: one more edge of the storm's question, not a new one
             return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node, owner)
         if self._storm(subject, ts, False):
-            return self._burst_edge(s, d, rel[0], ts, size, subject, instance, node)
+            return self._burst_edge(
+                s, d, rel[0], ts, size, subject, instance, node, address=address
+            )
         e = graph.add_edge(s, d, rel[0], Label.PENDING, ts, size)
         self._edge_added(e, subject, instance)
         alert, new = self.alerts.raise_or_repeat(
@@ -756,6 +784,8 @@ class Engine:
         instance: str | None,
         node: str | None,
         storm: int = 0,
+        *,
+        address: str | None = None,
     ) -> Verdict:
         """A new edge beyond its service's ceiling: pending, on the service's one
         edge-burst alert (no alert of its own); approving that alert approves them all.
@@ -773,6 +803,7 @@ class Engine:
         if alert is not None:
             if not storm:
                 self._example(alert, subject, d if s == subject else s, rid)
+                self._name_connection(alert, address)
             alert.detail["edges"] = alert.detail.get("edges", 0) + 1
             self._bumped.add(alert.id)
         if label is Label.PENDING:
