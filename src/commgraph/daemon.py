@@ -817,8 +817,17 @@ def run_live_demo(
                 await asyncio.wait_for(daemon.started.wait(), 15)
                 _banner(daemon, pace, say)
 
+                lines = _narration(pace)
+
+                def narrate(elapsed: float) -> None:  # the site's thread, before a step acts
+                    # queued before the step's packets exist: said before what they cause
+                    while lines and lines[0][0] <= elapsed:
+                        at, text = lines.pop(0)
+                        with contextlib.suppress(RuntimeError):  # the loop is already closed
+                            loop.call_soon_threadsafe(say, f"[{at:5.1f} s] {text}")
+
                 def done() -> None:  # the site's thread took its last step
-                    with contextlib.suppress(RuntimeError):  # the loop is already closed
+                    with contextlib.suppress(RuntimeError):
                         loop.call_soon_threadsafe(daemon.stop)
 
                 site = SimulatedSite(
@@ -827,16 +836,13 @@ def run_live_demo(
                     pace,
                     clock,
                     steps=None if seconds is None else round(seconds / pace.tick),
+                    on_step=narrate,
                     done=done,
                 )
                 await asyncio.to_thread(site.start)
-                narration = loop.create_task(_narrate(pace, clock, say))
                 if seconds is not None:  # a stalled site does not keep the demo running
                     loop.call_later(seconds * _SLOWEST + 30, daemon.stop)
-                try:
-                    await serving
-                finally:
-                    narration.cancel()
+                await serving
 
             _event_loop_runner()(main())
             alerts = store.alerts()
@@ -880,9 +886,9 @@ def _banner(daemon: Daemon, pace: Pace, say: Callable[[str], None]) -> None:
 _SLOWEST = 10
 
 
-async def _narrate(pace: Pace, clock: DemoClock, say: Callable[[str], None]) -> None:
-    """Tell the viewer what happens next, on the demo's clock."""
-    steps = [
+def _narration(pace: Pace) -> list[tuple[float, str]]:
+    """What the viewer is told, and when on the demo's clock."""
+    return [
         (
             0.0,
             f"Two sensors, a heating controller and two valves connect; each learns for "
@@ -896,10 +902,6 @@ async def _narrate(pace: Pace, clock: DemoClock, say: Callable[[str], None]) -> 
         ),
         (pace.anomaly_at, "The kitchen sensor starts commanding the kitchen valve..."),
     ]
-    for at, text in steps:
-        while clock.elapsed < at:  # until the site's steps get there: cancelled at the end
-            await asyncio.sleep(min(0.1, pace.tick / 2))
-        say(f"[{at:5.1f} s] {text}")
 
 
 def _console(daemon: Daemon, say: Callable[[str], None]) -> Sender:

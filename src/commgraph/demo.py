@@ -126,9 +126,11 @@ _ACK_TIMEOUT = 10.0
 class SimulatedSite:
     """Real paho MQTT clients of a small heating site, talking through the proxy.
 
-    Step ``n`` sets ``clock`` to ``n`` ticks after its start, publishes, and waits until the
-    proxy has acknowledged every publish of the step: each message is seen at its scripted
-    time. It takes ``steps`` steps (None: until stopped), then calls ``done``.
+    Step ``n`` sets ``clock`` to ``n`` ticks after its start, calls ``on_step`` with that
+    many seconds (once with 0 before the first step), publishes, and waits until the proxy
+    has acknowledged every publish of the step: each message is seen at its scripted time.
+    It takes ``steps`` steps (None: until stopped), then calls ``done``. Both callbacks run
+    in the site's thread.
     """
 
     def __init__(
@@ -139,10 +141,11 @@ class SimulatedSite:
         clock: DemoClock,
         *,
         steps: int | None = None,
+        on_step: Callable[[float], None] | None = None,
         done: Callable[[], None] | None = None,
     ) -> None:
         self.host, self.port, self.pace, self.clock = host, port, pace, clock
-        self.steps, self.done = steps, done
+        self.steps, self.on_step, self.done = steps, on_step, done
         self.clients: dict[str, mqtt.Client] = {}
         self.received: dict[str, int] = {}
         self._stop = threading.Event()
@@ -185,12 +188,16 @@ class SimulatedSite:
                 self.done()
 
     def _steps(self) -> None:
-        pace, clock, step = self.pace, self.clock, 0
+        pace, clock, step, on_step = self.pace, self.clock, 0, self.on_step
         rng = random.Random(7)
+        if on_step is not None:
+            on_step(0.0)
         while (self.steps is None or step < self.steps) and not self._stop.wait(pace.tick):
             step += 1
             clock.now = clock.start + step * pace.tick
             elapsed = step * pace.tick
+            if on_step is not None:
+                on_step(elapsed)
             if elapsed >= pace.bedroom_at and "thermo-bedroom" not in self.clients:
                 self._client("thermo-bedroom")
             sent: list[mqtt.MQTTMessageInfo] = []
