@@ -27,6 +27,11 @@ def test_live_demo_raises_exactly_the_scripted_alert(tmp_path: Path) -> None:
     assert "a new device thermo-bedroom (127.0.0.1) connected to demo-node" in text
     assert "/act/" in text and f"approve {alert['id']}" in text
     assert "dashboard  http://127.0.0.1:" in text and "API token" in text
+    # the story is told on the demo's clock, each line before what it announces happens
+    told = [line[:9] for line in said if line.startswith("[")]
+    assert told == ["[  0.0 s]", "[  4.0 s]", "[  5.0 s]", "[  8.0 s]"]
+    assert text.index("A bedroom sensor is installed") < text.index("a new device thermo-bedroom")
+    assert text.index("starts commanding the kitchen") < text.index("started publishing to valves")
     with Store(tmp_path / "demo.db") as store:
         services = {s["name"]: s for s in store.services()}
     # the sensor installed later learned on its own, and was asked about once

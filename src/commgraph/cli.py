@@ -1607,7 +1607,9 @@ def timeline(ctx: Context, as_json: bool) -> None:
     default=Path("demo-out"),
     show_default=True,
 )
-@click.option("--seconds", type=click.FloatRange(min=1), help="Stop after this long.")
+@click.option(
+    "--seconds", type=click.FloatRange(min=1), help="Stop after this long on the demo's clock."
+)
 @click.option("--api-port", type=int, default=8080, show_default=True, help="Dashboard port.")
 @click.option(
     "--notify",

@@ -24,7 +24,14 @@ from aiohttp import web
 from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
 from commgraph.alerts import Action, Decision, describe, mode_words
 from commgraph.config import Config, NotifySettings, format_duration
-from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
+from commgraph.demo import (
+    DemoClock,
+    Pace,
+    SimulatedSite,
+    free_port,
+    live_config,
+    start_broker,
+)
 from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError, EventDecodeError
@@ -614,6 +621,7 @@ class Daemon:
                 self.observe,
                 self.identify,
                 node=self.config.node,
+                clock=self.clock,
                 release=self.release,
                 signal=self.signal,
                 clock=self.clock,
@@ -796,8 +804,9 @@ def run_live_demo(
 ) -> list[dict[str, Any]]:
     """``commgraph demo``: Mosquitto, the proxy and dashboard, and a simulated site.
 
-    Runs until Ctrl-C (or for ``seconds``), stops everything it started, and returns the
-    alerts the site raised.
+    Runs until Ctrl-C (or for ``seconds`` of the demo's clock, which the site moves step by
+    step: a slow machine takes longer, and its story is the same), stops everything it
+    started, and returns the alerts the site raised.
     """
     pace = pace or Pace()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -814,8 +823,9 @@ def run_live_demo(
             notify_urls=notify_urls,
         )
         assert config.db is not None and config.mqtt.listen is not None
+        clock = DemoClock(time.time())
         with Store(config.db) as store:
-            daemon = Daemon(config, store)
+            daemon = Daemon(config, store, clock=clock)
             daemon.notifiers.append(
                 daemon.notifier(
                     NotifySettings(urls=("console",), per_minute=10), _console(daemon, say)
@@ -824,18 +834,37 @@ def run_live_demo(
 
             async def main() -> None:
                 nonlocal site
-                serving = asyncio.get_running_loop().create_task(daemon.run())
+                loop = asyncio.get_running_loop()
+                serving = loop.create_task(daemon.run())
                 await asyncio.wait_for(daemon.started.wait(), 15)
                 _banner(daemon, pace, say)
-                site = SimulatedSite("127.0.0.1", config.mqtt.listen.port, pace)  # type: ignore[union-attr]
+
+                lines = _narration(pace)
+
+                def narrate(elapsed: float) -> None:  # the site's thread, before a step acts
+                    # queued before the step's packets exist: said before what they cause
+                    while lines and lines[0][0] <= elapsed:
+                        at, text = lines.pop(0)
+                        with contextlib.suppress(RuntimeError):  # the loop is already closed
+                            loop.call_soon_threadsafe(say, f"[{at:5.1f} s] {text}")
+
+                def done() -> None:  # the site's thread took its last step
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(daemon.stop)
+
+                site = SimulatedSite(
+                    "127.0.0.1",
+                    config.mqtt.listen.port,  # type: ignore[union-attr]
+                    pace,
+                    clock,
+                    steps=None if seconds is None else round(seconds / pace.tick),
+                    on_step=narrate,
+                    done=done,
+                )
                 await asyncio.to_thread(site.start)
-                narration = asyncio.get_running_loop().create_task(_narrate(pace, say))
-                if seconds is not None:
-                    asyncio.get_running_loop().call_later(seconds, daemon.stop)
-                try:
-                    await serving
-                finally:
-                    narration.cancel()
+                if seconds is not None:  # a stalled site does not keep the demo running
+                    loop.call_later(seconds * _SLOWEST + 30, daemon.stop)
+                await serving
 
             _event_loop_runner()(main())
             alerts = store.alerts()
@@ -875,10 +904,13 @@ def _banner(daemon: Daemon, pace: Pace, say: Callable[[str], None]) -> None:
     say("")
 
 
-async def _narrate(pace: Pace, say: Callable[[str], None]) -> None:
-    """Tell the viewer what happens next, on the demo's clock."""
-    started = asyncio.get_running_loop().time()
-    steps = [
+# How many times slower than its clock a bounded live demo may run before it is stopped.
+_SLOWEST = 10
+
+
+def _narration(pace: Pace) -> list[tuple[float, str]]:
+    """What the viewer is told, and when on the demo's clock."""
+    return [
         (
             0.0,
             f"Two sensors, a heating controller and two valves connect; each learns for "
@@ -892,9 +924,6 @@ async def _narrate(pace: Pace, say: Callable[[str], None]) -> None:
         ),
         (pace.anomaly_at, "The kitchen sensor starts commanding the kitchen valve..."),
     ]
-    for at, text in steps:
-        await asyncio.sleep(max(0.0, at - (asyncio.get_running_loop().time() - started)))
-        say(f"[{at:5.1f} s] {text}")
 
 
 def _console(daemon: Daemon, say: Callable[[str], None]) -> Sender:

@@ -10,13 +10,14 @@ owner is asked.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from commgraph.events import Event
 
 __all__ = [
     "DEMO_START",
+    "DemoClock",
     "Pace",
     "SimulatedSite",
     "free_port",
@@ -100,11 +102,51 @@ class Pace:
     anomaly_at: float = 55.0  # the kitchen sensor starts commanding the kitchen valve
 
 
-class SimulatedSite:
-    """Real paho MQTT clients of a small heating site, talking through the proxy."""
+class DemoClock:
+    """The live demo's clock: it moves by one tick when the simulated site takes a step, and
+    only then. The node reads it instead of the wall clock, so what the engine measures
+    (learning, rates, silences) is the script's, however slowly a busy machine runs it."""
 
-    def __init__(self, host: str, port: int, pace: Pace) -> None:
-        self.host, self.port, self.pace = host, port, pace
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.now = start  # written by the site's thread only, one float at a time
+
+    def __call__(self) -> float:
+        return self.now
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.start
+
+
+# How long a step waits for the proxy to have seen its messages (their PUBACKs) before the
+# clock moves on; only a stalled proxy or broker makes it wait this long.
+_ACK_TIMEOUT = 10.0
+
+
+class SimulatedSite:
+    """Real paho MQTT clients of a small heating site, talking through the proxy.
+
+    Step ``n`` sets ``clock`` to ``n`` ticks after its start, calls ``on_step`` with that
+    many seconds (once with 0 before the first step), publishes, and waits until the proxy
+    has acknowledged every publish of the step: each message is seen at its scripted time.
+    It takes ``steps`` steps (None: until stopped), then calls ``done``. Both callbacks run
+    in the site's thread.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        pace: Pace,
+        clock: DemoClock,
+        *,
+        steps: int | None = None,
+        on_step: Callable[[float], None] | None = None,
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        self.host, self.port, self.pace, self.clock = host, port, pace, clock
+        self.steps, self.on_step, self.done = steps, on_step, done
         self.clients: dict[str, mqtt.Client] = {}
         self.received: dict[str, int] = {}
         self._stop = threading.Event()
@@ -140,24 +182,42 @@ class SimulatedSite:
         self._thread.start()
 
     def _run(self) -> None:
-        pace, started, step = self.pace, time.monotonic(), 0
+        try:
+            self._steps()
+        finally:
+            if self.done is not None and not self._stop.is_set():
+                self.done()
+
+    def _steps(self) -> None:
+        pace, clock, step, on_step = self.pace, self.clock, 0, self.on_step
         rng = random.Random(7)
-        while not self._stop.wait(pace.tick):
+        if on_step is not None:
+            on_step(0.0)
+        while (self.steps is None or step < self.steps) and not self._stop.wait(pace.tick):
             step += 1
-            elapsed = time.monotonic() - started
+            clock.now = clock.start + step * pace.tick
+            elapsed = step * pace.tick
+            if on_step is not None:
+                on_step(elapsed)
             if elapsed >= pace.bedroom_at and "thermo-bedroom" not in self.clients:
                 self._client("thermo-bedroom")
+            sent: list[mqtt.MQTTMessageInfo] = []
             for name, client in list(self.clients.items()):
                 if name.startswith("thermo-"):
                     room = name.split("-", 1)[1]
                     temp = f"{20 + rng.random() * 2:.1f}".encode()
-                    client.publish(f"home/{room}/temperature", temp, qos=1)
+                    sent.append(client.publish(f"home/{room}/temperature", temp, qos=1))
             controller = self.clients["heating-controller"]
             if step % 2 == 0:
                 for room in ("kitchen", "living"):
-                    controller.publish(f"valves/{room}/set", b"open=35", qos=1)
+                    sent.append(controller.publish(f"valves/{room}/set", b"open=35", qos=1))
             if elapsed >= pace.anomaly_at and step % 3 == 0:
-                self.clients["thermo-kitchen"].publish("valves/kitchen/set", b"open=100", qos=1)
+                kitchen = self.clients["thermo-kitchen"]
+                sent.append(kitchen.publish("valves/kitchen/set", b"open=100", qos=1))
+            for info in sent:
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:  # else not connected (refused, say)
+                    with contextlib.suppress(RuntimeError):  # the connection went since
+                        info.wait_for_publish(_ACK_TIMEOUT)
 
     def stop(self) -> None:
         self._stop.set()

@@ -798,6 +798,52 @@ def test_damaged_record_headers_lose_little_and_the_rest_is_read(data: st.DataOb
     assert [item for _, item in items[-10:]] == tail
 
 
+@needs_lockly
+@pytest.mark.parametrize(
+    "damage",
+    [
+        # found by the test above: the first record's time is off by 194 days, so nothing
+        # after the damaged second header was near it and the rest of the file was skipped
+        [(24 + 3, 0x01), (100 + 2, 0x01)],
+        [(24 + 3, 0x01), (100 + 7, 0xFF)],  # ... and the second's fraction of a second
+        [(24 + 3, 0x01), (100 + 9, 0x40)],  # ... and the second's captured length
+    ],
+)
+def test_a_damaged_header_after_a_first_record_with_a_wrong_time_loses_only_itself(
+    damage: list[tuple[int, int]],
+) -> None:
+    assert record_offsets(SAMPLE)[:3] == [24, 100, 170]
+    damaged = bytearray(SAMPLE)
+    for at, flip in damage:
+        damaged[at] ^= flip
+    original = decoded(SAMPLE)
+    items = decoded(bytes(damaged))
+    check_only_our_errors(items)
+    [error] = errors(items)
+    assert error.packet == 2 and "record header at byte 100 is corrupt" in str(error)
+    assert "no readable record follows" not in str(error)
+    assert [item for item in items if item[0] >= 3] == [item for item in original if item[0] >= 3]
+
+
+def test_a_damaged_header_where_a_merged_capture_jumps_in_time_loses_only_itself() -> None:
+    later = 60 * 86_400  # beyond how far a record found after a damaged one may be
+    frames = [
+        (1_600_000_000.0 + at + i, ether(ipv4("10.0.0.1", f"10.0.1.{i}", 17, udp(5000, 53))))
+        for at in (0, later)
+        for i in range(20)
+    ]
+    data = pcap(frames)
+    original = decoded(data)
+    offset = record_offsets(data)[20]
+    damaged = bytearray(data)
+    damaged[offset + 7] ^= 0xFF  # the fraction of a second: a million or more
+    items = decoded(bytes(damaged))
+    [error] = errors(items)
+    assert error.packet == 21 and "skipped" in str(error)
+    assert "no readable record follows" not in str(error)
+    assert [item for item in items if item[0] != 21] == [item for item in original if item[0] != 21]
+
+
 @FUZZ
 @given(data=st.data())
 def test_damaged_mqtt_streams_raise_nothing(data: st.DataObject) -> None:

@@ -1025,6 +1025,10 @@ MAX_RECORD: Final = 262_144
 _BACK: Final = 3600
 _JUMP: Final = 86_400
 _RESYNC_SECONDS: Final = 30 * 86_400
+# Records that must agree, when none agreeing near the last record's time follows: without
+# the time to hold them, a few "records" found inside other fields may agree by chance.
+_TRUSTED: Final = 16
+_TRUSTED_AT_END: Final = 4
 
 
 def read_packets(
@@ -1222,13 +1226,14 @@ class _Framing:
         self.divisor = divisor
         self.header = struct.Struct(order + "IIII").unpack_from
 
-    def consistent(self, p: int, *, strict: bool = False, chain: int = 4) -> bool:
-        """Whether ``chain`` records (or all up to the end) from ``p`` look right, each with at
-        least one byte; ``strict`` also wants no more bytes than went over the wire."""
+    def consistent(self, p: int, *, strict: bool = False, chain: int = 4, least: int = 1) -> bool:
+        """Whether ``chain`` records (or all up to the end, at least ``least`` of them) from
+        ``p`` look right, each with at least one byte; ``strict`` also wants no more bytes than
+        went over the wire."""
         previous = -1
-        for _ in range(chain):
+        for seen in range(chain):
             if p == self.size:
-                return previous >= 0
+                return seen >= least
             if self.size - p < 16:
                 return False
             sec, fraction, caplen, wirelen = self.header(self.data, p)
@@ -1264,9 +1269,18 @@ class _Framing:
         return self.scan(previous + 1, pos + 16 + MAX_RECORD + 1, last_sec)
 
     def scan(self, start: int, end: int, last_sec: int) -> int | None:
-        """The first position from ``start`` (before ``end``) where records look right."""
-        for p in range(start, min(self.size - 15, end)):
+        """The first position from ``start`` (before ``end``) where records look right, near
+        ``last_sec``; else, since that time may be the damaged one (the record it was read
+        from was only checked against its predecessor), the first where a long run of
+        records agree among themselves."""
+        stop = min(self.size - 15, end)
+        for p in range(start, stop):
             if self.consistent(p, strict=True) and self._near(p, last_sec):
+                return p
+        if last_sec < 0:
+            return None  # every place was near: a longer run is not found either
+        for p in range(start, stop):
+            if self.consistent(p, strict=True, chain=_TRUSTED, least=_TRUSTED_AT_END):
                 return p
         return None
 
