@@ -332,3 +332,16 @@ def test_flood_and_edge_burst_alerts_name_the_connection_behind_the_client_id() 
         engine.observe_fields(at(9) + i * 0.001, "pump-1", "home/pump", "publish", 2)
     pump = [a for a in engine.alerts.by_id.values() if a.kind is AlertKind.FLOOD and a is not flood]
     assert pump and "address" not in pump[0].detail
+
+
+def test_a_port_probe_before_the_first_client_starts_no_bootstrap() -> None:
+    # A health check (or a test's readiness probe) opens and closes a connection long before
+    # the first device: the site's bootstrap starts at the first event, so that device learns.
+    engine = make(Mode.PROTECT)
+    engine.signal(Signal.OPENED, "127.0.0.1", at(0))
+    engine.signal(Signal.CLOSED, "127.0.0.1", at(0))
+    address = connect(engine, "thermo-1", at(30), ip="127.0.0.1")
+    verdict = engine.observe_fields(at(30), address, "home/kitchen/temp", "publish", 12)
+    assert not verdict.block
+    assert engine.phases.states[vid(engine, "thermo-1")].phase is Phase.LEARNING
+    assert not engine.alerts.by_id

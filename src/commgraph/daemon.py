@@ -624,7 +624,6 @@ class Daemon:
                 clock=self.clock,
                 release=self.release,
                 signal=self.signal,
-                clock=self.clock,
             )
             await self.proxy.start()
         capturing = self._start_capture(loop)

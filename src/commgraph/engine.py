@@ -379,8 +379,6 @@ class Engine:
         (``client_id``, ``username``, ``cert_cn``, ``address``), for the owner's questions.
         Each bind is released by one :meth:`unbind`.
         """
-        if self.site_started is None:
-            self.site_started = ts
         if self._bindings.get(address) != resolved:
             self._caches[VertexKind.SERVICE].pop(address, None)
         self._bindings[address] = resolved  # _vertex resolves a bound address this way
@@ -605,8 +603,7 @@ class Engine:
         beyond a connection ceiling the owner did not approve.
         """
         self.signals[signal.value] += 1
-        if self.site_started is None:
-            self.site_started = ts
+        # a connection is no event: a port probe or a health check starts no bootstrap
         state = self.addresses.note(address, signal, ts, active=active)
         g = self.guardrails
         if signal is Signal.REFUSED:
