@@ -18,7 +18,7 @@ from typing import Final
 
 from commgraph.adapters.mqtt.codec import Connect, Packet, Publish, Subscribe
 
-__all__ = ["DELIVER", "PUBLISH", "SUBSCRIBE", "Edge", "edges"]
+__all__ = ["DELIVER", "PUBLISH", "SUBSCRIBE", "Edge", "edges", "publish_edge"]
 
 PUBLISH: Final = "publish"
 SUBSCRIBE: Final = "subscribe"
@@ -31,11 +31,16 @@ Edge = tuple[str, str, str, "int | None"]
 def edges(packet: Packet, client: str, *, from_client: bool) -> list[Edge]:
     """The relationships ``packet`` shows, in order (see the module docstring)."""
     if isinstance(packet, Publish):
-        if from_client:
-            return [(client, packet.topic, PUBLISH, packet.payload_size)]
-        return [(packet.topic, client, DELIVER, packet.payload_size)]
+        return [publish_edge(packet, client, from_client)]
     if isinstance(packet, Subscribe):
         return [(client, topic_filter, SUBSCRIBE, None) for topic_filter, _ in packet.filters]
     if isinstance(packet, Connect) and packet.will_topic is not None:
         return [(client, packet.will_topic, PUBLISH, None)]
     return []
+
+
+def publish_edge(packet: Publish, client: str, from_client: bool) -> Edge:
+    """The one relationship of a PUBLISH (the proxy's hot path takes it without a list)."""
+    if from_client:
+        return (client, packet.topic, PUBLISH, packet.payload_size)
+    return (packet.topic, client, DELIVER, packet.payload_size)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from commgraph.adapters.mqtt.codec import (
@@ -58,7 +58,7 @@ from commgraph.adapters.mqtt.codec import (
     encode_subscribe,
     with_topic,
 )
-from commgraph.adapters.mqtt.events import edges
+from commgraph.adapters.mqtt.events import edges, publish_edge
 from commgraph.detectors.guardrails import Signal
 
 __all__ = [
@@ -110,16 +110,26 @@ class Close:
     level: int = logging.WARNING
 
 
-@dataclass(slots=True)
 class Output:
     """What one call of the relay asks the shell to do, in this order: write ``to_broker`` and
-    ``to_client`` (each in order), tell the node ``signals``, then ``close`` if set."""
+    ``to_client`` (each in order), tell the node ``signals``, then ``close`` if set.
+    ``events`` are the events the relay asked verdicts for, with the answer."""
 
-    to_client: list[bytes] = field(default_factory=list)
-    to_broker: list[bytes] = field(default_factory=list)
-    events: list[Observed] = field(default_factory=list)
-    signals: list[Signal] = field(default_factory=list)
-    close: Close | None = None
+    # A plain class: one is made per read, on the proxy's hot path.
+    __slots__ = ("close", "events", "signals", "to_broker", "to_client")
+
+    def __init__(self, *, signals: list[Signal] | None = None) -> None:
+        self.to_client: list[bytes] = []
+        self.to_broker: list[bytes] = []
+        self.events: list[Observed] = []
+        self.signals: list[Signal] = [] if signals is None else signals
+        self.close: Close | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Output(to_client={self.to_client!r}, to_broker={self.to_broker!r}, "
+            f"events={self.events!r}, signals={self.signals!r}, close={self.close!r})"
+        )
 
 
 @dataclass(slots=True)
@@ -276,8 +286,10 @@ class Relay:
     def _client_publish(self, packet: Publish, now: float, out: Output) -> None:
         if self.address is None:  # the decoder only lets PUBLISH through after CONNECT
             return
-        ((src, dst, relation, size),) = edges(packet, self.address, from_client=True)
-        if self._event(now, src, dst, relation, size, out):
+        src, dst, relation, size = publish_edge(packet, self.address, True)
+        blocked = self.verdict(now, src, dst, relation, size)
+        out.events.append((src, dst, relation, size, blocked))
+        if blocked:
             if packet.topic_alias is not None and packet.topic_in_packet:
                 self.aliases_unknown_to_broker.add(packet.topic_alias)
             self._answer_blocked_publish(packet, out)
@@ -346,8 +358,10 @@ class Relay:
         for packet in packets:
             if type(packet) is Publish:
                 if self.address is not None:
-                    ((src, dst, relation, size),) = edges(packet, self.address, from_client=False)
-                    if self._event(now, src, dst, relation, size, out):
+                    src, dst, relation, size = publish_edge(packet, self.address, False)
+                    blocked = self.verdict(now, src, dst, relation, size)
+                    out.events.append((src, dst, relation, size, blocked))
+                    if blocked:
                         if packet.topic_alias is not None and packet.topic_in_packet:
                             self.aliases_unknown_to_client.add(packet.topic_alias)
                         self._acknowledge_for_client(packet, out)
