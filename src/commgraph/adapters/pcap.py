@@ -29,8 +29,9 @@ rules (they are the whole contract; everything else is bookkeeping):
   ``on_dns`` as a :class:`DNSAnswer` named by the queried name (CNAME chains followed back;
   lower case, no final dot). Naming hosts with them is the identity layer's business.
 * TCP streams with a port in ``mqtt_ports`` whose SYN was captured are reassembled per
-  direction and decoded with our MQTT codec. They *also* yield the proxy's topic-level events
-  (``publish``, ``subscribe`` per filter, ``deliver``; a CONNECT's will is a ``publish``), with
+  direction and decoded with our MQTT codec. They *also* yield the proxy's topic-level events,
+  mapped by the function the proxy uses (:func:`commgraph.adapters.mqtt.events.edges`:
+  ``publish``, ``subscribe`` per filter, ``deliver``; a CONNECT's will is a ``publish``), with
   the client id as the client's address (its IP address when the id is empty), next to their
   ``tcp/1883`` flow events. Reassembly is simple: bytes before the next expected one are
   dropped (retransmissions), up to ``max_ahead`` bytes in 32 segments beyond it wait for a gap
@@ -69,6 +70,7 @@ from commgraph.adapters.mqtt.codec import (
     Publish,
     Subscribe,
 )
+from commgraph.adapters.mqtt.events import edges
 from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.errors import EventDecodeError, PacketDecodeError
 from commgraph.events import MAX_TS, Event
@@ -902,42 +904,41 @@ class PacketDecoder:
                 entry.mqtt = 2
                 out.append((number, SignalNote(ts, Signal.ACTIVE, stream.client_ip, True)))
                 before += 1
-            if type(packet) is Publish:
-                client = stream.client
-                if client is None or not _usable(packet.topic):
-                    continue
-                if from_client:
-                    out.append((number, (ts, client, packet.topic, "publish", packet.payload_size)))
-                else:
-                    out.append((number, (ts, packet.topic, client, "deliver", packet.payload_size)))
-            elif type(packet) is Subscribe:
-                client = stream.client
-                if client is None:
-                    continue
-                for topic_filter, _options in packet.filters:
-                    if _usable(topic_filter):
-                        out.append((number, (ts, client, topic_filter, "subscribe", None)))
-            elif type(packet) is Connect:
-                client = packet.client_id if _usable(packet.client_id) else stream.client_ip
-                stream.client = client
+            if type(packet) is Connect:
+                usable_id = _usable(packet.client_id)
+                stream.client = packet.client_id if usable_id else stream.client_ip
                 stream.username = packet.username
                 stream.sides[1].decoder.protocol_level = packet.protocol_level
-                if packet.will_topic is not None and _usable(packet.will_topic):
-                    out.append((number, (ts, client, packet.will_topic, "publish", None)))
-            elif type(packet) is Connack and entry.mqtt:
-                v5 = stream.sides[1].decoder.protocol_level == 5
-                if packet.reason_code != 0 and (not v5 or packet.reason_code >= 0x80):
-                    note = SignalNote(
-                        ts,
-                        Signal.REFUSED,
-                        stream.client_ip,
-                        entry.mqtt == 2,
-                        stream.client,
-                        stream.username,
-                    )
-                    out.append((number, note))
-                    before += 1
+            elif type(packet) is Connack:
+                if entry.mqtt and self._connack_signal(stream, packet, ts, number, entry):
+                    before += 1  # a signal, not an event
+                continue
+            client = stream.client
+            if client is None:
+                continue
+            for src, dst, relation, size in edges(packet, client, from_client=from_client):
+                if _usable(src) and _usable(dst):  # an event's names are never blank
+                    out.append((number, (ts, src, dst, relation, size)))
         self.stats.mqtt_events += len(out) - before
+
+    def _connack_signal(
+        self, stream: _MQTTStream, packet: Connack, ts: float, number: int, entry: _Flow
+    ) -> bool:
+        """A CONNACK that refuses the client is a REFUSED signal, as the proxy reports it;
+        True if it was one."""
+        v5 = stream.sides[1].decoder.protocol_level == 5
+        if packet.reason_code != 0 and (not v5 or packet.reason_code >= 0x80):
+            note = SignalNote(
+                ts,
+                Signal.REFUSED,
+                stream.client_ip,
+                entry.mqtt == 2,
+                stream.client,
+                stream.username,
+            )
+            self.pending.append((number, note))
+            return True
+        return False
 
     def _give_up(self, entry: _Flow, why: str) -> None:
         """Stop decoding this connection's MQTT (its flow events go on)."""
