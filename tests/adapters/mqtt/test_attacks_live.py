@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -42,19 +43,25 @@ BENIGN_DURING = 6  # messages the site publishes while an attack runs (then one 
 USERS = {"pub": "pub-secret", "sub": "sub-secret", "watch": "watch-secret", "alice": "secret"}
 
 
+SETTLED = 2.5  # seconds without change: more than two of the node's counter writes
+
+
 def alerts_written(proxy: Proxy, at_least: int = 1) -> list[dict[str, Any]]:
-    """The node's alerts once it has written ``at_least`` and two readings agree."""
-    last: list[Any] = []
+    """The node's alerts once it has written ``at_least`` and they stayed the same for
+    longer than the node takes to write its counters behind (once a second)."""
+    seen: dict[str, Any] = {"key": None, "since": 0.0}
 
     def settled() -> list[dict[str, Any]] | None:
         done = proxy.cli("alerts", "--json")
         rows: list[dict[str, Any]] = json.loads(done.stdout) if done.returncode == 0 else []
         key = [(a["id"], a["count"]) for a in rows]
-        previous = last[-1] if last else None
-        last.append(key)
-        return rows if len(rows) >= at_least and key == previous else None
+        now = time.monotonic()
+        if key != seen["key"]:
+            seen["key"], seen["since"] = key, now
+            return None
+        return rows if len(rows) >= at_least and now - seen["since"] >= SETTLED else None
 
-    return wait_until(settled, 20, interval=0.3, what=f"{at_least} alert(s) written")
+    return wait_until(settled, 60, interval=0.3, what=f"{at_least} alert(s) written")
 
 
 def during(site: Site, attack: Callable[[], T], tag: str) -> tuple[T, list[Received]]:
