@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 
 from commgraph.config import Config
-from commgraph.daemon import Daemon, replay
+from commgraph.daemon import Daemon
 from commgraph.demo import heating_site
 from commgraph.errors import EventDecodeError
 from commgraph.model import ModelEdge, ServiceModel, sign_model
 from commgraph.phases import LearningSettings
+from commgraph.replay import replay
 from commgraph.signing import generate_keypair
 from commgraph.store import Store
 
@@ -126,3 +127,17 @@ def test_a_model_on_another_nodes_topic_is_refused_and_audited_once(tmp_path: Pa
         ]
         assert store.models() == [] and daemon.engine.models == {}
         assert daemon.models_rejected == 3
+
+
+def test_the_daemon_does_not_import_the_demo() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, commgraph.daemon, commgraph.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith('commgraph.demo')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

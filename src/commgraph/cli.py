@@ -255,7 +255,7 @@ def replay(
     trusted keys vouch for are adopted, as by a running node.
     """
     from commgraph.adapters.recorded import open_recording
-    from commgraph.daemon import replay_records
+    from commgraph.replay import replay_records
 
     config = load_config(config_path) if config_path else None
     if config and config.db and ctx.db_path == default_db():
@@ -1645,7 +1645,7 @@ def demo(
         return
     import logging
 
-    from commgraph.daemon import run_live_demo
+    from commgraph.demo.live import run_live_demo
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
@@ -1658,32 +1658,19 @@ def demo(
 
 def _replay_demo(out_dir: Path) -> None:
     """Generate a small heating site, replay it, and show the anomaly it raises."""
-    from commgraph.daemon import replay as run_replay
-    from commgraph.demo import heating_site
+    from commgraph.demo.offline import run_replay_demo
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    events_file = out_dir / "heating.jsonl"
-    db_path = out_dir / "demo.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    events = list(heating_site())
-    events_file.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+    result = run_replay_demo(out_dir)
     out.print(
-        f"[bold]1.[/] Generated {len(events)} events of a heating site in {esc(str(events_file))}:"
+        f"[bold]1.[/] Generated {result.events} events of a heating site in "
+        f"{esc(str(result.events_file))}:"
     )
     out.print("   2 sensors, a heating controller, 2 valves; a bedroom sensor added at minute 15;")
     out.print("   the kitchen sensor starts commanding the kitchen valve at minute 25.")
-    settings = LearningSettings(duration=600.0)
-    with Store(db_path) as store:
-        store.save_settings(settings)
-        engine = store.load_engine(settings)
-        with events_file.open("rb") as stream:
-            summary = run_replay(stream, engine, store)
-        rows = store.services()
-        pending = store.alerts(state="pending")
+    rows, pending = result.services, result.pending
     out.print(
-        f"[bold]2.[/] Replayed them with a 10 minute learning phase: {summary.events} events, "
-        f"{len(rows)} services, {engine.graph.edge_count} edges."
+        f"[bold]2.[/] Replayed them with a 10 minute learning phase: {result.summary.events} "
+        f"events, {len(rows)} services, {result.edges} edges."
     )
     bedroom = next((r for r in rows if r["name"] == "thermo-bedroom"), None)
     question = next((a for a in pending if a["kind"] == "new-service"), None)
@@ -1698,7 +1685,7 @@ def _replay_demo(out_dir: Path) -> None:
     waits = "question waits" if len(pending) == 1 else "questions wait"
     out.print(f"[bold]4.[/] {len(pending)} {waits} for you:")
     _print_alerts(pending)
-    db = esc(str(db_path))
+    db = esc(str(result.db))
     out.print("\nWhat you can do next:")
     if question:
         out.print(f"  commgraph --db {db} approve {question['id']} --reason 'my new sensor'")

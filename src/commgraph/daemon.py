@@ -1,8 +1,8 @@
 """Wiring: events from an adapter -> engine -> store. The only module that joins the parts.
 
-:func:`replay` runs recorded events through the engine in event time, as fast as it can
-(``commgraph replay`` and the demo); :class:`Daemon` runs the live node behind
-``commgraph run``: the MQTT proxy feeding the engine, with the store written behind.
+:class:`Daemon` runs the live node behind ``commgraph run``: the MQTT proxy (and a passive
+capture) feeding the engine, with the store written behind. Replays in event time are
+:mod:`commgraph.replay`'s; the demo (:mod:`commgraph.demo`) is never imported here.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import contextlib
 import hashlib
 import logging
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +22,10 @@ from aiohttp import web
 from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
 from commgraph.alerts import Action, Decision, describe
 from commgraph.config import Config, NotifySettings, format_duration
-from commgraph.demo import Pace, SimulatedSite, free_port, live_config, start_broker
 from commgraph.detectors.guardrails import Signal, SignalNote
-from commgraph.engine import Engine, Verdict
-from commgraph.errors import CommgraphError, EventDecodeError
-from commgraph.events import Record, VertexKind, iter_event_lines
+from commgraph.engine import Verdict
+from commgraph.errors import CommgraphError
+from commgraph.events import VertexKind
 from commgraph.identity import AddressKind, Identity
 from commgraph.model import (
     ModelError,
@@ -38,7 +35,7 @@ from commgraph.model import (
     read_envelope,
     sign_model,
 )
-from commgraph.notify import AlertNotice, Message, Notifier, Sender
+from commgraph.notify import AlertNotice, Notifier, Sender
 from commgraph.phases import Mode, Phase
 from commgraph.signing import PrivateKey, PublicKey, load_private, load_trusted
 from commgraph.store import Store
@@ -46,135 +43,9 @@ from commgraph.sync import ModelSync
 from commgraph.templates import Templates
 from commgraph.web.auth import load_or_create
 
-__all__ = ["Daemon", "ReplaySummary", "replay", "run_daemon", "run_live_demo"]
+__all__ = ["Daemon", "event_loop_runner", "run_daemon"]
 
 log = logging.getLogger("commgraph")
-
-# A replay commits about twice a second of wall time (checked at every event-time minute and
-# every CHECK_EVERY events): one fsync per event-time minute would make a week of sparse
-# traffic take minutes. Everything is committed when the replay ends, also on an error.
-CHECK_EVERY = 5000
-COMMIT_SECONDS = 0.5
-
-
-@dataclass(slots=True)
-class ReplaySummary:
-    events: int = 0
-    skipped: int = 0
-    errors: list[EventDecodeError] = field(default_factory=list)  # the first few
-    new_alerts: list[int] = field(default_factory=list)
-    first_ts: float | None = None
-    last_ts: float | None = None
-    seconds: float = 0.0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
-
-
-def replay(
-    lines: Iterable[str | bytes],
-    engine: Engine,
-    store: Store,
-    *,
-    strict: bool = False,
-    progress: Callable[[int], None] | None = None,
-    keep_errors: int = 20,
-) -> ReplaySummary:
-    """Run JSON-lines events through ``engine``: :func:`replay_records` of the lines."""
-    return replay_records(
-        iter_event_lines(lines),
-        engine,
-        store,
-        strict=strict,
-        progress=progress,
-        keep_errors=keep_errors,
-    )
-
-
-def replay_records(
-    records: Iterable[tuple[int, Record]],
-    engine: Engine,
-    store: Store,
-    *,
-    strict: bool = False,
-    progress: Callable[[int], None] | None = None,
-    keep_errors: int = 20,
-) -> ReplaySummary:
-    """Run recorded events through ``engine`` in event time, committing to ``store`` as it
-    goes. ``records`` are ``(position, record)`` pairs from any adapter (line or packet
-    number): an :class:`Event`, the checked fields ``(ts, src, dst, relation, size)`` for
-    :meth:`Engine.observe_fields`, or the adapter's decode error.
-
-    ``progress`` is called with the position reached, every few thousand records. A decode
-    error is raised when ``strict``; otherwise it is skipped, counted and the first
-    ``keep_errors`` are kept for the report. Everything observed is committed before this
-    returns, also when it raises.
-    """
-    summary = ReplaySummary()
-    started = time.perf_counter()
-    observe, observe_fields, tick = engine.observe, engine.observe_fields, engine.tick
-    new_alert = summary.new_alerts.append
-    next_tick = float("-inf")
-    last_ts = float("-inf")
-    since_check = events = 0
-    position = 0
-    committed = started
-    try:
-        for position, item in records:
-            if isinstance(item, tuple):  # the adapters' fast form: checked fields
-                ts = item[0]
-            elif isinstance(item, EventDecodeError):
-                if strict:
-                    raise item
-                summary.skipped += 1
-                if len(summary.errors) < keep_errors:
-                    summary.errors.append(item)
-                continue
-            elif isinstance(item, SignalNote):  # what an MQTT stream's protocol said
-                engine.signal(
-                    item.signal,
-                    item.address,
-                    item.ts,
-                    active=item.active,
-                    client_id=item.client_id,
-                    username=item.username,
-                )
-                continue
-            else:
-                ts = item.ts
-            if ts >= next_tick or since_check >= CHECK_EVERY:
-                if ts >= next_tick:
-                    tick(ts)
-                    next_tick = (ts // 60 + 1) * 60
-                    if summary.first_ts is None:
-                        summary.first_ts = ts
-                since_check = 0
-                now = time.perf_counter()
-                if now - committed >= COMMIT_SECONDS:
-                    store.flush(engine)
-                    committed = now
-                    if progress is not None:
-                        progress(position)
-            verdict = observe_fields(*item) if isinstance(item, tuple) else observe(item)
-            if verdict.alert is not None:
-                new_alert(verdict.alert)
-            events += 1
-            since_check += 1
-            if ts > last_ts:
-                last_ts = ts
-    finally:
-        summary.events = events
-        if events:
-            summary.last_ts = last_ts
-            engine.tick(last_ts)
-        engine.flush_minute()
-        store.flush(engine)
-        summary.seconds = time.perf_counter() - started
-        if progress is not None:
-            progress(position)
-    return summary
-
 
 # -- the live daemon --------------------------------------------------------------------
 
@@ -745,7 +616,7 @@ def run_daemon(config: Config, db: Path) -> None:
     _raise_file_limit()
     with Store(db) as store:
         daemon = Daemon(config, store)
-        _event_loop_runner()(daemon.run())
+        event_loop_runner()(daemon.run())
 
 
 def _raise_file_limit() -> None:
@@ -760,131 +631,10 @@ def _raise_file_limit() -> None:
         pass
 
 
-# -- the live demo ----------------------------------------------------------------------
-
-
-def run_live_demo(
-    out_dir: Path,
-    *,
-    seconds: float | None = None,
-    pace: Pace | None = None,
-    api_port: int | None = 8080,
-    notify_urls: tuple[str, ...] = (),
-    say: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """``commgraph demo``: Mosquitto, the proxy and dashboard, and a simulated site.
-
-    Runs until Ctrl-C (or for ``seconds``), stops everything it started, and returns the
-    alerts the site raised.
-    """
-    pace = pace or Pace()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("demo.db", "demo.db-wal", "demo.db-shm", "demo.credentials"):
-        (out_dir / name).unlink(missing_ok=True)
-    broker, broker_port = start_broker(out_dir)
-    site: SimulatedSite | None = None
-    try:
-        config = live_config(
-            out_dir,
-            broker_port,
-            pace=pace,
-            api_port=None if api_port is None else free_port(api_port),
-            notify_urls=notify_urls,
-        )
-        assert config.db is not None and config.mqtt.listen is not None
-        with Store(config.db) as store:
-            daemon = Daemon(config, store)
-            daemon.notifiers.append(
-                daemon.notifier(
-                    NotifySettings(urls=("console",), per_minute=10), _console(daemon, say)
-                )
-            )
-
-            async def main() -> None:
-                nonlocal site
-                serving = asyncio.get_running_loop().create_task(daemon.run())
-                await asyncio.wait_for(daemon.started.wait(), 15)
-                _banner(daemon, pace, say)
-                site = SimulatedSite("127.0.0.1", config.mqtt.listen.port, pace)  # type: ignore[union-attr]
-                await asyncio.to_thread(site.start)
-                narration = asyncio.get_running_loop().create_task(_narrate(pace, say))
-                if seconds is not None:
-                    asyncio.get_running_loop().call_later(seconds, daemon.stop)
-                try:
-                    await serving
-                finally:
-                    narration.cancel()
-
-            _event_loop_runner()(main())
-            alerts = store.alerts()
-        say(f"Stopped. The database stays in {config.db} (commgraph --db {config.db} alerts).")
-        return alerts
-    finally:
-        if site is not None:
-            site.stop()
-        broker.terminate()
-        try:
-            broker.wait(10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-
-
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop
 
         return uvloop.run
     except ImportError:
         return asyncio.run
-
-
-def _banner(daemon: Daemon, pace: Pace, say: Callable[[str], None]) -> None:
-    api = daemon.config.api.listen
-    say("")
-    say("commgraph live demo: a heating site behind the commgraph MQTT proxy")
-    if api is not None:
-        credentials = load_or_create(daemon.credentials_path())
-        say(f"  dashboard  http://{api}/   (log in with the token below)")
-        say(f"  API token  {credentials.api_token}")
-    say(f"  database   {daemon.store.path}")
-    mqtt = daemon.config.mqtt
-    say(f"  broker     Mosquitto on {mqtt.upstream}, proxy on {mqtt.listen}")
-    say("  Ctrl-C stops everything the demo started.")
-    say("")
-
-
-async def _narrate(pace: Pace, say: Callable[[str], None]) -> None:
-    """Tell the viewer what happens next, on the demo's clock."""
-    started = asyncio.get_running_loop().time()
-    steps = [
-        (
-            0.0,
-            f"Two sensors, a heating controller and two valves connect; each learns for "
-            f"{pace.learning:g} s.",
-        ),
-        (pace.learning + 1, "Learning is over: from now on anything new is an anomaly."),
-        (
-            pace.bedroom_at,
-            "A bedroom sensor is installed: it gets its own learning phase, and "
-            "you are asked once whether it is yours.",
-        ),
-        (pace.anomaly_at, "The kitchen sensor starts commanding the kitchen valve..."),
-    ]
-    for at, text in steps:
-        await asyncio.sleep(max(0.0, at - (asyncio.get_running_loop().time() - started)))
-        say(f"[{at:5.1f} s] {text}")
-
-
-def _console(daemon: Daemon, say: Callable[[str], None]) -> Sender:
-    """A sender that shows the phone's notification on the console."""
-
-    async def show(url: str, message: Message) -> None:
-        say("")
-        say(f"*** {message.title}: {message.text}")
-        for button in message.buttons:
-            say(f"    {button.label}: {button.page}")
-        for alert in message.alerts:
-            say(f"    or: commgraph --db {daemon.store.path} approve {alert}")
-        say("")
-
-    return show

@@ -1,4 +1,4 @@
-"""Recorded traffic -> records for :func:`commgraph.daemon.replay_records`, whatever the file.
+"""Recorded traffic -> records for :func:`commgraph.replay.replay_records`, whatever the file.
 
 Which adapter reads a file is told by its first bytes: a pcap or pcapng magic number is a
 capture (:mod:`.pcap`); a Zeek header line (``#separator``), an IoT-23 CSV header (``ts,``)
