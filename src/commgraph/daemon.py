@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,13 @@ from commgraph.config import Config, NotifySettings, format_duration
 from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.engine import Verdict
 from commgraph.errors import CommgraphError
-from commgraph.events import VertexKind
+from commgraph.hooks import Hooks
 from commgraph.identity import AddressKind, Identity
-from commgraph.model import (
-    ModelError,
-    ServiceModel,
-    open_model,
-    parse_model,
-    read_envelope,
-    sign_model,
-)
 from commgraph.notify import AlertNotice, Notifier, Sender
-from commgraph.phases import Mode, Phase
-from commgraph.signing import PrivateKey, PublicKey, load_private, load_trusted
+from commgraph.phases import Mode
+from commgraph.running import announce, record_applied, retire
+from commgraph.signing import load_private, load_trusted
+from commgraph.site_models import SiteModels
 from commgraph.store import Store
 from commgraph.sync import ModelSync
 from commgraph.templates import Templates
@@ -82,15 +75,19 @@ class Daemon:
         self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
         self.decoder_stats: Any = None  # adapters.pcap.DecoderStats while capturing
         self.sync: ModelSync | None = None
-        self.private_key: PrivateKey | None = (
-            load_private(config.private_key) if config.private_key else None
+        self.hooks = Hooks()
+        self.hooks.failures["tick"] = 0  # the every-second writes, counted as a part
+        self.models = SiteModels(
+            self.engine,
+            store,
+            config.node,
+            trusted=dict(load_trusted(config.trusted_keys)),
+            private_key=load_private(config.private_key) if config.private_key else None,
+            clock=clock,
+            written=self._write_structure,
+            audited=self._own_decisions_add,
+            publish=lambda service, envelope: self.hooks.call("on_model", service, envelope),
         )
-        self.trusted: dict[str, PublicKey] = dict(load_trusted(config.trusted_keys))
-        self.models_kept = 0
-        self.models_rejected = 0
-        self._published: dict[str, tuple[ServiceModel, bytes]] = {}  # ours, per service
-        self._model_dirty: set[str] = set()
-        self._refused: set[bytes] = set()  # refused (topic, envelope) digests, audited once
         self._flush_soon = False
         self._own_decisions: set[int] = set()
         self._last_decision = store.last_decision_id()
@@ -101,7 +98,28 @@ class Daemon:
         self.alerts_raised = 0
         self.notifiers: list[Notifier] = []  # told of every new alert (never blocking)
         self.started = asyncio.Event()
-        self._load_models()
+        self._running = False  # announced in the store as the node running on it
+        self.models.load()
+        self._write_structure()
+
+    def _own_decisions_add(self, decision_id: int) -> None:
+        self._own_decisions.add(decision_id)
+
+    @property
+    def models_kept(self) -> int:
+        return self.models.kept
+
+    @property
+    def models_rejected(self) -> int:
+        return self.models.rejected
+
+    def model_received(self, service: str, node: str, payload: bytes, *, source: str) -> bool:
+        """A model envelope from the site broker (or a file): :meth:`SiteModels.received`."""
+        return self.models.received(service, node, payload, source=source)
+
+    def publish_models(self) -> int:
+        """Sign and publish the changed models: :meth:`SiteModels.publish_changed`."""
+        return self.models.publish_changed()
 
     # -- what the proxy calls ----------------------------------------------------------
 
@@ -197,8 +215,7 @@ class Daemon:
             detail=dict(alert.detail),
             count=alert.count,
         )
-        for notifier in self.notifiers:
-            notifier.notify(notice)  # queues; a failing notifier never stops observation
+        self.hooks.call("on_alert", notice)  # queues; a failing notifier never stops observation
 
     # -- the owner's actions, from the web side (commgraph.web.app.Node) ---------------
 
@@ -237,6 +254,7 @@ class Daemon:
             "clients_bound": float(self.engine.bound),
             **{f"signals_{k}": float(v) for k, v in self.engine.signals.items()},
             "engine_errors": float(stats.engine_errors if stats else 0),
+            **{f"failures_{part}": float(n) for part, n in self.hooks.failures.items()},
         }
 
     # -- writing ---------------------------------------------------------------------
@@ -247,178 +265,35 @@ class Daemon:
         for alert_id in changes.raised:  # new edges, rates, sizes, silences
             self._announce(alert_id)
         if changes.edges or changes.services:
-            self._model_dirty.update(self._services_touched(changes.edges, changes.services))
+            self.models.touched(changes.edges, changes.services)
         self._own_decisions.update(self.store.write_changes(self.engine, changes))
 
-    def _services_touched(self, edges: Iterable[int], services: Iterable[int]) -> set[str]:
-        graph = self.engine.graph
-        names = {graph.names[vid] for vid in services}
-        for e in edges:
-            src, dst, _ = graph.endpoints(e)
-            for vid in (src, dst):
-                if graph.kind(vid) is VertexKind.SERVICE:
-                    names.add(graph.names[vid])
-        return names
-
-    # -- site models -------------------------------------------------------------------
-
-    def _load_models(self) -> None:
-        """Take in the models kept in the store, and remember which of them are our own."""
-        self._adopt_kept()
-        self._model_dirty.update(s.service for s in self.engine.phases.states.values())
-        self._write_structure()
-
-    def _adopt_kept(self, service: str | None = None) -> None:
-        """Adopt the models the store keeps (of one service, or all), oldest first, their
-        signatures checked again: the trusted keys may have changed since they came. At
-        start every refusal is logged; later only those of imported models (sync's were
-        audited when they came)."""
-        for row in sorted(self.store.models(service), key=lambda row: row["received_at"]):
-            try:
-                model = open_model(row["envelope"], self.trusted)
-            except ModelError as exc:
-                if service is None or row["source"] == "import":
-                    log.warning(
-                        "kept model of %s from node %s (%s) is not trusted here: %s",
-                        row["service"],
-                        row["node"],
-                        row["source"],
-                        exc,
-                    )
-                continue
-            self.engine.adopt(model, row["node"])
-            if row["node"] == self.name and row["source"] == "self":
-                self._published[row["service"]] = (model, row["envelope"])
-
-    def model_received(self, service: str, node: str, payload: bytes, *, source: str) -> bool:
-        """A model envelope from the site broker (or a file): checked, kept, merged.
-
-        Refused ones (unsigned, unknown key, tampered, malformed, or not the service and node
-        the topic names) are audited once each and change nothing. One older than the model
-        kept from the same node is merged (a join loses nothing) but does not replace it.
-        Returns whether it was new.
-        """
-        try:
-            model = open_model(payload, self.trusted)
-            if (model.service, model.node) != (service, node):
-                raise ModelError(
-                    f"the message is on the topic of {service!r} from node {node!r} but holds "
-                    f"a model of {model.service!r} from node {model.node!r}"
-                )
-        except ModelError as exc:
-            self._refuse(service, node, payload, exc)
-            return False
-        kept = self._kept(service, node)
-        if kept is not None and (kept.version, kept.issued_at) >= (model.version, model.issued_at):
-            if kept != model:
-                self.engine.adopt(model, node)
-                self._write_structure()
-            return False  # the same again (e.g. our own, echoed by the broker), or older
-        self.store.save_model(service, node, payload, at=self.clock(), source=source)
-        self.models_kept += 1
-        decisions = self.engine.adopt(model, node)
-        self._model_dirty.add(service)
-        self._write_structure()  # decisions it carried are durable before we go on
-        log.info(
-            "model of %s from node %s kept (version %d, %d edges%s)",
-            service,
-            node,
-            model.version,
-            len(model.edges),
-            f"; {len(decisions)} decisions applied here" if decisions else "",
-        )
-        return True
-
-    def _kept(self, service: str, node: str) -> ServiceModel | None:
-        """The model kept from ``node`` for ``service`` (already checked when it came)."""
-        for row in self.store.models(service):
-            if row["node"] == node:
-                with contextlib.suppress(ModelError):
-                    return parse_model(read_envelope(row["envelope"]).document)
-        return None
-
-    def _refuse(self, service: str, node: str, payload: bytes, exc: ModelError) -> None:
-        self.models_rejected += 1
-        digest = hashlib.sha256(f"{service}\0{node}\0".encode() + payload).digest()
-        if digest in self._refused:
-            return
-        if len(self._refused) >= 10_000:  # bounded, whatever a broker is made to carry
-            self._refused.clear()
-        self._refused.add(digest)
-        log.warning("refused the model of %s from node %s: %s (%s)", service, node, exc, exc.reason)
-        decision = Decision(
-            action=Action.MODEL_REJECTED,
-            by="sync",
-            at=self.clock(),
-            reason=str(exc),
-            service=service,
-            detail=f"{exc.reason}; from node {node}",
-        )
-        self._own_decisions.add(self.store.audit(decision))
-
-    def publish_models(self) -> int:
-        """Sign and publish the models of services that changed; returns how many went out.
-
-        Only services past learning are published (a half-learned model would make every
-        other node alert on what is merely not learned yet). Without a private key, nothing
-        is signed: this node only takes in models.
-        """
-        if self.private_key is None or not self._model_dirty:
-            return 0
-        engine = self.engine
-        ready = []
-        for name in sorted(self._model_dirty):
-            vid = engine.graph.vertex(VertexKind.SERVICE, name)
-            state = None if vid is None else engine.phases.states.get(vid)
-            if state is not None and state.phase is Phase.ACTIVE:
-                ready.append(name)
-        self._model_dirty.clear()
-        if not ready:
-            return 0
-        now = self.clock()
-        sent = 0
-        for model in engine.models_of(ready, node=self.name, issued_at=now, version=0):
-            before = self._published.get(model.service)
-            if before is not None and before[0].edges == model.edges:
-                continue
-            version = max(model.version, before[0].version if before else 0) + 1
-            model = ServiceModel(
-                service=model.service,
-                version=version,
-                node=self.name,
-                issued_at=now,
-                edges=model.edges,
-            )
-            envelope = sign_model(model, self.private_key)
-            self.store.save_model(model.service, self.name, envelope, at=now, source="self")
-            self._published[model.service] = (model, envelope)
-            if self.sync is not None:
-                self.sync.publish(model.service, envelope)
-            sent += 1
-        if sent:
-            log.info("published %d model%s", sent, "" if sent == 1 else "s")
-        return sent
-
     def _sync_received(self, service: str, node: str, payload: bytes) -> None:
-        self.model_received(service, node, payload, source="sync")
+        self.hooks.safecall("sync", self.models.received, service, node, payload, source="sync")
 
     def every_second(self) -> None:
         """Time passes, the CLI's decisions arrive, counters are written behind."""
         engine = self.engine
         engine.tick(self.clock())
+        seen, refused = self._last_decision, {}
         for decision in self.store.decisions_since(self._last_decision):
             assert decision.id is not None
             self._last_decision = decision.id
             if decision.id in self._own_decisions:
                 self._own_decisions.discard(decision.id)
                 continue
-            self._apply(decision)
+            problem = self._apply(decision)
+            if problem is not None:
+                refused[decision.id] = problem
         self._write_structure()
+        if self._last_decision != seen and self._running:
+            record_applied(self.store, self._last_decision, refused)
         self.store.write_counters(engine, *engine.take_counters())
         self.publish_models()
 
-    def _apply(self, decision: Decision) -> None:
-        """Carry out a decision made elsewhere (already in the audit log)."""
+    def _apply(self, decision: Decision) -> str | None:
+        """Carry out a decision made elsewhere (already in the audit log); returns why it
+        could not be applied here, or None."""
         engine = self.engine
         try:
             if decision.action in (Action.APPROVE, Action.DENY) and decision.alert is not None:
@@ -431,22 +306,24 @@ class Daemon:
             elif decision.action is Action.RESET and decision.service:
                 engine.reset_learning(decision.service, by=decision.by, at=decision.at, audit=False)
             elif decision.action is Action.MODEL_KEPT and decision.service:
-                self._reload_model(decision.service)
-        except CommgraphError as exc:  # e.g. already in that state: nothing to do
-            log.debug("decision %s not applied: %s", decision.id, exc)
-        else:
-            log.info(
-                "applied %s by %s%s",
+                self.models.reload(decision.service)
+        except CommgraphError as exc:  # e.g. decided meanwhile here: the node's state wins
+            log.warning(
+                "decision %s (%s by %s) is in the audit log but not applied here: %s",
+                decision.id,
                 decision.action.value,
                 decision.by,
-                f" on alert {decision.alert}" if decision.alert else f" on {decision.service}",
+                exc,
             )
-
-    def _reload_model(self, service: str) -> None:
-        """Take in what ``commgraph model import`` kept in the store."""
-        self._adopt_kept(service)
-        self._model_dirty.add(service)
-        self._write_structure()
+            return str(exc)
+        log.info(
+            "applied %s by %s%s",
+            decision.action.value,
+            decision.by,
+            f" on alert {decision.alert}" if decision.alert else f" on {decision.service}",
+        )
+        self.hooks.call("on_decision", decision)
+        return None
 
     # -- running -----------------------------------------------------------------------
 
@@ -464,7 +341,6 @@ class Daemon:
                 signal=self.signal,
             )
             await self.proxy.start()
-        capturing = self._start_capture(loop)
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(signum, self.stop)
@@ -478,35 +354,33 @@ class Daemon:
             format_duration(self.config.learning.duration),
             self.store.path,
         )
-        if self.config.sync_broker is not None:
-            self.sync = ModelSync(self.config.sync_broker, self.name, self._sync_received)
-            for service, (_, envelope) in self._published.items():
-                self.sync.publish(service, envelope)
-            await self.sync.start()
-        web_runner = await self._start_web()
         if self.config.notify.urls:
             self.notifiers.append(self._phone_notifier())
-        notifying = [loop.create_task(n.run()) for n in self.notifiers]
-        ticker = loop.create_task(self._tick())
-        self.started.set()
+        self.hooks.add("notify", _NotifyHook(self.notifiers))
+        if self.config.sync_broker is not None:
+            self.hooks.add("sync", _SyncHook(self))
+        if self.config.api.listen is not None:
+            self.hooks.add("web", _WebHook(self))
+        if self.config.capture is not None:
+            self.hooks.add("capture", _CaptureHook(self))
+        ticker: asyncio.Task[None] | None = None
         try:
+            await self.hooks.start()
+            announce(self.store, self.name)
+            self._running = True
+            record_applied(self.store, self._last_decision, {})
+            ticker = loop.create_task(self._tick())
+            self.started.set()
             await self._stopping.wait()
         finally:
-            ticker.cancel()
-            if web_runner is not None:
-                await web_runner.cleanup()
-            if capturing is not None:
-                capturing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await capturing
+            if ticker is not None:
+                ticker.cancel()
+            if self._running:
+                self._running = False
+                retire(self.store)
             if self.proxy is not None:
                 await self.proxy.close()
-            if self.sync is not None:
-                await self.sync.close()
-            for notifier in self.notifiers:
-                await notifier.close()
-            for task in notifying:
-                task.cancel()
+            await self.hooks.stop()
             self.engine.tick(self.clock())
             self.engine.flush_minute()
             self.store.flush(self.engine)
@@ -547,11 +421,8 @@ class Daemon:
 
         try:
             async for _, item in live_events(live, decoder):
-                if isinstance(item, tuple):
-                    try:
-                        self.observe(*item)
-                    except Exception:  # a failing engine never stops the capture
-                        log.exception("observing a captured packet failed")
+                if isinstance(item, tuple):  # a failing engine never stops the capture
+                    self.hooks.safecall("capture", self.observe, *item)
                 elif isinstance(item, SignalNote):
                     self.signal(item.signal, item.address, item.ts, item.active, None)
                 else:
@@ -605,10 +476,85 @@ class Daemon:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            try:
-                self.every_second()
-            except Exception:  # a failing write must not stop observation
-                log.exception("the periodic write failed; retrying in a second")
+            # a failing write must not stop observation: logged, counted, retried in a second
+            self.hooks.safecall("tick", self.every_second)
+
+
+class _NotifyHook:
+    """The owner's notifiers: told of every new alert, delivering in their own tasks."""
+
+    def __init__(self, notifiers: list[Notifier]) -> None:
+        self.notifiers = notifiers
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(n.run()) for n in self.notifiers]
+
+    def on_alert(self, notice: AlertNotice) -> None:
+        for notifier in self.notifiers:
+            notifier.notify(notice)  # queues, never blocks
+
+    async def stop(self) -> None:
+        for notifier in self.notifiers:
+            await notifier.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+class _SyncHook:
+    """Model exchange with the site broker: our own models out, the others' in."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def start(self) -> None:
+        daemon = self.daemon
+        assert daemon.config.sync_broker is not None
+        daemon.sync = ModelSync(daemon.config.sync_broker, daemon.name, daemon._sync_received)
+        for service, (_, envelope) in daemon.models.published.items():
+            daemon.sync.publish(service, envelope)
+        await daemon.sync.start()
+
+    def on_model(self, service: str, envelope: bytes) -> None:
+        if self.daemon.sync is not None:
+            self.daemon.sync.publish(service, envelope)
+
+    async def stop(self) -> None:
+        if self.daemon.sync is not None:
+            await self.daemon.sync.close()
+
+
+class _WebHook:
+    """The REST API and dashboard."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self.runner = await self.daemon._start_web()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+class _CaptureHook:
+    """A passive capture on an interface ([capture])."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = self.daemon._start_capture(asyncio.get_running_loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
 
 def run_daemon(config: Config, db: Path) -> None:
