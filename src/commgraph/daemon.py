@@ -389,47 +389,6 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _start_capture(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
-        """Observe an interface passively if ``[capture]`` says so (raises CaptureError)."""
-        settings = self.config.capture
-        if settings is None:
-            return None
-        from commgraph.adapters.capture import CaptureFilter, LiveCapture
-        from commgraph.adapters.pcap import PacketDecoder
-
-        live = LiveCapture(
-            settings.interface,
-            CaptureFilter(ports=frozenset(settings.ports), hosts=frozenset(settings.hosts)),
-        )
-        decoder = PacketDecoder(
-            mqtt_ports=frozenset(settings.mqtt_ports),
-            on_dns=lambda answer: self.engine.learn_name(answer.ip, answer.name),
-            signals=True,
-        )
-        self.capture_stats = live.stats
-        self.decoder_stats = decoder.stats
-        log.info(
-            "capturing on %s (ports %s, hosts %s)",
-            settings.interface,
-            ", ".join(map(str, settings.ports)) or "all",
-            ", ".join(settings.hosts) or "all",
-        )
-        return loop.create_task(self._observe_capture(live, decoder))
-
-    async def _observe_capture(self, live: Any, decoder: Any) -> None:
-        from commgraph.adapters.capture import live_events
-
-        try:
-            async for _, item in live_events(live, decoder):
-                if isinstance(item, tuple):  # a failing engine never stops the capture
-                    self.hooks.safecall("capture", self.observe, *item)
-                elif isinstance(item, SignalNote):
-                    self.signal(item.signal, item.address, item.ts, item.active, None)
-                else:
-                    log.debug("skipped a captured packet: %s", item)
-        finally:
-            live.close()
-
     def link_base(self) -> str:
         """Where the owner's phone reaches this node's action links."""
         api = self.config.api.listen
@@ -541,14 +500,53 @@ class _WebHook:
 
 
 class _CaptureHook:
-    """A passive capture on an interface ([capture])."""
+    """A passive capture on an interface ([capture]), feeding the node like the proxy."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.task = self.daemon._start_capture(asyncio.get_running_loop())
+        """Open the interface (raises CaptureError) and observe it in a task."""
+        daemon = self.daemon
+        settings = daemon.config.capture
+        assert settings is not None
+        from commgraph.adapters.capture import CaptureFilter, LiveCapture
+        from commgraph.adapters.pcap import PacketDecoder
+
+        live = LiveCapture(
+            settings.interface,
+            CaptureFilter(ports=frozenset(settings.ports), hosts=frozenset(settings.hosts)),
+        )
+        decoder = PacketDecoder(
+            mqtt_ports=frozenset(settings.mqtt_ports),
+            on_dns=lambda answer: daemon.engine.learn_name(answer.ip, answer.name),
+            signals=True,
+        )
+        daemon.capture_stats = live.stats
+        daemon.decoder_stats = decoder.stats
+        log.info(
+            "capturing on %s (ports %s, hosts %s)",
+            settings.interface,
+            ", ".join(map(str, settings.ports)) or "all",
+            ", ".join(settings.hosts) or "all",
+        )
+        self.task = asyncio.get_running_loop().create_task(self._observe(live, decoder))
+
+    async def _observe(self, live: Any, decoder: Any) -> None:
+        from commgraph.adapters.capture import live_events
+
+        daemon = self.daemon
+        try:
+            async for _, item in live_events(live, decoder):
+                if isinstance(item, tuple):  # a failing engine never stops the capture
+                    daemon.hooks.safecall("capture", daemon.observe, *item)
+                elif isinstance(item, SignalNote):
+                    daemon.signal(item.signal, item.address, item.ts, item.active, None)
+                else:
+                    log.debug("skipped a captured packet: %s", item)
+        finally:
+            live.close()
 
     async def stop(self) -> None:
         if self.task is not None:
