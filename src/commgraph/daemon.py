@@ -22,12 +22,12 @@ from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
 from commgraph.alerts import Action, Decision, describe
 from commgraph.config import Config, NotifySettings, format_duration
 from commgraph.detectors.guardrails import Signal, SignalNote
-from commgraph.engine import Verdict
+from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError
 from commgraph.hooks import Hooks
 from commgraph.identity import AddressKind, Identity
 from commgraph.notify import AlertNotice, Notifier, Sender
-from commgraph.phases import Mode
+from commgraph.phases import LearningSettings, Mode
 from commgraph.running import announce, record_applied, retire
 from commgraph.signing import load_private, load_trusted
 from commgraph.site_models import SiteModels
@@ -36,7 +36,7 @@ from commgraph.sync import ModelSync
 from commgraph.templates import Templates
 from commgraph.web.auth import load_or_create
 
-__all__ = ["Daemon", "event_loop_runner", "run_daemon"]
+__all__ = ["Daemon", "engine_for", "event_loop_runner", "run_daemon"]
 
 log = logging.getLogger("commgraph")
 
@@ -63,14 +63,7 @@ class Daemon:
         self.store = store
         self.clock = clock
         store.save_settings(config.learning)
-        self.engine = store.load_engine(
-            config.learning,
-            Identity(config.identity),
-            node=config.node,
-            templates=Templates(config.templates),
-            detectors=config.detectors,
-            guardrails=config.guardrails,
-        )
+        self.engine = engine_for(store, config, config.node)
         self.proxy: MQTTProxy | None = None
         self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
         self.decoder_stats: Any = None  # adapters.pcap.DecoderStats while capturing
@@ -553,6 +546,27 @@ class _CaptureHook:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+
+
+def engine_for(
+    store: Store,
+    config: Config | None,
+    node: str | None,
+    settings: LearningSettings | None = None,
+) -> Engine:
+    """The engine a database holds, with the site config's identity rules, templates and
+    detectors when there is one (as a running node of that config has them); ``settings``
+    instead of the config's learning settings when given."""
+    if config is None:
+        return store.load_engine(settings, node=node)
+    return store.load_engine(
+        settings or config.learning,
+        Identity(config.identity),
+        node=node,
+        templates=Templates(config.templates),
+        detectors=config.detectors,
+        guardrails=config.guardrails,
+    )
 
 
 def run_daemon(config: Config, db: Path) -> None:
