@@ -9,7 +9,7 @@ import click
 from rich.markup import escape as esc
 
 from commgraph.cli.group import Context, cli, json_option
-from commgraph.cli.output import emit_json, new_table, out, print_alerts, spark, when
+from commgraph.cli.output import emit_json, new_table, out, print_alerts, spark, when, write_file
 from commgraph.config import format_duration
 from commgraph.export import to_dot, to_graphml, to_json
 
@@ -174,7 +174,7 @@ def graph(ctx: Context, fmt: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        write_file(output, text)
         out.print(
             f"Wrote {len(vertices)} vertices and {len(edge_rows)} edges to {esc(str(output))}"
         )

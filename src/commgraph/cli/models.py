@@ -23,7 +23,7 @@ from commgraph.cli.group import (
     trusted_option,
     who_decides,
 )
-from commgraph.cli.output import emit_json, err, fail, new_table, out, when
+from commgraph.cli.output import emit_json, err, fail, make_dir, new_table, out, when, write_file
 from commgraph.daemon import engine_for
 from commgraph.events import VertexKind
 from commgraph.model import (
@@ -61,7 +61,7 @@ def keygen(out_dir: Path, name: str) -> None:
     """
     from commgraph.signing import write_keypair
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     private, public = out_dir / f"{name}.key", out_dir / f"{name}.pub"
     kid = write_keypair(private, public)
     out.print(f"Wrote {esc(str(private))} (private, 0600) and {esc(str(public))}; key id {kid}.")
@@ -222,10 +222,7 @@ def model_export(
         sys.stdout.buffer.write(envelope)
         sys.stdout.buffer.flush()
         return
-    try:
-        output.write_bytes(envelope)
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror or exc}")
+    write_file(output, envelope)
     out.print(
         f"Wrote the model of {esc(service)} to {esc(str(output))}: version {version}, "
         f"node {esc(node)}, {_edges_text(len(model.edges))}, "

@@ -80,14 +80,31 @@ def print_alerts(alerts: Sequence[dict[str, Any]]) -> None:
     out.print(table)
 
 
+def write_file(output: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``output``; a path that cannot be written is one error line naming it."""
+    try:
+        if isinstance(data, bytes):
+            output.write_bytes(data)
+        else:
+            output.write_text(data, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+
+
+def make_dir(path: Path) -> None:
+    """Create the directory ``path`` (and its parents); else one error line naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create the directory {path}: {exc.strerror or exc}")
+
+
 def write_text(text: str, output: Path | None, what: str) -> None:
+    """``text`` to stdout (no ``output``, or ``-``) or to the file ``output``."""
     if output is None or str(output) == "-":
         sys.stdout.write(text)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror or exc}")
+    write_file(output, text)
     out.print(f"Wrote {what} to {esc(str(output))}.")
 
 

@@ -12,7 +12,7 @@ from rich.markup import escape as esc
 
 from commgraph.cli.group import Context, cli, default_db, json_option
 from commgraph.cli.models import warn
-from commgraph.cli.output import emit_json, err, fail, out, print_alerts, when
+from commgraph.cli.output import emit_json, err, fail, make_dir, out, print_alerts, when
 from commgraph.config import Config, load_config, parse_duration
 from commgraph.errors import CommgraphError
 from commgraph.events import iter_event_lines
@@ -286,6 +286,7 @@ def demo(
     replay: bool,
 ) -> None:
     """A live heating site behind the proxy, with the dashboard (Ctrl-C stops it)."""
+    make_dir(out_dir)
     if replay:
         _replay_demo(out_dir)
         return
