@@ -67,7 +67,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
             "--broker",
             "10.0.0.2",
             "-o",
-        ],  # fmt: skip
+        ],
     ],
 )
 def test_an_unwritable_output_file_is_one_error_line(
@@ -82,9 +82,15 @@ def test_model_export_to_an_unwritable_file(site: tuple[Path, Path, Path]) -> No
     demo, keys, blocker = site
     target = blocker / "m.json"
     done = run(
-        "model", "export", "thermo-kitchen", "--key", keys / "site.key", "-o", target,
+        "model",
+        "export",
+        "thermo-kitchen",
+        "--key",
+        keys / "site.key",
+        "-o",
+        target,
         db=demo / "demo.db",
-    )  # fmt: skip
+    )
     assert_path_error(done, target)
 
 
