@@ -1,4 +1,9 @@
-"""The owner's decisions: ``approve``, ``deny``, ``mode`` and ``learn reset``."""
+"""The owner's decisions: ``approve``, ``deny``, ``mode`` and ``learn reset``.
+
+Each is written to the database's audit log. When a node runs on that database, the
+command waits until the node has taken it in (within a second); exit status 1, with one
+line on stderr, when the node refused it: it stays in the audit log but is not in effect.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,38 @@ from rich.markup import escape as esc
 
 from commgraph.alerts import Action
 from commgraph.cli.group import Context, cli, who_decides
-from commgraph.cli.output import describe_alert, out
+from commgraph.cli.output import describe_alert, err, fail, out
 from commgraph.phases import Mode
+from commgraph.running import wait_applied
+
+APPLY_WAIT = 5.0  # seconds a running node has to take a decision in (it does within one)
 
 
 def _change(ctx: Context, act: Callable[[Any], Any]) -> Any:
-    """Load the engine, apply one owner action, commit it durably before returning."""
+    """Load the engine, apply one owner action, commit it durably before returning.
+
+    When a node runs on the database, wait (up to ``APPLY_WAIT`` seconds) until it has taken
+    the decision in. If it refused it (its state moved on: the alert was decided there
+    meanwhile, the service is not known there), that is one error line and exit status 1:
+    the decision is in the audit log, but not in effect where traffic is judged. If it does
+    not answer in time, a warning line (exit status 0: it is recorded and will apply).
+    """
     with ctx.store() as store:
         engine = store.load_engine()
         result = act(engine)
-        store.write_changes(engine, engine.take_changes())
+        ids = store.write_changes(engine, engine.take_changes())
+        applied = wait_applied(store, max(ids), timeout=APPLY_WAIT) if ids else None
+    if applied is not None and applied.taken is False:
+        fail(
+            f"decision {applied.decision} is recorded in {ctx.db_path}, but the node running "
+            f"on it (pid {applied.pid}) did not take it: {applied.reason}"
+        )
+    if applied is not None and applied.taken is None:
+        err.print(
+            f"warning: decision {applied.decision} is recorded in {ctx.db_path}; the node "
+            f"running on it (pid {applied.pid}) has not confirmed it within {APPLY_WAIT:g} s",
+            markup=False,
+        )
     return result
 
 
@@ -80,7 +107,10 @@ _ABOUT_DECIDED = {
 @click.option("--by", help="Who decides (default: user@host).")
 @click.pass_obj
 def approve(ctx: Context, alert_id: int, reason: str, by: str | None) -> None:
-    """Approve an alert: the relationship becomes normal."""
+    """Approve an alert: the relationship becomes normal.
+
+    Exit status 1 if the node running on the database does not take it in.
+    """
     _decide(ctx, alert_id, Action.APPROVE, reason, by)
 
 
@@ -90,7 +120,10 @@ def approve(ctx: Context, alert_id: int, reason: str, by: str | None) -> None:
 @click.option("--by", help="Who decides (default: user@host).")
 @click.pass_obj
 def deny(ctx: Context, alert_id: int, reason: str, by: str | None) -> None:
-    """Deny an alert: the relationship is blocked in protect mode."""
+    """Deny an alert: the relationship is blocked in protect mode.
+
+    Exit status 1 if the node running on the database does not take it in.
+    """
     _decide(ctx, alert_id, Action.DENY, reason, by)
 
 
