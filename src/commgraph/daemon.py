@@ -347,15 +347,15 @@ class Daemon:
             format_duration(self.config.learning.duration),
             self.store.path,
         )
-        if self.config.notify.urls:
-            self.notifiers.append(self._phone_notifier())
-        self.hooks.add("notify", _NotifyHook(self.notifiers))
+        # Started in this order, and stopped in it: what feeds the node first, the
+        # notifiers last (they flush what the others made them queue).
+        if self.config.capture is not None:
+            self.hooks.add("capture", _CaptureHook(self))
         if self.config.sync_broker is not None:
             self.hooks.add("sync", _SyncHook(self))
         if self.config.api.listen is not None:
             self.hooks.add("web", _WebHook(self))
-        if self.config.capture is not None:
-            self.hooks.add("capture", _CaptureHook(self))
+        self.hooks.add("notify", _NotifyHook(self))
         ticker: asyncio.Task[None] | None = None
         try:
             await self.hooks.start()
@@ -435,11 +435,14 @@ class Daemon:
 class _NotifyHook:
     """The owner's notifiers: told of every new alert, delivering in their own tasks."""
 
-    def __init__(self, notifiers: list[Notifier]) -> None:
-        self.notifiers = notifiers
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.notifiers = daemon.notifiers
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        if self.daemon.config.notify.urls:  # after the web side made the credentials
+            self.notifiers.append(self.daemon._phone_notifier())
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(n.run()) for n in self.notifiers]
 

@@ -73,8 +73,9 @@ class Hooks:
                 await method()
 
     async def stop(self) -> None:
-        """Stop every part, the last added first, each through safecall."""
-        for part, addon in reversed(self.parts.items()):
+        """Stop every part in the order they were added (the ones that feed the node before
+        the ones that report from it), each through safecall."""
+        for part, addon in self.parts.items():
             method = getattr(addon, "stop", None)
             if method is not None:
                 await self.asafecall(part, method)
