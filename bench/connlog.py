@@ -7,7 +7,7 @@ in Zeek's write order. Prints one JSON object:
 - ``connlog_rows_per_s``: rows / (``seconds_parse`` + ``seconds_engine`` + ``seconds_store``),
   median of 3 runs, each into a fresh database on a temporary file;
 - ``seconds_parse``: :func:`flows_in_time_order` (read, decode, sort);
-  ``seconds_engine``: the replay loop, shaped like ``commgraph.daemon.replay``: fields made
+  ``seconds_engine``: the replay loop, ``commgraph.replay.replay_records``: fields made
   by :func:`flow_fields` as it goes, ``Engine.tick`` per event-time minute,
   ``Engine.observe_fields`` per flow; ``seconds_store``: ``Store.flush``, about every 0.5 s
   of wall time and at the end; all three from the median run;
@@ -37,9 +37,9 @@ from commgraph.adapters.zeek import (
     flows_in_time_order,
     read_flows,
 )
-from commgraph.daemon import CHECK_EVERY, COMMIT_SECONDS
 from commgraph.engine import Engine
 from commgraph.phases import LearningSettings
+from commgraph.replay import replay_records
 from commgraph.store import Store
 from shared_data import data_dir
 
@@ -64,38 +64,12 @@ def make_file(path: Path, copies: int) -> int:
 def replay_flows(
     records: list[FlowRecord], engine: Engine, store: Store
 ) -> tuple[float, float, int, int]:
-    """Run the records' fields through the engine like ``daemon.replay`` runs Events.
+    """Run the records' fields through the engine with ``commgraph.replay``'s driver.
 
-    Returns (seconds, of which in ``Store.flush``, events, alerts raised). The records are
-    in time order, so the last one has the latest ``ts``.
+    Returns (seconds, of which in ``Store.flush``, events, alerts raised).
     """
-    started = committed = time.perf_counter()
-    observe, tick = engine.observe_fields, engine.tick
-    next_tick = float("-inf")
-    since_check = 0
-    store_seconds = 0.0
-    alerts = 0
-    for ts, src, dst, relation, size in flow_fields(records):
-        if ts >= next_tick or since_check >= CHECK_EVERY:
-            if ts >= next_tick:
-                tick(ts)
-                next_tick = (ts // 60 + 1) * 60
-            since_check = 0
-            now = time.perf_counter()
-            if now - committed >= COMMIT_SECONDS:
-                store.flush(engine)
-                committed = time.perf_counter()
-                store_seconds += committed - now
-        if observe(ts, src, dst, relation, size).alert is not None:
-            alerts += 1
-        since_check += 1
-    if records:
-        engine.tick(records[-1].ts)
-    engine.flush_minute()
-    before = time.perf_counter()
-    store.flush(engine)
-    ended = time.perf_counter()
-    return ended - started, store_seconds + ended - before, len(records), alerts
+    summary = replay_records(enumerate(flow_fields(records), 1), engine, store)
+    return summary.seconds, summary.store_seconds, summary.events, len(summary.new_alerts)
 
 
 def run(conn_log: Path, db: Path) -> dict[str, float | int]:

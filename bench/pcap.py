@@ -7,8 +7,8 @@ packet count, each copy shifted in time to follow the one before.
 Prints one JSON object:
 
 - ``pcap_packets_per_s``: packets (every record of the file, ARP included) per second of a
-  replay into a real Engine and Store on a temporary file, flushed like
-  ``commgraph.daemon.replay`` (``engine.tick`` at every event-time minute, ``store.flush``
+  replay into a real Engine and Store on a temporary file, driven by
+  ``commgraph.replay.replay_records`` (``engine.tick`` at every event-time minute, ``store.flush``
   every 0.5 s of wall time and at the end); median of 3 runs, each into a fresh database;
 - ``parse_packets_per_s``: ``read_packets`` alone (file reading and decoding, no engine);
 - ``seconds``: where one end-to-end run's time goes: ``decode`` (the reader's share, from
@@ -31,15 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from commgraph.adapters.pcap import PacketDecodeError, read_packets
+from commgraph.adapters.pcap import read_packets
 from commgraph.phases import LearningSettings
+from commgraph.replay import replay_records
 from commgraph.store import Store
 from shared_data import data_dir
 
 DATA = data_dir()
 CAPTURE = DATA / "oconnor_lockly-hub-01.pcap"
-COMMIT_SECONDS = 0.5  # as commgraph.daemon.replay
-CHECK_EVERY = 5000
 
 
 def make_capture(path: Path, copies: int) -> int:
@@ -82,52 +81,20 @@ def parse_only(path: Path) -> tuple[float, int, int]:
 
 
 def replay(path: Path, db: Path) -> dict[str, float | int]:
-    """One end-to-end replay, as commgraph.daemon.replay does it for JSON lines."""
-    perf = time.perf_counter
+    """One end-to-end replay through ``commgraph.replay``'s driver, as the command does."""
+    reached = [0]
     with Store(db) as store:
         engine = store.load_engine(LearningSettings(duration=3600.0))
-        observe, tick = engine.observe_fields, engine.tick
-        next_tick = float("-inf")
-        since_check = 0
-        events = errors = packets = 0
-        store_s = 0.0
-        last_ts = None
-        started = committed = perf()
-        for number, item in read_packets(path):
-            packets = number
-            if type(item) is not tuple:
-                assert isinstance(item, PacketDecodeError)
-                errors += 1
-                continue
-            ts, src, dst, relation, size = item
-            if ts >= next_tick or since_check >= CHECK_EVERY:
-                if ts >= next_tick:
-                    tick(ts)
-                    next_tick = (ts // 60 + 1) * 60
-                since_check = 0
-                now = perf()
-                if now - committed >= COMMIT_SECONDS:
-                    store.flush(engine)
-                    committed = perf()
-                    store_s += committed - now
-            observe(ts, src, dst, relation, size)
-            events += 1
-            since_check += 1
-            last_ts = ts
-        if last_ts is not None:
-            engine.tick(last_ts)
-        engine.flush_minute()
-        now = perf()
-        store.flush(engine)
-        store_s += perf() - now
-        seconds = perf() - started
-        assert store.status()["events"] == events
+        summary = replay_records(
+            read_packets(path), engine, store, progress=lambda n: reached.__setitem__(0, n)
+        )
+        assert store.status()["events"] == summary.events
         return {
-            "seconds": seconds,
-            "store_s": store_s,
-            "packets": packets,
-            "events": events,
-            "errors": errors,
+            "seconds": summary.seconds,
+            "store_s": summary.store_seconds,
+            "packets": reached[0],
+            "events": summary.events,
+            "errors": summary.skipped,
             "edges": engine.graph.edge_count,
         }
 

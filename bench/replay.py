@@ -28,9 +28,9 @@ from pathlib import Path
 import connlog
 import pcap
 from commgraph.adapters.recorded import open_recording
-from commgraph.daemon import replay, replay_records
 from commgraph.events import parse_event_line
 from commgraph.phases import LearningSettings
+from commgraph.replay import replay, replay_records
 from commgraph.store import Store
 
 T0 = 1_700_000_000.0

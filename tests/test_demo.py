@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from commgraph.daemon import run_live_demo
 from commgraph.demo import Pace, free_port
+from commgraph.demo.live import run_live_demo
 from commgraph.store import Store
 
 FAST = Pace(tick=0.3, learning=3.0, bedroom_at=5.0, anomaly_at=8.0)

@@ -16,6 +16,7 @@ import pytest
 from commgraph.adapters.pcap import read_packets
 from commgraph.engine import Engine
 from commgraph.phases import LearningSettings
+from commgraph.replay import replay_records
 from conftest import data_file
 
 COMMGRAPH = Path(sys.executable).parent / "commgraph"
@@ -60,17 +61,8 @@ def write(path: Path, header: bytes, items: list[tuple[float, bytes]]) -> Path:
 def alerts(capture: Path, learning: float = DAY) -> list[tuple[str, str, str, float]]:
     """(kind, relation, dst, hours after the first packet) of each alert of a replay."""
     engine = Engine(LearningSettings(duration=learning))
-    next_tick, first, ts = float("-inf"), None, 0.0
-    for _, item in read_packets(capture):
-        if not isinstance(item, tuple):
-            continue
-        ts = item[0]
-        first = ts if first is None else first
-        if ts >= next_tick:
-            engine.tick(ts)
-            next_tick = (ts // 60 + 1) * 60
-        engine.observe_fields(*item)
-    engine.tick(ts)
+    summary = replay_records(read_packets(capture), engine, None)
+    first = summary.first_ts
     assert first is not None
     found = []
     for alert in engine.alerts.by_id.values():

@@ -4,10 +4,10 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from commgraph.daemon import replay
 from commgraph.demo import heating_site
 from commgraph.export import LABEL_COLOURS, service_view, to_dot, to_graphml, to_json
 from commgraph.phases import LearningSettings
+from commgraph.replay import replay
 from commgraph.store import Store
 
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from commgraph.alerts import Action
-from commgraph.daemon import replay
 from commgraph.demo import heating_site
 from commgraph.engine import Engine
 from commgraph.errors import StoreError
 from commgraph.events import Event
 from commgraph.phases import LearningSettings, Mode
+from commgraph.replay import replay
 from commgraph.store import MIGRATIONS, SCHEMA_VERSION, Store
 from conftest import seed_alerts, seeded_state
 

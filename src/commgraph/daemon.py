@@ -1,21 +1,18 @@
 """Wiring: events from an adapter -> engine -> store. The only module that joins the parts.
 
-:func:`replay` runs recorded events through the engine in event time, as fast as it can
-(``commgraph replay`` and the demo); :class:`Daemon` runs the live node behind
-``commgraph run``: the MQTT proxy feeding the engine, with the store written behind.
+:class:`Daemon` runs the live node behind ``commgraph run``: the MQTT proxy (and a passive
+capture) feeding the engine, with the store written behind. Replays in event time are
+:mod:`commgraph.replay`'s; the demo (:mod:`commgraph.demo`) is never imported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,164 +21,24 @@ from aiohttp import web
 from commgraph.adapters.mqtt.proxy import ClientIdentity, MQTTProxy
 from commgraph.alerts import Action, Decision, describe, mode_words
 from commgraph.config import Config, NotifySettings, format_duration
-from commgraph.demo import (
-    DemoClock,
-    Pace,
-    SimulatedSite,
-    free_port,
-    live_config,
-    start_broker,
-)
 from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.engine import Engine, Verdict
-from commgraph.errors import CommgraphError, EventDecodeError
-from commgraph.events import Record, VertexKind, iter_event_lines
+from commgraph.errors import CommgraphError
+from commgraph.hooks import Hooks
 from commgraph.identity import AddressKind, Identity
-from commgraph.model import (
-    ModelError,
-    ServiceModel,
-    open_model,
-    parse_model,
-    read_envelope,
-    sign_model,
-)
-from commgraph.notify import AlertNotice, Message, ModeNotice, Notifier, Sender
-from commgraph.phases import COMMGRAPH, Mode, Phase
-from commgraph.signing import PrivateKey, PublicKey, load_private, load_trusted
+from commgraph.notify import AlertNotice, ModeNotice, Notice, Notifier, Sender
+from commgraph.phases import COMMGRAPH, LearningSettings, Mode
+from commgraph.running import announce, record_applied, retire
+from commgraph.signing import load_private, load_trusted
+from commgraph.site_models import SiteModels
 from commgraph.store import Store
 from commgraph.sync import ModelSync
 from commgraph.templates import Templates
 from commgraph.web.auth import announce_token, load_or_create
 
-__all__ = ["Daemon", "ReplaySummary", "replay", "run_daemon", "run_live_demo"]
+__all__ = ["Daemon", "engine_for", "event_loop_runner", "run_daemon"]
 
 log = logging.getLogger("commgraph")
-
-# A replay commits about twice a second of wall time (checked at every event-time minute and
-# every CHECK_EVERY events): one fsync per event-time minute would make a week of sparse
-# traffic take minutes. Everything is committed when the replay ends, also on an error.
-CHECK_EVERY = 5000
-COMMIT_SECONDS = 0.5
-
-
-@dataclass(slots=True)
-class ReplaySummary:
-    events: int = 0
-    skipped: int = 0
-    errors: list[EventDecodeError] = field(default_factory=list)  # the first few
-    new_alerts: list[int] = field(default_factory=list)
-    first_ts: float | None = None
-    last_ts: float | None = None
-    seconds: float = 0.0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
-
-
-def replay(
-    lines: Iterable[str | bytes],
-    engine: Engine,
-    store: Store,
-    *,
-    strict: bool = False,
-    progress: Callable[[int], None] | None = None,
-    keep_errors: int = 20,
-) -> ReplaySummary:
-    """Run JSON-lines events through ``engine``: :func:`replay_records` of the lines."""
-    return replay_records(
-        iter_event_lines(lines),
-        engine,
-        store,
-        strict=strict,
-        progress=progress,
-        keep_errors=keep_errors,
-    )
-
-
-def replay_records(
-    records: Iterable[tuple[int, Record]],
-    engine: Engine,
-    store: Store,
-    *,
-    strict: bool = False,
-    progress: Callable[[int], None] | None = None,
-    keep_errors: int = 20,
-) -> ReplaySummary:
-    """Run recorded events through ``engine`` in event time, committing to ``store`` as it
-    goes. ``records`` are ``(position, record)`` pairs from any adapter (line or packet
-    number): an :class:`Event`, the checked fields ``(ts, src, dst, relation, size)`` for
-    :meth:`Engine.observe_fields`, or the adapter's decode error.
-
-    ``progress`` is called with the position reached, every few thousand records. A decode
-    error is raised when ``strict``; otherwise it is skipped, counted and the first
-    ``keep_errors`` are kept for the report. Everything observed is committed before this
-    returns, also when it raises.
-    """
-    summary = ReplaySummary()
-    started = time.perf_counter()
-    observe, observe_fields, tick = engine.observe, engine.observe_fields, engine.tick
-    new_alert = summary.new_alerts.append
-    next_tick = float("-inf")
-    last_ts = float("-inf")
-    since_check = events = 0
-    position = 0
-    committed = started
-    try:
-        for position, item in records:
-            if isinstance(item, tuple):  # the adapters' fast form: checked fields
-                ts = item[0]
-            elif isinstance(item, EventDecodeError):
-                if strict:
-                    raise item
-                summary.skipped += 1
-                if len(summary.errors) < keep_errors:
-                    summary.errors.append(item)
-                continue
-            elif isinstance(item, SignalNote):  # what an MQTT stream's protocol said
-                engine.signal(
-                    item.signal,
-                    item.address,
-                    item.ts,
-                    active=item.active,
-                    client_id=item.client_id,
-                    username=item.username,
-                )
-                continue
-            else:
-                ts = item.ts
-            if ts >= next_tick or since_check >= CHECK_EVERY:
-                if ts >= next_tick:
-                    tick(ts)
-                    next_tick = (ts // 60 + 1) * 60
-                    if summary.first_ts is None:
-                        summary.first_ts = ts
-                since_check = 0
-                now = time.perf_counter()
-                if now - committed >= COMMIT_SECONDS:
-                    store.flush(engine)
-                    committed = now
-                    if progress is not None:
-                        progress(position)
-            verdict = observe_fields(*item) if isinstance(item, tuple) else observe(item)
-            if verdict.alert is not None:
-                new_alert(verdict.alert)
-            events += 1
-            since_check += 1
-            if ts > last_ts:
-                last_ts = ts
-    finally:
-        summary.events = events
-        if events:
-            summary.last_ts = last_ts
-            engine.tick(last_ts)
-        engine.flush_minute()
-        store.flush(engine)
-        summary.seconds = time.perf_counter() - started
-        if progress is not None:
-            progress(position)
-    return summary
-
 
 # -- the live daemon --------------------------------------------------------------------
 
@@ -206,27 +63,24 @@ class Daemon:
         self.store = store
         self.clock = clock
         store.save_settings(config.learning)
-        self.engine = store.load_engine(
-            config.learning,
-            Identity(config.identity),
-            node=config.node,
-            templates=Templates(config.templates),
-            detectors=config.detectors,
-            guardrails=config.guardrails,
-        )
+        self.engine = engine_for(store, config, config.node)
         self.proxy: MQTTProxy | None = None
         self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
         self.decoder_stats: Any = None  # adapters.pcap.DecoderStats while capturing
         self.sync: ModelSync | None = None
-        self.private_key: PrivateKey | None = (
-            load_private(config.private_key) if config.private_key else None
+        self.hooks = Hooks()
+        self.hooks.failures["tick"] = 0  # the every-second writes, counted as a part
+        self.models = SiteModels(
+            self.engine,
+            store,
+            config.node,
+            trusted=dict(load_trusted(config.trusted_keys)),
+            private_key=load_private(config.private_key) if config.private_key else None,
+            clock=clock,
+            written=self._write_structure,
+            audited=self._own_decisions_add,
+            publish=lambda service, envelope: self.hooks.call("on_model", service, envelope),
         )
-        self.trusted: dict[str, PublicKey] = dict(load_trusted(config.trusted_keys))
-        self.models_kept = 0
-        self.models_rejected = 0
-        self._published: dict[str, tuple[ServiceModel, bytes]] = {}  # ours, per service
-        self._model_dirty: set[str] = set()
-        self._refused: set[bytes] = set()  # refused (topic, envelope) digests, audited once
         self._flush_soon = False
         self._own_decisions: set[int] = set()
         self._last_decision = store.last_decision_id()
@@ -237,7 +91,28 @@ class Daemon:
         self.alerts_raised = 0
         self.notifiers: list[Notifier] = []  # told of every new alert (never blocking)
         self.started = asyncio.Event()
-        self._load_models()
+        self._running = False  # announced in the store as the node running on it
+        self.models.load()
+        self._write_structure()
+
+    def _own_decisions_add(self, decision_id: int) -> None:
+        self._own_decisions.add(decision_id)
+
+    @property
+    def models_kept(self) -> int:
+        return self.models.kept
+
+    @property
+    def models_rejected(self) -> int:
+        return self.models.rejected
+
+    def model_received(self, service: str, node: str, payload: bytes, *, source: str) -> bool:
+        """A model envelope from the site broker (or a file): :meth:`SiteModels.received`."""
+        return self.models.received(service, node, payload, source=source)
+
+    def publish_models(self) -> int:
+        """Sign and publish the changed models: :meth:`SiteModels.publish_changed`."""
+        return self.models.publish_changed()
 
     # -- what the proxy calls ----------------------------------------------------------
 
@@ -333,8 +208,7 @@ class Daemon:
             detail=dict(alert.detail),
             count=alert.count,
         )
-        for notifier in self.notifiers:
-            notifier.notify(notice)  # queues; a failing notifier never stops observation
+        self.hooks.call("on_alert", notice)  # queues; a failing notifier never stops observation
 
     def _tell(self, decision: Decision) -> None:
         """A decision commgraph made on its own (a promotion): logged, and told to the owner."""
@@ -355,8 +229,7 @@ class Daemon:
             node=self.name,
             at=decision.at,
         )
-        for notifier in self.notifiers:
-            notifier.notify(notice)
+        self.hooks.call("on_alert", notice)  # told like an alert, by the same notifiers
 
     # -- the owner's actions, from the web side (commgraph.web.state.Node) ---------------
 
@@ -395,6 +268,7 @@ class Daemon:
             "clients_bound": float(self.engine.bound),
             **{f"signals_{k}": float(v) for k, v in self.engine.signals.items()},
             "engine_errors": float(stats.engine_errors if stats else 0),
+            **{f"failures_{part}": float(n) for part, n in self.hooks.failures.items()},
         }
 
     # -- writing ---------------------------------------------------------------------
@@ -408,178 +282,35 @@ class Daemon:
             if decision.by == COMMGRAPH:
                 self._tell(decision)
         if changes.edges or changes.services:
-            self._model_dirty.update(self._services_touched(changes.edges, changes.services))
+            self.models.touched(changes.edges, changes.services)
         self._own_decisions.update(self.store.write_changes(self.engine, changes))
 
-    def _services_touched(self, edges: Iterable[int], services: Iterable[int]) -> set[str]:
-        graph = self.engine.graph
-        names = {graph.names[vid] for vid in services}
-        for e in edges:
-            src, dst, _ = graph.endpoints(e)
-            for vid in (src, dst):
-                if graph.kind(vid) is VertexKind.SERVICE:
-                    names.add(graph.names[vid])
-        return names
-
-    # -- site models -------------------------------------------------------------------
-
-    def _load_models(self) -> None:
-        """Take in the models kept in the store, and remember which of them are our own."""
-        self._adopt_kept()
-        self._model_dirty.update(s.service for s in self.engine.phases.states.values())
-        self._write_structure()
-
-    def _adopt_kept(self, service: str | None = None) -> None:
-        """Adopt the models the store keeps (of one service, or all), oldest first, their
-        signatures checked again: the trusted keys may have changed since they came. At
-        start every refusal is logged; later only those of imported models (sync's were
-        audited when they came)."""
-        for row in sorted(self.store.models(service), key=lambda row: row["received_at"]):
-            try:
-                model = open_model(row["envelope"], self.trusted)
-            except ModelError as exc:
-                if service is None or row["source"] == "import":
-                    log.warning(
-                        "kept model of %s from node %s (%s) is not trusted here: %s",
-                        row["service"],
-                        row["node"],
-                        row["source"],
-                        exc,
-                    )
-                continue
-            self.engine.adopt(model, row["node"])
-            if row["node"] == self.name and row["source"] == "self":
-                self._published[row["service"]] = (model, row["envelope"])
-
-    def model_received(self, service: str, node: str, payload: bytes, *, source: str) -> bool:
-        """A model envelope from the site broker (or a file): checked, kept, merged.
-
-        Refused ones (unsigned, unknown key, tampered, malformed, or not the service and node
-        the topic names) are audited once each and change nothing. One older than the model
-        kept from the same node is merged (a join loses nothing) but does not replace it.
-        Returns whether it was new.
-        """
-        try:
-            model = open_model(payload, self.trusted)
-            if (model.service, model.node) != (service, node):
-                raise ModelError(
-                    f"the message is on the topic of {service!r} from node {node!r} but holds "
-                    f"a model of {model.service!r} from node {model.node!r}"
-                )
-        except ModelError as exc:
-            self._refuse(service, node, payload, exc)
-            return False
-        kept = self._kept(service, node)
-        if kept is not None and (kept.version, kept.issued_at) >= (model.version, model.issued_at):
-            if kept != model:
-                self.engine.adopt(model, node)
-                self._write_structure()
-            return False  # the same again (e.g. our own, echoed by the broker), or older
-        self.store.save_model(service, node, payload, at=self.clock(), source=source)
-        self.models_kept += 1
-        decisions = self.engine.adopt(model, node)
-        self._model_dirty.add(service)
-        self._write_structure()  # decisions it carried are durable before we go on
-        log.info(
-            "model of %s from node %s kept (version %d, %d edges%s)",
-            service,
-            node,
-            model.version,
-            len(model.edges),
-            f"; {len(decisions)} decisions applied here" if decisions else "",
-        )
-        return True
-
-    def _kept(self, service: str, node: str) -> ServiceModel | None:
-        """The model kept from ``node`` for ``service`` (already checked when it came)."""
-        for row in self.store.models(service):
-            if row["node"] == node:
-                with contextlib.suppress(ModelError):
-                    return parse_model(read_envelope(row["envelope"]).document)
-        return None
-
-    def _refuse(self, service: str, node: str, payload: bytes, exc: ModelError) -> None:
-        self.models_rejected += 1
-        digest = hashlib.sha256(f"{service}\0{node}\0".encode() + payload).digest()
-        if digest in self._refused:
-            return
-        if len(self._refused) >= 10_000:  # bounded, whatever a broker is made to carry
-            self._refused.clear()
-        self._refused.add(digest)
-        log.warning("refused the model of %s from node %s: %s (%s)", service, node, exc, exc.reason)
-        decision = Decision(
-            action=Action.MODEL_REJECTED,
-            by="sync",
-            at=self.clock(),
-            reason=str(exc),
-            service=service,
-            detail=f"{exc.reason}; from node {node}",
-        )
-        self._own_decisions.add(self.store.audit(decision))
-
-    def publish_models(self) -> int:
-        """Sign and publish the models of services that changed; returns how many went out.
-
-        Only services past learning are published (a half-learned model would make every
-        other node alert on what is merely not learned yet). Without a private key, nothing
-        is signed: this node only takes in models.
-        """
-        if self.private_key is None or not self._model_dirty:
-            return 0
-        engine = self.engine
-        ready = []
-        for name in sorted(self._model_dirty):
-            vid = engine.graph.vertex(VertexKind.SERVICE, name)
-            state = None if vid is None else engine.phases.states.get(vid)
-            if state is not None and state.phase is Phase.ACTIVE:
-                ready.append(name)
-        self._model_dirty.clear()
-        if not ready:
-            return 0
-        now = self.clock()
-        sent = 0
-        for model in engine.models_of(ready, node=self.name, issued_at=now, version=0):
-            before = self._published.get(model.service)
-            if before is not None and before[0].edges == model.edges:
-                continue
-            version = max(model.version, before[0].version if before else 0) + 1
-            model = ServiceModel(
-                service=model.service,
-                version=version,
-                node=self.name,
-                issued_at=now,
-                edges=model.edges,
-            )
-            envelope = sign_model(model, self.private_key)
-            self.store.save_model(model.service, self.name, envelope, at=now, source="self")
-            self._published[model.service] = (model, envelope)
-            if self.sync is not None:
-                self.sync.publish(model.service, envelope)
-            sent += 1
-        if sent:
-            log.info("published %d model%s", sent, "" if sent == 1 else "s")
-        return sent
-
     def _sync_received(self, service: str, node: str, payload: bytes) -> None:
-        self.model_received(service, node, payload, source="sync")
+        self.hooks.safecall("sync", self.models.received, service, node, payload, source="sync")
 
     def every_second(self) -> None:
         """Time passes, the CLI's decisions arrive, counters are written behind."""
         engine = self.engine
         engine.tick(self.clock())
+        seen, refused = self._last_decision, {}
         for decision in self.store.decisions_since(self._last_decision):
             assert decision.id is not None
             self._last_decision = decision.id
             if decision.id in self._own_decisions:
                 self._own_decisions.discard(decision.id)
                 continue
-            self._apply(decision)
+            problem = self._apply(decision)
+            if problem is not None:
+                refused[decision.id] = problem
         self._write_structure()
+        if self._last_decision != seen and self._running:
+            record_applied(self.store, self._last_decision, refused)
         self.store.write_counters(engine, *engine.take_counters())
         self.publish_models()
 
-    def _apply(self, decision: Decision) -> None:
-        """Carry out a decision made elsewhere (already in the audit log)."""
+    def _apply(self, decision: Decision) -> str | None:
+        """Carry out a decision made elsewhere (already in the audit log); returns why it
+        could not be applied here, or None."""
         engine = self.engine
         try:
             if decision.action in (Action.APPROVE, Action.DENY) and decision.alert is not None:
@@ -592,22 +323,24 @@ class Daemon:
             elif decision.action is Action.RESET and decision.service:
                 engine.reset_learning(decision.service, by=decision.by, at=decision.at, audit=False)
             elif decision.action is Action.MODEL_KEPT and decision.service:
-                self._reload_model(decision.service)
-        except CommgraphError as exc:  # e.g. already in that state: nothing to do
-            log.debug("decision %s not applied: %s", decision.id, exc)
-        else:
-            log.info(
-                "applied %s by %s%s",
+                self.models.reload(decision.service)
+        except CommgraphError as exc:  # e.g. decided meanwhile here: the node's state wins
+            log.warning(
+                "decision %s (%s by %s) is in the audit log but not applied here: %s",
+                decision.id,
                 decision.action.value,
                 decision.by,
-                f" on alert {decision.alert}" if decision.alert else f" on {decision.service}",
+                exc,
             )
-
-    def _reload_model(self, service: str) -> None:
-        """Take in what ``commgraph model import`` kept in the store."""
-        self._adopt_kept(service)
-        self._model_dirty.add(service)
-        self._write_structure()
+            return str(exc)
+        log.info(
+            "applied %s by %s%s",
+            decision.action.value,
+            decision.by,
+            f" on alert {decision.alert}" if decision.alert else f" on {decision.service}",
+        )
+        self.hooks.call("on_decision", decision)
+        return None
 
     # -- running -----------------------------------------------------------------------
 
@@ -626,7 +359,6 @@ class Daemon:
                 signal=self.signal,
             )
             await self.proxy.start()
-        capturing = self._start_capture(loop)
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(signum, self.stop)
@@ -640,35 +372,33 @@ class Daemon:
             format_duration(self.config.learning.duration),
             self.store.path,
         )
+        # Started in this order, and stopped in it: what feeds the node first, the
+        # notifiers last (they flush what the others made them queue).
+        if self.config.capture is not None:
+            self.hooks.add("capture", _CaptureHook(self))
         if self.config.sync_broker is not None:
-            self.sync = ModelSync(self.config.sync_broker, self.name, self._sync_received)
-            for service, (_, envelope) in self._published.items():
-                self.sync.publish(service, envelope)
-            await self.sync.start()
-        web_runner = await self._start_web()
-        if self.config.notify.urls:
-            self.notifiers.append(self._phone_notifier())
-        notifying = [loop.create_task(n.run()) for n in self.notifiers]
-        ticker = loop.create_task(self._tick())
-        self.started.set()
+            self.hooks.add("sync", _SyncHook(self))
+        if self.config.api.listen is not None:
+            self.hooks.add("web", _WebHook(self))
+        self.hooks.add("notify", _NotifyHook(self))
+        ticker: asyncio.Task[None] | None = None
         try:
+            await self.hooks.start()
+            announce(self.store, self.name)
+            self._running = True
+            record_applied(self.store, self._last_decision, {})
+            ticker = loop.create_task(self._tick())
+            self.started.set()
             await self._stopping.wait()
         finally:
-            ticker.cancel()
-            if web_runner is not None:
-                await web_runner.cleanup()
-            if capturing is not None:
-                capturing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await capturing
+            if ticker is not None:
+                ticker.cancel()
+            if self._running:
+                self._running = False
+                retire(self.store)
             if self.proxy is not None:
                 await self.proxy.close()
-            if self.sync is not None:
-                await self.sync.close()
-            for notifier in self.notifiers:
-                await notifier.close()
-            for task in notifying:
-                task.cancel()
+            await self.hooks.stop()
             self.engine.tick(self.clock())
             self.engine.flush_minute()
             self.store.flush(self.engine)
@@ -676,50 +406,6 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
-
-    def _start_capture(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
-        """Observe an interface passively if ``[capture]`` says so (raises CaptureError)."""
-        settings = self.config.capture
-        if settings is None:
-            return None
-        from commgraph.adapters.capture import CaptureFilter, LiveCapture
-        from commgraph.adapters.pcap import PacketDecoder
-
-        live = LiveCapture(
-            settings.interface,
-            CaptureFilter(ports=frozenset(settings.ports), hosts=frozenset(settings.hosts)),
-        )
-        decoder = PacketDecoder(
-            mqtt_ports=frozenset(settings.mqtt_ports),
-            on_dns=lambda answer: self.engine.learn_name(answer.ip, answer.name),
-            signals=True,
-        )
-        self.capture_stats = live.stats
-        self.decoder_stats = decoder.stats
-        log.info(
-            "capturing on %s (ports %s, hosts %s)",
-            settings.interface,
-            ", ".join(map(str, settings.ports)) or "all",
-            ", ".join(settings.hosts) or "all",
-        )
-        return loop.create_task(self._observe_capture(live, decoder))
-
-    async def _observe_capture(self, live: Any, decoder: Any) -> None:
-        from commgraph.adapters.capture import live_events
-
-        try:
-            async for _, item in live_events(live, decoder):
-                if isinstance(item, tuple):
-                    try:
-                        self.observe(*item)
-                    except Exception:  # a failing engine never stops the capture
-                        log.exception("observing a captured packet failed")
-                elif isinstance(item, SignalNote):
-                    self.signal(item.signal, item.address, item.ts, item.active, None)
-                else:
-                    log.debug("skipped a captured packet: %s", item)
-        finally:
-            live.close()
 
     def link_base(self) -> str:
         """Where the owner's phone reaches this node's action links."""
@@ -763,10 +449,148 @@ class Daemon:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            try:
-                self.every_second()
-            except Exception:  # a failing write must not stop observation
-                log.exception("the periodic write failed; retrying in a second")
+            # a failing write must not stop observation: logged, counted, retried in a second
+            self.hooks.safecall("tick", self.every_second)
+
+
+class _NotifyHook:
+    """The owner's notifiers: told of every new alert, delivering in their own tasks."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.notifiers = daemon.notifiers
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.daemon.config.notify.urls:  # after the web side made the credentials
+            self.notifiers.append(self.daemon._phone_notifier())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(n.run()) for n in self.notifiers]
+
+    def on_alert(self, notice: Notice) -> None:
+        for notifier in self.notifiers:
+            notifier.notify(notice)  # queues, never blocks
+
+    async def stop(self) -> None:
+        for notifier in self.notifiers:
+            await notifier.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+class _SyncHook:
+    """Model exchange with the site broker: our own models out, the others' in."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def start(self) -> None:
+        daemon = self.daemon
+        assert daemon.config.sync_broker is not None
+        daemon.sync = ModelSync(daemon.config.sync_broker, daemon.name, daemon._sync_received)
+        for service, (_, envelope) in daemon.models.published.items():
+            daemon.sync.publish(service, envelope)
+        await daemon.sync.start()
+
+    def on_model(self, service: str, envelope: bytes) -> None:
+        if self.daemon.sync is not None:
+            self.daemon.sync.publish(service, envelope)
+
+    async def stop(self) -> None:
+        if self.daemon.sync is not None:
+            await self.daemon.sync.close()
+
+
+class _WebHook:
+    """The REST API and dashboard."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self.runner = await self.daemon._start_web()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+class _CaptureHook:
+    """A passive capture on an interface ([capture]), feeding the node like the proxy."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the interface (raises CaptureError) and observe it in a task."""
+        daemon = self.daemon
+        settings = daemon.config.capture
+        assert settings is not None
+        from commgraph.adapters.capture import CaptureFilter, LiveCapture
+        from commgraph.adapters.pcap import PacketDecoder
+
+        live = LiveCapture(
+            settings.interface,
+            CaptureFilter(ports=frozenset(settings.ports), hosts=frozenset(settings.hosts)),
+        )
+        decoder = PacketDecoder(
+            mqtt_ports=frozenset(settings.mqtt_ports),
+            on_dns=lambda answer: daemon.engine.learn_name(answer.ip, answer.name),
+            signals=True,
+        )
+        daemon.capture_stats = live.stats
+        daemon.decoder_stats = decoder.stats
+        log.info(
+            "capturing on %s (ports %s, hosts %s)",
+            settings.interface,
+            ", ".join(map(str, settings.ports)) or "all",
+            ", ".join(settings.hosts) or "all",
+        )
+        self.task = asyncio.get_running_loop().create_task(self._observe(live, decoder))
+
+    async def _observe(self, live: Any, decoder: Any) -> None:
+        from commgraph.adapters.capture import live_events
+
+        daemon = self.daemon
+        try:
+            async for _, item in live_events(live, decoder):
+                if isinstance(item, tuple):  # a failing engine never stops the capture
+                    daemon.hooks.safecall("capture", daemon.observe, *item)
+                elif isinstance(item, SignalNote):
+                    daemon.signal(item.signal, item.address, item.ts, item.active, None)
+                else:
+                    log.debug("skipped a captured packet: %s", item)
+        finally:
+            live.close()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+def engine_for(
+    store: Store,
+    config: Config | None,
+    node: str | None,
+    settings: LearningSettings | None = None,
+) -> Engine:
+    """The engine a database holds, with the site config's identity rules, templates and
+    detectors when there is one (as a running node of that config has them); ``settings``
+    instead of the config's learning settings when given."""
+    if config is None:
+        return store.load_engine(settings, node=node)
+    return store.load_engine(
+        settings or config.learning,
+        Identity(config.identity),
+        node=node,
+        templates=Templates(config.templates),
+        detectors=config.detectors,
+        guardrails=config.guardrails,
+    )
 
 
 def run_daemon(config: Config, db: Path) -> None:
@@ -774,7 +598,7 @@ def run_daemon(config: Config, db: Path) -> None:
     _raise_file_limit()
     with Store(db) as store:
         daemon = Daemon(config, store)
-        _event_loop_runner()(daemon.run())
+        event_loop_runner()(daemon.run())
 
 
 def _raise_file_limit() -> None:
@@ -789,152 +613,10 @@ def _raise_file_limit() -> None:
         pass
 
 
-# -- the live demo ----------------------------------------------------------------------
-
-
-def run_live_demo(
-    out_dir: Path,
-    *,
-    seconds: float | None = None,
-    pace: Pace | None = None,
-    api_port: int | None = 8080,
-    notify_urls: tuple[str, ...] = (),
-    say: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """``commgraph demo``: Mosquitto, the proxy and dashboard, and a simulated site.
-
-    Runs until Ctrl-C (or for ``seconds`` of the demo's clock, which the site moves step by
-    step: a slow machine takes longer, and its story is the same), stops everything it
-    started, and returns the alerts the site raised.
-    """
-    pace = pace or Pace()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("demo.db", "demo.db-wal", "demo.db-shm", "demo.credentials"):
-        (out_dir / name).unlink(missing_ok=True)
-    broker, broker_port = start_broker(out_dir)
-    site: SimulatedSite | None = None
-    try:
-        config = live_config(
-            out_dir,
-            broker_port,
-            pace=pace,
-            api_port=None if api_port is None else free_port(api_port),
-            notify_urls=notify_urls,
-        )
-        assert config.db is not None and config.mqtt.listen is not None
-        clock = DemoClock(time.time())
-        with Store(config.db) as store:
-            daemon = Daemon(config, store, clock=clock)
-            daemon.notifiers.append(
-                daemon.notifier(
-                    NotifySettings(urls=("console",), per_minute=10), _console(daemon, say)
-                )
-            )
-
-            async def main() -> None:
-                nonlocal site
-                loop = asyncio.get_running_loop()
-                serving = loop.create_task(daemon.run())
-                await asyncio.wait_for(daemon.started.wait(), 15)
-                _banner(daemon, pace, say)
-
-                lines = _narration(pace)
-
-                def narrate(elapsed: float) -> None:  # the site's thread, before a step acts
-                    # queued before the step's packets exist: said before what they cause
-                    while lines and lines[0][0] <= elapsed:
-                        at, text = lines.pop(0)
-                        with contextlib.suppress(RuntimeError):  # the loop is already closed
-                            loop.call_soon_threadsafe(say, f"[{at:5.1f} s] {text}")
-
-                def done() -> None:  # the site's thread took its last step
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(daemon.stop)
-
-                site = SimulatedSite(
-                    "127.0.0.1",
-                    config.mqtt.listen.port,  # type: ignore[union-attr]
-                    pace,
-                    clock,
-                    steps=None if seconds is None else round(seconds / pace.tick),
-                    on_step=narrate,
-                    done=done,
-                )
-                await asyncio.to_thread(site.start)
-                if seconds is not None:  # a stalled site does not keep the demo running
-                    loop.call_later(seconds * _SLOWEST + 30, daemon.stop)
-                await serving
-
-            _event_loop_runner()(main())
-            alerts = store.alerts()
-        say(f"Stopped. The database stays in {config.db} (commgraph --db {config.db} alerts).")
-        return alerts
-    finally:
-        if site is not None:
-            site.stop()
-        broker.terminate()
-        try:
-            broker.wait(10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-
-
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop
 
         return uvloop.run
     except ImportError:
         return asyncio.run
-
-
-def _banner(daemon: Daemon, pace: Pace, say: Callable[[str], None]) -> None:
-    api = daemon.config.api.listen
-    say("")
-    say("commgraph live demo: a heating site behind the commgraph MQTT proxy")
-    if api is not None:
-        credentials = load_or_create(daemon.credentials_path())
-        say(f"  dashboard  http://{api}/   (log in with the token below)")
-        say(f"  API token  {credentials.api_token}")
-    say(f"  database   {daemon.store.path}")
-    mqtt = daemon.config.mqtt
-    say(f"  broker     Mosquitto on {mqtt.upstream}, proxy on {mqtt.listen}")
-    say("  Ctrl-C stops everything the demo started.")
-    say("")
-
-
-# How many times slower than its clock a bounded live demo may run before it is stopped.
-_SLOWEST = 10
-
-
-def _narration(pace: Pace) -> list[tuple[float, str]]:
-    """What the viewer is told, and when on the demo's clock."""
-    return [
-        (
-            0.0,
-            f"Two sensors, a heating controller and two valves connect; each learns for "
-            f"{pace.learning:g} s.",
-        ),
-        (pace.learning + 1, "Learning is over: from now on anything new is an anomaly."),
-        (
-            pace.bedroom_at,
-            "A bedroom sensor is installed: it gets its own learning phase, and "
-            "you are asked once whether it is yours.",
-        ),
-        (pace.anomaly_at, "The kitchen sensor starts commanding the kitchen valve..."),
-    ]
-
-
-def _console(daemon: Daemon, say: Callable[[str], None]) -> Sender:
-    """A sender that shows the phone's notification on the console."""
-
-    async def show(url: str, message: Message) -> None:
-        say("")
-        say(f"*** {message.title}: {message.text}")
-        for button in message.buttons:
-            say(f"    {button.label}: {button.page}")
-        for alert in message.alerts:
-            say(f"    or: commgraph --db {daemon.store.path} approve {alert}")
-        say("")
-
-    return show

@@ -17,16 +17,16 @@ enough learning phase gives a low interaction rate. Pure: no files, no clock.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from commgraph.alerts import AlertKind
 from commgraph.detectors import DetectorSettings
-from commgraph.engine import Engine, TimelineRow
+from commgraph.engine import Engine, TimelineRow, Verdict
 from commgraph.identity import Identity
 from commgraph.phases import LearningSettings, Mode
+from commgraph.replay import replay_records
 
 __all__ = ["EvalResult", "LabelledFlow", "evaluate", "sweep"]
 
@@ -110,21 +110,19 @@ def evaluate(
         identity,
         detectors=detectors,
     )
-    observe, tick = engine.observe_fields, engine.tick
-    next_tick = -math.inf
     counts = {"malicious": [0, 0], "benign": [0, 0], None: [0, 0]}  # label -> [flows, flagged]
     edge_labels: dict[int, set[str | None]] = {}
     edge_flagged: set[int] = set()
     first_malicious: float | None = None
     timeline: list[TimelineRow] = []
     flagged: dict[int, int] = {}  # minute -> flows flagged in it
-    graph = engine.graph
-    for ts, src, dst, relation, size, label in flows:
-        if ts >= next_tick:
-            tick(ts)
-            next_tick = (ts // 60 + 1) * 60
-            timeline += engine.take_changes().timeline
-        verdict = observe(ts, src, dst, relation, size)
+
+    def ticked(ts: float) -> None:
+        timeline.extend(engine.take_changes().timeline)
+
+    def judged(i: int, verdict: Verdict) -> None:
+        nonlocal first_malicious
+        ts, src, dst, relation, _, label = flows[i]
         key = label if label in ("malicious", "benign") else None
         tally = counts[key]
         tally[0] += 1
@@ -140,10 +138,14 @@ def evaluate(
                 edge_flagged.add(e)
             minute = int(ts // 60)
             flagged[minute] = flagged.get(minute, 0) + 1
-    if flows:
-        engine.tick(flows[-1][0])
-        engine.flush_minute()
-        timeline += engine.take_changes().timeline
+
+    replay_records(
+        ((i, flow[:5]) for i, flow in enumerate(flows)),
+        engine,
+        None,
+        on_verdict=judged,
+        on_tick=ticked,
+    )
     learning_flows = _flows_while_learning(engine, flows)
     malicious_edges = {e for e, labels in edge_labels.items() if "malicious" in labels}
     benign_edges = {e for e, labels in edge_labels.items() if labels == {"benign"}}
@@ -169,7 +171,7 @@ def evaluate(
         benign_flagged=counts["benign"][1],
         unlabelled_flows=counts[None][0],
         flows_while_learning=learning_flows,
-        edges=graph.edge_count,
+        edges=engine.graph.edge_count,
         malicious_edges=len(malicious_edges),
         malicious_edges_flagged=len(malicious_edges & edge_flagged),
         benign_edges=len(benign_edges),

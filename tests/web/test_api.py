@@ -687,3 +687,16 @@ async def test_a_service_shows_its_promotion_to_protect(tmp_path: Path) -> None:
             )
     finally:
         store.close()
+
+
+async def test_metrics_count_the_failures_of_each_part(site: Site) -> None:
+    class Broken:
+        def on_alert(self, notice: object) -> None:
+            raise RuntimeError("the phone is off")
+
+    site.daemon.hooks.add("notify", Broken())
+    assert site.daemon.observe(T + 12, "thermo", "home/worse", "publish", 5).alert == 3
+    await asyncio.sleep(0)
+    text = await (await site.client.get("/metrics", headers=site.auth)).text()
+    assert 'commgraph_part_failures_total{part="notify"} 1.0' in text
+    assert 'commgraph_part_failures_total{part="tick"} 0.0' in text

@@ -1,4 +1,4 @@
-"""Recorded traffic -> records for :func:`commgraph.daemon.replay_records`, whatever the file.
+"""Recorded traffic -> records for :func:`commgraph.replay.replay_records`, whatever the file.
 
 Which adapter reads a file is told by its first bytes: a pcap or pcapng magic number is a
 capture (:mod:`.pcap`); a Zeek header line (``#separator``), an IoT-23 CSV header (``ts,``)
@@ -22,9 +22,9 @@ from typing import IO
 from commgraph.adapters.pcap import DNSAnswer, PacketDecoder, read_packets
 from commgraph.adapters.zeek import flow_fields, flows_in_time_order
 from commgraph.errors import CommgraphError
-from commgraph.events import Record, iter_event_lines
+from commgraph.events import Event, Record, iter_event_lines
 
-__all__ = ["Format", "Recording", "open_recording", "sniff"]
+__all__ = ["Format", "Recording", "labelled_flows", "open_recording", "sniff"]
 
 _PCAP_MAGICS = (
     b"\xd4\xc3\xb2\xa1",
@@ -120,3 +120,32 @@ def open_recording(
     recording.records = iter_event_lines(stream)
     recording.total = None
     return recording
+
+
+def labelled_flows(
+    path: Path,
+) -> tuple[list[tuple[float, str, str, str, int | None, str | None]], list[str]]:
+    """The flows of a recording in time order as ``(ts, src, dst, relation, size, label)``
+    (:data:`commgraph.evaluate.LabelledFlow`), with labels where it has them: a Zeek conn.log
+    or IoT-23 CSV (labelled), a pcap or JSON-lines events (no labels); and the bad records
+    skipped, in words. Raises OSError when the file cannot be read."""
+    with path.open("rb") as probe:
+        kind = sniff(probe.read(4096))
+    if kind is Format.CONNLOG:
+        records, errors = flows_in_time_order(path)
+        return [
+            (*fields, record.label)
+            for fields, record in zip(flow_fields(records), records, strict=True)
+        ], [str(error) for error in errors]
+    flows: list[tuple[float, str, str, str, int | None, str | None]] = []
+    skipped: list[str] = []
+    with open_recording(path, format=kind) as recording:
+        for _, item in recording.records:
+            if isinstance(item, tuple):
+                flows.append((*item, None))
+            elif isinstance(item, Event):
+                flows.append((item.ts, item.src, item.dst, item.relation, item.size, None))
+            else:
+                skipped.append(str(item))
+    flows.sort(key=lambda flow: flow[0])
+    return flows, skipped

@@ -275,6 +275,14 @@ class _NodeCollector(Collector):
         for key in sorted(k for k in c if k.startswith("signals_")):
             signals.add_metric([key.removeprefix("signals_")], c[key])
         yield signals
+        failures = CounterMetricFamily(
+            "commgraph_part_failures",
+            "Calls into a part (notify, sync, web, capture, tick) that failed and were skipped.",
+            labels=["part"],
+        )
+        for key in sorted(k for k in c if k.startswith("failures_")):
+            failures.add_metric([key.removeprefix("failures_")], c[key])
+        yield failures
         yield counter("commgraph_proxy_refused", "CONNECTs the node refused.", "proxy_refused")
         yield gauge(
             "commgraph_clients_bound",
