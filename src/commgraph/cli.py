@@ -164,7 +164,7 @@ def _engine_for(
         settings or config.learning,
         Identity(config.identity),
         node=node,
-        templates=Templates(config.templates),
+        templates=Templates(config.templates, routes=config.route_templates),
         detectors=config.detectors,
         guardrails=config.guardrails,
     )

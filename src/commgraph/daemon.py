@@ -203,11 +203,12 @@ class Daemon:
             config.learning,
             Identity(config.identity),
             node=config.node,
-            templates=Templates(config.templates),
+            templates=Templates(config.templates, routes=config.route_templates),
             detectors=config.detectors,
             guardrails=config.guardrails,
         )
         self.proxy: MQTTProxy | None = None
+        self.sidecars: list[Any] = []  # adapters.http.proxy.HTTPSidecar, one per [[http.routes]]
         self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
         self.decoder_stats: Any = None  # adapters.pcap.DecoderStats while capturing
         self.sync: ModelSync | None = None
@@ -579,6 +580,46 @@ class Daemon:
 
     # -- running -----------------------------------------------------------------------
 
+    async def _start_http(self) -> list[Any]:
+        """Start one HTTP sidecar per ``[[http.routes]]`` entry (none without); the caller
+        closes them. Callers are identified by the identity rules and bound like MQTT
+        clients; their connections' signals go to the guardrails."""
+        from commgraph.adapters.http.proxy import HTTPSidecar
+        from commgraph.adapters.http.relay import Caller
+
+        engine = self.engine
+
+        def identify(caller: Caller, ts: float) -> str | None:
+            resolved = engine.identity.resolve_caller(caller.ip, caller.user, caller.cert_cn)
+            if not engine.admits(caller.ip, resolved.service):
+                return None
+            key = caller.cert_cn and f"cert:{caller.cert_cn}"
+            address = f"http:{key or (caller.user and f'user:{caller.user}') or caller.ip}"
+            known_as = {"username": caller.user or "", "cert_cn": caller.cert_cn or ""}
+            engine.bind(address, resolved, ts, {**known_as, "address": caller.ip})
+            if engine.changes:
+                self._schedule_write()
+            return address
+
+        def on_signal(kind: Signal, ip: str, ts: float, active: bool) -> bool:
+            return self.signal(kind, ip, ts, active, None)
+
+        sidecars = []
+        for route in self.config.http.routes:
+            sidecar = HTTPSidecar(
+                route,
+                self.config.http,
+                self.observe,
+                identify,
+                templates=engine.templates,
+                release=self.release,
+                signal=on_signal,
+            )
+            await sidecar.start()
+            log.info("HTTP sidecar for %s on %s -> %s", route.service, route.listen, route.upstream)
+            sidecars.append(sidecar)
+        return sidecars
+
     async def run(self) -> None:
         """Serve until :meth:`stop` (or SIGINT/SIGTERM), then close and flush."""
         mqtt = self.config.mqtt
@@ -593,6 +634,7 @@ class Daemon:
                 signal=self.signal,
             )
             await self.proxy.start()
+        self.sidecars = await self._start_http()
         capturing = self._start_capture(loop)
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
@@ -630,6 +672,8 @@ class Daemon:
                     await capturing
             if self.proxy is not None:
                 await self.proxy.close()
+            for sidecar in self.sidecars:
+                await sidecar.close()
             if self.sync is not None:
                 await self.sync.close()
             for notifier in self.notifiers:

@@ -1,0 +1,458 @@
+"""The HTTP sidecar's sans-I/O part: one caller connection relayed to one upstream connection.
+
+:class:`Relay` holds two h11 state machines, the caller's side (we are the server) and the
+upstream's (we are the client). It is fed the bytes each side sent and returns an
+:class:`Output`: bytes for each side, and whether to close. It never touches a socket and
+never reads a clock. Rules:
+
+- each request head is judged before anything of it reaches the upstream: ``decide`` gets the
+  caller (:func:`caller_of`: peer IP, trusted ``X-Forwarded-For``, Basic user, TLS name) and
+  the route (:func:`route_name`); a :class:`Refusal` is answered ``403`` with a short JSON body
+  naming the alert, and the request's body is dropped;
+- bodies are relayed as h11 hands them over, chunk by chunk (never buffered whole), with the
+  framing the caller chose (``Content-Length`` or chunked; ``Expect: 100-continue`` goes on to
+  the upstream, whose ``100`` comes back);
+- a ``101 Switching Protocols`` turns the connection into a byte tunnel (WebSocket);
+- a request the caller cannot send right gets the status a server gives (400, 413, 431) and
+  that connection closes; nothing else is affected. The upstream failing gets a 502;
+- keep-alive: when both sides finished an exchange, both start the next one; an upstream
+  that will close ends the caller's connection after its response.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import h11
+
+from commgraph.templates import Templates
+
+__all__ = [
+    "HTTP_RELATION",
+    "MAX_PATH",
+    "SERVE_RELATION",
+    "Caller",
+    "Decide",
+    "Output",
+    "Refusal",
+    "Relay",
+    "caller_of",
+    "error_response",
+    "route_name",
+]
+
+HTTP_RELATION = "http"
+"""The relation of caller -> route."""
+SERVE_RELATION = "serve"
+"""The relation of route -> callee (the service behind the sidecar)."""
+MAX_PATH = 256
+"""Characters of a request path kept in a route name; the rest is cut (a bounded vertex)."""
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, as far as the sidecar can tell."""
+
+    ip: str  # the peer, or the client a trusted proxy named in X-Forwarded-For
+    user: str | None  # HTTP Basic user (never the password)
+    cert_cn: str | None  # TLS client certificate commonName, when the sidecar terminates TLS
+    peer: str  # host:port of the TCP peer
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is answered by the sidecar: its edge's label and the alert about it."""
+
+    label: str
+    alert: int | None = None
+
+
+# (caller, route, declared body size) -> None: forward it; a Refusal: answer 403
+Decide = Callable[[Caller, str, "int | None"], "Refusal | None"]
+
+
+@dataclass(slots=True)
+class Output:
+    """What one call of :class:`Relay` asks the shell to do, in this order: write
+    ``to_upstream`` and ``to_client``, then close both connections if ``close``."""
+
+    to_client: list[bytes] = field(default_factory=list)
+    to_upstream: list[bytes] = field(default_factory=list)
+    close: bool = False
+    malformed: bool = False  # the caller broke the protocol (a signal for the guardrails)
+    status: int | None = None  # our own answer's status, when we gave one (403, 400...)
+
+
+_REASONS = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+}
+
+
+def error_response(status: int, error: str) -> bytes:
+    """A complete HTTP/1.1 answer of ours that closes the connection: ``{"error": ...}``."""
+    body = json.dumps({"error": error}).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        % (
+            status,
+            _REASONS.get(status, b"Error"),
+            len(body),
+        )
+        + b"connection: close\r\n\r\n"
+        + body
+    )
+
+
+def route_name(
+    method: str, target: str, callee: str, templates: Templates, *, websocket: bool = False
+) -> str:
+    """The route vertex of a request: ``GET room-service/rooms/{id}``.
+
+    The callee is part of the name, so that approving a call on one service allows nothing on
+    another; the path becomes its template (config route rules, else ids -> ``{id}``); the
+    query string is dropped; an upgrade to WebSocket is marked ``(websocket)``.
+    """
+    path = _path_of(target)
+    template = templates.route(f"{method} {path}")
+    path = template.partition(" ")[2] or path
+    name = f"{method} {callee}{path}"
+    return f"{name} (websocket)" if websocket else name
+
+
+def _path_of(target: str) -> str:
+    if target.startswith("/"):
+        path = target.split("?", 1)[0].split("#", 1)[0]
+    elif target == "*":
+        return "/*"
+    else:  # absolute form, as sent to a proxy: http://host/path?query
+        _, sep, rest = target.partition("://")
+        path = "/" + rest.partition("/")[2] if sep else "/"
+        path = path.split("?", 1)[0].split("#", 1)[0]
+    return path if len(path) <= MAX_PATH else path[:MAX_PATH]
+
+
+def caller_of(
+    headers: Sequence[tuple[bytes, bytes]],
+    peer_ip: str,
+    peer: str,
+    cert_cn: str | None,
+    trusted: Sequence[Network] = (),
+) -> Caller:
+    """The caller of a request from its headers (h11's: lower-case names) and its peer.
+
+    ``X-Forwarded-For`` counts only when the peer is a trusted proxy: the last address in it
+    that is not itself a trusted proxy is the caller. Basic credentials name the user.
+    """
+    ip = peer_ip
+    user = None
+    forwarded: list[bytes] = []
+    for name, value in headers:
+        if name == b"authorization":
+            user = _basic_user(value)
+        elif name == b"x-forwarded-for" and trusted:
+            forwarded.append(value)
+    if forwarded and _trusted(peer_ip, trusted):
+        hops = [h.strip() for v in forwarded for h in v.decode("latin-1").split(",")]
+        for hop in reversed(hops):
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:
+                break  # garbage in the chain: believe nothing beyond it
+            ip = str(address)
+            if not _trusted(ip, trusted):
+                break
+    return Caller(ip, user, cert_cn, peer)
+
+
+def _trusted(ip: str, trusted: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address.version == net.version and address in net for net in trusted)
+
+
+def _basic_user(value: bytes) -> str | None:
+    scheme, _, credentials = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user = decoded.partition(":")[0]
+    return user or None
+
+
+class Relay:
+    """One caller connection and its upstream connection; see the module docstring.
+
+    ``callee`` is the service behind the sidecar, ``host`` the Host header given to requests
+    that have none (HTTP/1.0). ``max_head`` bounds a request head (431 beyond),
+    ``max_body`` a declared body (413 beyond; 0: no limit).
+    """
+
+    def __init__(
+        self,
+        *,
+        callee: str,
+        host: bytes,
+        decide: Decide,
+        templates: Templates,
+        peer_ip: str,
+        peer: str,
+        cert_cn: str | None = None,
+        trusted: Sequence[Network] = (),
+        max_head: int = 16 * 1024,
+        max_body: int = 0,
+    ) -> None:
+        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self.upstream = h11.Connection(h11.CLIENT)
+        self.callee = callee
+        self.host = host
+        self.decide = decide
+        self.templates = templates
+        self.peer_ip = peer_ip
+        self.peer = peer
+        self.cert_cn = cert_cn
+        self.trusted = tuple(trusted)
+        self.max_body = max_body
+        self.closed = False  # an output said close: nothing more is relayed
+        self.tunnel = False  # after a 101: bytes go through as they are
+        self.refusing = False  # the current request is answered by us, its body dropped
+        self.responded = False  # the upstream's response to the current request began
+        self.body = 0  # bytes of the current request's body so far
+        self.requests = 0
+        self.route: str | None = None  # the current request's route
+
+    # -- the caller's bytes ------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> Output:
+        """The caller sent ``data`` (``b""``: it closed its side). After an output that
+        closes, every call returns an empty one that closes."""
+        if self.closed:
+            return Output(close=True)
+        out = self._from_client(data)
+        self.closed = out.close
+        return out
+
+    def from_upstream(self, data: bytes) -> Output:
+        """The upstream sent ``data`` (``b""``: it closed its side)."""
+        if self.closed:
+            return Output(close=True)
+        out = self._from_upstream(data)
+        self.closed = out.close
+        return out
+
+    def _from_client(self, data: bytes) -> Output:
+        out = Output()
+        if self.tunnel:
+            if data:
+                out.to_upstream.append(data)
+            else:
+                out.close = True
+            return out
+        self.client.receive_data(data)
+        self._pump_client(out, eof=not data)
+        return out
+
+    def _pump_client(self, out: Output, *, eof: bool = False) -> None:
+        client = self.client
+        while not out.close:
+            try:
+                event = client.next_event()
+            except h11.RemoteProtocolError as exc:
+                if eof:  # it went away in the middle of a request: not garbage
+                    out.close = True
+                else:
+                    self._bad_request(out, exc.error_status_hint, "bad request")
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                if not self.refusing:
+                    self.body += len(event.data)  # type: ignore[union-attr]
+                    if self.max_body and self.body > self.max_body:
+                        self._bad_request(out, 413, "body too large", malformed=False)
+                        return
+                    out.to_upstream.append(self.upstream.send(event))  # type: ignore[arg-type]
+            elif kind is h11.Request:
+                self._request(event, out)  # type: ignore[arg-type]
+            elif kind is h11.EndOfMessage:
+                if not self.refusing:
+                    out.to_upstream.append(self.upstream.send(event))  # type: ignore[arg-type]
+                if not self._next_cycle(out):
+                    return
+            elif kind is h11.ConnectionClosed:
+                if client.our_state in (h11.SEND_RESPONSE, h11.SEND_BODY) and not self.refusing:
+                    return  # it closed its side after a request: answer it, then close
+                out.close = True
+                return
+            else:  # NEED_DATA, PAUSED
+                return
+
+    def _request(self, request: h11.Request, out: Output) -> None:
+        self.requests += 1
+        self.body = 0
+        self.responded = False
+        declared: int | None = None
+        websocket = False
+        has_body = False
+        for name, value in request.headers:
+            if name == b"content-length":
+                declared = int(value)  # h11 checked it is a number
+                has_body = has_body or declared > 0
+            elif name == b"transfer-encoding" or name == b"expect":
+                has_body = True
+            elif name == b"upgrade" and value.lower() == b"websocket":
+                websocket = True
+        if self.max_body and declared is not None and declared > self.max_body:
+            self._bad_request(out, 413, "body too large", malformed=False)
+            return
+        method = request.method.decode("ascii")
+        route = route_name(
+            method,
+            request.target.decode("ascii", "backslashreplace"),
+            self.callee,
+            self.templates,
+            websocket=websocket,
+        )
+        self.route = route
+        caller = caller_of(request.headers, self.peer_ip, self.peer, self.cert_cn, self.trusted)
+        refusal = self.decide(caller, route, declared)
+        if refusal is not None:
+            self.refusing = True
+            self._refuse(refusal, out, close=has_body)
+            return
+        self.refusing = False
+        headers: list[tuple[bytes, bytes]] = list(request.headers)
+        if request.http_version != b"1.1" and not any(n == b"host" for n, _ in headers):
+            headers.append((b"host", self.host))
+        out.to_upstream.append(
+            self.upstream.send(
+                h11.Request(method=request.method, target=request.target, headers=headers)
+            )
+        )
+
+    def _refuse(self, refusal: Refusal, out: Output, *, close: bool) -> None:
+        body = json.dumps(
+            {"error": "forbidden", "label": refusal.label, "alert": refusal.alert}
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if close:  # a body may follow that we will not read: end the connection after this
+            headers.append((b"connection", b"close"))
+        client = self.client
+        out.status = 403
+        out.to_client.append(
+            client.send(h11.Response(status_code=403, headers=headers, reason=b"Forbidden"))
+        )
+        out.to_client.append(client.send(h11.Data(data=body)))
+        out.to_client.append(client.send(h11.EndOfMessage()))
+        if client.our_state is h11.MUST_CLOSE:
+            out.close = True
+
+    def _bad_request(self, out: Output, status: int, error: str, *, malformed: bool = True) -> None:
+        out.malformed = malformed
+        out.status = status
+        if not self.responded and self.client.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            out.to_client.append(error_response(status, error))
+        out.close = True
+
+    # -- the upstream's bytes ----------------------------------------------------------
+
+    def _from_upstream(self, data: bytes) -> Output:
+        out = Output()
+        if self.tunnel:
+            if data:
+                out.to_client.append(data)
+            else:
+                out.close = True
+            return out
+        upstream, client = self.upstream, self.client
+        upstream.receive_data(data)
+        while not out.close:
+            try:
+                event = upstream.next_event()
+            except h11.RemoteProtocolError:
+                self._upstream_failed(out)
+                return out
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return out
+            kind = type(event)
+            if kind is not h11.ConnectionClosed and (
+                client.our_state not in (h11.SEND_RESPONSE, h11.SEND_BODY) or self.refusing
+            ):
+                out.close = True  # an answer to nothing the caller asked
+                return out
+            if kind is h11.Data or kind is h11.EndOfMessage:
+                out.to_client.append(client.send(event))  # type: ignore[arg-type]
+                if kind is h11.EndOfMessage and self._next_cycle(out):
+                    self._pump_client(out)
+            elif kind is h11.Response:
+                self.responded = True
+                out.to_client.append(client.send(event))  # type: ignore[arg-type]
+            elif kind is h11.InformationalResponse:
+                try:
+                    out.to_client.append(client.send(event))  # type: ignore[arg-type]
+                except h11.LocalProtocolError:
+                    continue  # a 100 the caller cannot take now: not needed
+                if event.status_code == 101:  # type: ignore[union-attr]
+                    self._switch(out)
+                    return out
+            elif kind is h11.ConnectionClosed:
+                self._upstream_failed(out)
+                return out
+            else:  # NEED_DATA, PAUSED
+                return out
+        return out
+
+    def _switch(self, out: Output) -> None:
+        """Both sides agreed to switch protocols: from now on, a tunnel."""
+        self.tunnel = True
+        pending, _ = self.upstream.trailing_data
+        if pending:
+            out.to_client.append(pending)
+        early, _ = self.client.trailing_data
+        if early:
+            out.to_upstream.append(early)
+
+    def _upstream_failed(self, out: Output) -> None:
+        awaiting = self.client.our_state is h11.SEND_RESPONSE and not self.refusing
+        if awaiting and not self.responded and self.client.their_state is not h11.IDLE:
+            out.status = 502
+            out.to_client.append(error_response(502, "upstream failed"))
+        out.close = True
+
+    # -- both ----------------------------------------------------------------------------
+
+    def _next_cycle(self, out: Output) -> bool:
+        """After an end of message: start the next exchange if both sides are done; True if
+        it started (the caller's next request may be read)."""
+        client, upstream = self.client, self.upstream
+        if client.our_state is h11.MUST_CLOSE or client.their_state in (h11.MUST_CLOSE, h11.CLOSED):
+            if client.our_state in (h11.DONE, h11.MUST_CLOSE):
+                out.close = True
+            return False
+        if client.our_state is not h11.DONE or client.their_state is not h11.DONE:
+            return False
+        if not self.refusing:
+            if upstream.our_state is h11.DONE and upstream.their_state is h11.DONE:
+                upstream.start_next_cycle()
+            else:  # the upstream closes after this response: so does the caller's connection
+                out.close = True
+                return False
+        client.start_next_cycle()
+        self.refusing = False
+        self.responded = False
+        self.route = None
+        return True
