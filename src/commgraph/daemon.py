@@ -612,6 +612,7 @@ class Daemon:
                 self.observe,
                 identify,
                 templates=engine.templates,
+                clock=self.clock,
                 release=self.release,
                 signal=on_signal,
             )

@@ -227,6 +227,7 @@ class Relay:
         self.peer = peer
         self.cert_cn = cert_cn
         self.trusted = tuple(trusted)
+        self.max_head = max_head
         self.max_body = max_body
         self.closed = False  # an output said close: nothing more is relayed
         self.tunnel = False  # after a 101: bytes go through as they are
@@ -243,7 +244,10 @@ class Relay:
         closes, every call returns an empty one that closes."""
         if self.closed:
             return Output(close=True)
-        out = self._from_client(data)
+        try:
+            out = self._from_client(data)
+        except h11.LocalProtocolError:  # a state we did not foresee: end it, not the process
+            out = Output(close=True)
         self.closed = out.close
         return out
 
@@ -251,7 +255,10 @@ class Relay:
         """The upstream sent ``data`` (``b""``: it closed its side)."""
         if self.closed:
             return Output(close=True)
-        out = self._from_upstream(data)
+        try:
+            out = self._from_upstream(data)
+        except h11.LocalProtocolError:
+            out = Output(close=True)
         self.closed = out.close
         return out
 
@@ -308,7 +315,10 @@ class Relay:
         declared: int | None = None
         websocket = False
         has_body = False
+        # h11 bounds a head that arrives in pieces; one that came whole is measured here
+        head = len(request.method) + len(request.target) + 12
         for name, value in request.headers:
+            head += len(name) + len(value) + 4
             if name == b"content-length":
                 declared = int(value)  # h11 checked it is a number
                 has_body = has_body or declared > 0
@@ -316,6 +326,9 @@ class Relay:
                 has_body = True
             elif name == b"upgrade" and value.lower() == b"websocket":
                 websocket = True
+        if head > self.max_head:
+            self._bad_request(out, 431, "request head too large")
+            return
         if self.max_body and declared is not None and declared > self.max_body:
             self._bad_request(out, 413, "body too large", malformed=False)
             return
@@ -400,10 +413,20 @@ class Relay:
                     self._pump_client(out)
             elif kind is h11.Response:
                 self.responded = True
-                out.to_client.append(client.send(event))  # type: ignore[arg-type]
+                response = h11.Response(
+                    status_code=event.status_code,  # type: ignore[union-attr]
+                    headers=event.headers,  # type: ignore[union-attr]
+                    reason=event.reason,  # type: ignore[union-attr]
+                )  # (as HTTP/1.1, whatever the upstream spoke: h11 frames it for the caller)
+                out.to_client.append(client.send(response))
             elif kind is h11.InformationalResponse:
+                informational = h11.InformationalResponse(
+                    status_code=event.status_code,  # type: ignore[union-attr]
+                    headers=event.headers,  # type: ignore[union-attr]
+                    reason=event.reason,  # type: ignore[union-attr]
+                )
                 try:
-                    out.to_client.append(client.send(event))  # type: ignore[arg-type]
+                    out.to_client.append(client.send(informational))
                 except h11.LocalProtocolError:
                     continue  # a 100 the caller cannot take now: not needed
                 if event.status_code == 101:  # type: ignore[union-attr]
