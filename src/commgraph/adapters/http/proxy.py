@@ -241,6 +241,7 @@ class _CallerSide(_Side):
         self.active = False
         self.closed = False
         self.early: list[bytes] = []  # what came before the upstream connection was up
+        self.opening: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._setup(cast(asyncio.Transport, transport))
@@ -277,9 +278,7 @@ class _CallerSide(_Side):
             max_head=settings.max_head_size,
             max_body=settings.max_body_size,
         )
-        assert self.transport is not None
-        self.transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._open_upstream())
+        self.opening = asyncio.get_running_loop().create_task(self._open_upstream())
 
     async def _open_upstream(self) -> None:
         sidecar = self.sidecar
@@ -307,16 +306,27 @@ class _CallerSide(_Side):
             return
         self.upstream = side
         self.peer = side
-        if self.transport is not None:
+        early, self.early = self.early, []
+        for data in early:
+            self.data_received(data)
+        if early and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.relay is None or self.closed:
             return
+        if self.upstream is None:
+            # Not connected to the service yet: keep this read, read no more until it is.
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         self._apply(self.relay.from_client(data))
 
     def eof_received(self) -> bool | None:
-        if self.relay is not None and not self.closed:
+        if self.upstream is None:
+            self.early.append(b"")
+        elif self.relay is not None and not self.closed:
             self._apply(self.relay.from_client(b""))
         return True  # keep our side open until the answer is written
 
