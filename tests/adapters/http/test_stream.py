@@ -1,0 +1,172 @@
+"""Passive HTTP: the same traffic captured and decoded gives the sidecar's events.
+
+The caller's bytes go once through a real sidecar (real upstream, a raw socket from
+127.0.0.2) and once into a synthetic capture (split, retransmitted, reordered segments)
+decoded by the pcap adapter; both event lists must be equal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from adapters.test_pcap import ACK, FIN, PSH, SYN, decoded, errors, ether, ipv4, pcap, tcp
+from commgraph.adapters.http.proxy import HTTPSidecar
+from commgraph.adapters.http.relay import Caller
+from commgraph.adapters.http.stream import RequestStream
+from commgraph.adapters.pcap import PacketDecodeError, PacketDecoder
+from commgraph.config import Address, HTTPRoute, HTTPSettings
+from commgraph.engine import Verdict
+from commgraph.graph import Label
+from commgraph.templates import RouteRule, Templates
+
+CALLER, SERVER = "127.0.0.2", "10.0.0.1"
+TEMPLATES = Templates(routes=[RouteRule(pattern="/rooms/{room}/temperature")])
+AUTH = base64.b64encode(b"app-phone:pw").decode()
+REQUESTS = [
+    b"GET /rooms/kitchen/temperature?unit=c HTTP/1.1\r\nHost: rooms\r\n\r\n",
+    b"GET /rooms/hall/temperature HTTP/1.1\r\nHost: rooms\r\n\r\n",
+    b"POST /valves/12 HTTP/1.1\r\nHost: rooms\r\nContent-Length: 4\r\n\r\nopen",
+    b"PUT /log HTTP/1.1\r\nHost: rooms\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    f"GET /me HTTP/1.1\r\nHost: rooms\r\nAuthorization: Basic {AUTH}\r\n\r\n".encode(),
+    b"DELETE /devices/3f2a9c1e-7b4d-4e2a-9c1e-0123456789ab HTTP/1.1\r\nHost: rooms\r\n\r\n",
+]
+
+
+@pytest.fixture
+async def upstream_port() -> AsyncIterator[int]:
+    async def anything(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()
+
+
+async def through_sidecar(port: int) -> list[tuple[str, str, str, int | None]]:
+    seen: list[tuple[str, str, str, int | None]] = []
+
+    def observe(ts: float, src: str, dst: str, relation: str, size: int | None) -> Verdict:
+        seen.append((src, dst, relation, size))
+        return Verdict(Label.LEARNED)
+
+    def identify(caller: Caller, ts: float) -> str:
+        return caller.user or caller.ip  # what the passive decoder names callers by
+
+    route = HTTPRoute(
+        listen=Address("127.0.0.1", 0), upstream=Address("127.0.0.1", port), service="rooms"
+    )
+    sidecar = HTTPSidecar(route, HTTPSettings(), observe, identify, templates=TEMPLATES)
+    await sidecar.start()
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", sidecar.addresses[0][1], local_addr=(CALLER, 0)
+        )
+        for request in REQUESTS:  # one at a time: each answer read before the next
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200")
+            await asyncio.wait_for(reader.readexactly(2), 10)
+        writer.close()
+    finally:
+        await sidecar.close()
+    return seen
+
+
+def capture(payloads: list[bytes]) -> bytes:
+    """One connection CALLER:50000 -> SERVER:80 carrying ``payloads``, split and shuffled."""
+    frames: list[tuple[float, bytes]] = []
+    ts = 1_700_000_000.0
+    seq = {CALLER: 1000, SERVER: 50_000}
+
+    def send(
+        side: str, payload: bytes = b"", flags: int = ACK | PSH, at: int | None = None
+    ) -> None:
+        nonlocal ts
+        other = SERVER if side == CALLER else CALLER
+        ports = (50000, 80) if side == CALLER else (80, 50000)
+        ts += 0.01
+        start = seq[side] if at is None else at
+        frames.append(
+            (ts, ether(ipv4(side, other, 6, tcp(*ports, payload, seq=start, flags=flags))))
+        )
+        if at is None:
+            seq[side] += len(payload) + (1 if flags & (SYN | FIN) else 0)
+
+    send(CALLER, flags=SYN)
+    send(SERVER, flags=SYN | ACK)
+    send(CALLER, flags=ACK)
+    for payload in payloads:
+        first = seq[CALLER]
+        a, b, c = payload[:7], payload[7:20], payload[20:]
+        send(CALLER, c, at=first + 20)  # the last part arrives first
+        send(CALLER, a, at=first)
+        send(CALLER, a, at=first)  # a retransmission
+        send(CALLER, b, at=first + 7)
+        seq[CALLER] = first + len(payload)
+        send(SERVER, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    send(CALLER, flags=FIN | ACK)
+    return pcap(frames)
+
+
+def passive(data: bytes) -> list[tuple[str, str, str, int | None]]:
+    decoder = PacketDecoder(http_ports={80: "rooms"}, templates=TEMPLATES)
+    items = decoded(data, decoder)
+    assert not errors(items)
+    assert decoder.stats.http_streams == 1
+    return [
+        (item[1], item[2], item[3], item[4])
+        for _, item in items
+        if not isinstance(item, PacketDecodeError) and item[3] in ("http", "serve")
+    ]
+
+
+async def test_a_capture_gives_the_same_events_as_the_sidecar(upstream_port: int) -> None:
+    live = await through_sidecar(upstream_port)
+    assert ("app-phone", "GET rooms/me", "http", None) in live
+    assert ("POST rooms/valves/{id}", "rooms", "serve", 4) in live
+    assert len(live) == 2 * len(REQUESTS)
+    assert passive(capture(REQUESTS)) == live
+
+
+def test_tls_and_garbage_end_the_decoding_and_flows_go_on() -> None:
+    for payload, why in (
+        (b"\x16\x03\x01\x00\x05hello", "not-http"),
+        (b"GET / HTTP/9\r\n\r\n", "malformed"),
+    ):
+        stream = RequestStream(caller_ip=CALLER, callee="rooms", isn=0, templates=TEMPLATES)
+        assert stream.segment(1, payload, 1.0) == []
+        assert stream.dead == why
+        assert stream.segment(1 + len(payload), REQUESTS[0], 2.0) == []
+
+
+def test_a_websocket_upgrade_is_recorded_then_the_rest_is_a_tunnel() -> None:
+    stream = RequestStream(caller_ip=CALLER, callee="rooms", isn=0, templates=TEMPLATES)
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: r\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    events = stream.segment(1, upgrade + b"\x81\x85frame", 1.0)
+    assert [(e[2], e[3]) for e in events] == [
+        ("GET rooms/ws (websocket)", "http"),
+        ("rooms", "serve"),
+    ]
+    assert stream.dead == "tunnel"
+
+
+def test_a_gap_that_never_fills_ends_the_decoding() -> None:
+    stream = RequestStream(
+        caller_ip=CALLER, callee="rooms", isn=0, templates=TEMPLATES, max_ahead=100
+    )
+    assert stream.segment(500, b"x" * 101, 1.0) == []
+    assert stream.dead == "gap"
