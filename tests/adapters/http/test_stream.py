@@ -170,3 +170,45 @@ def test_a_gap_that_never_fills_ends_the_decoding() -> None:
     )
     assert stream.segment(500, b"x" * 101, 1.0) == []
     assert stream.dead == "gap"
+
+
+ZEEK_TSV = """#separator \\x09
+#set_separator\t,
+#empty_field\t(empty)
+#unset_field\t-
+#path\thttp
+#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\ttrans_depth\tmethod\thost\turi\tversion\trequest_body_len\tresponse_body_len\tstatus_code\tusername
+#types\ttime\tstring\taddr\tport\taddr\tport\tcount\tstring\tstring\tstring\tstring\tcount\tcount\tcount\tstring
+1700000000.1\tC1\t127.0.0.2\t50000\t10.0.0.1\t80\t1\tGET\trooms\t/rooms/kitchen/temperature?unit=c\t1.1\t0\t2\t200\t-
+1700000000.2\tC1\t127.0.0.2\t50000\t10.0.0.1\t80\t3\tPOST\trooms\t/valves/12\t1.1\t4\t2\t200\t-
+1700000000.3\tC1\t127.0.0.2\t50000\t10.0.0.1\t80\t5\tGET\trooms\t/me\t1.1\t0\t2\t200\tapp-phone
+1700000000.4\tC2\t127.0.0.3\t50001\t10.0.0.9\t8080\t1\tGET\tother\t/x/1\t1.1\t0\t2\t200\t-
+1700000000.5\tC2\t127.0.0.3\t50001\t10.0.0.9\t8080\t1\t-\tother\t/x/1\t1.1\t0\t2\t200\t-
+"""
+
+
+def test_zeek_http_log_gives_the_sidecar_events_tsv_and_json() -> None:
+    from commgraph.adapters.zeek import FlowDecodeError, read_http_log
+
+    items = list(read_http_log(ZEEK_TSV.splitlines(), callees={80: "rooms"}, templates=TEMPLATES))
+    events = [(f[1], f[2], f[3], f[4]) for _, f in items if not isinstance(f, FlowDecodeError)]
+    assert events[:6] == [
+        (CALLER, "GET rooms/rooms/{room}/temperature", "http", None),
+        ("GET rooms/rooms/{room}/temperature", "rooms", "serve", None),
+        (CALLER, "POST rooms/valves/{id}", "http", 4),
+        ("POST rooms/valves/{id}", "rooms", "serve", 4),
+        ("app-phone", "GET rooms/me", "http", None),
+        ("GET rooms/me", "rooms", "serve", None),
+    ]
+    assert events[6][:3] == ("127.0.0.3", "GET 10.0.0.9/x/{id}", "http")  # no name: its address
+    bad = [(n, f) for n, f in items if isinstance(f, FlowDecodeError)]
+    assert len(bad) == 1 and bad[0][0] == 12 and bad[0][1].field == "method"
+    row = (
+        '{"ts": 1700000000.1, "id.orig_h": "127.0.0.2", "id.resp_h": "10.0.0.1",'
+        ' "id.resp_p": 80, "method": "GET", "uri": "/rooms/hall/temperature"}'
+    )
+    (_, fields), _ = list(read_http_log([row], callees={80: "rooms"}, templates=TEMPLATES))
+    assert not isinstance(fields, FlowDecodeError)
+    assert fields[1:4] == (CALLER, "GET rooms/rooms/{room}/temperature", "http")
+    ((_, wrong),) = list(read_http_log(["#path\tconn"]))
+    assert isinstance(wrong, FlowDecodeError)
