@@ -260,3 +260,48 @@ def test_fuzzed_request_heads_are_parsed_or_answered_with_our_error(
             status = int(answer.split(b" ", 2)[1])
             assert status in (400, 413, 431)
             assert out.close
+
+
+def test_plain_requests_and_answers_go_through_as_the_bytes_they_are() -> None:
+    s = Script()
+    request = b"GET /rooms/1/temperature HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+    out = s.client(request)
+    assert out.to_upstream == [request] and s.relay.fast == request  # the fast path
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"
+    back = s.upstream(answer)
+    assert back.to_client == [answer]
+    # the caller pipelines its next request while the answer is half way: it waits
+    later = b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n"
+    assert s.client(later).to_upstream == []
+    back = s.upstream(b"56789")
+    assert back.to_client == [b"56789"] and back.to_upstream == [later]
+    assert [r for _, r, _ in s.asked] == ["GET room/rooms/{room}/temperature", "GET room/b"]
+
+
+def test_an_answer_the_fast_path_cannot_frame_goes_to_h11_mid_exchange() -> None:
+    s = Script()
+    s.client(b"GET /c HTTP/1.1\r\nhost: x\r\n\r\n")
+    back = s.upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    assert b"".join(back.to_client).endswith(b"2\r\nok\r\n0\r\n\r\n") and not back.close
+    assert s.relay.fast is None  # h11 from here on
+    out = s.client(b"GET /d HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert _parse_requests(b"".join(out.to_upstream))[0].target == b"/d"  # type: ignore[union-attr]
+    head = Script()
+    head.client(b"HEAD /e HTTP/1.1\r\nhost: x\r\n\r\n")
+    back = head.upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n")  # no body: a HEAD
+    assert b"".join(back.to_client).startswith(b"HTTP/1.1 200") and not back.close
+    assert head.client(b"GET /f HTTP/1.1\r\nhost: x\r\n\r\n").to_upstream
+
+
+def test_the_upstream_leaving_in_the_middle_of_a_fast_answer_closes() -> None:
+    s = Script()
+    s.client(b"GET /g HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert not s.upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01").close
+    assert s.upstream(b"").close
+    s = Script()
+    s.client(b"GET /g HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert s.upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n01").close  # too much
+    s = Script("GET room/h")
+    out = s.client(b"GET /h HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert out.to_upstream == [] and out.status == 403 and not out.close
+    assert json.loads(b"".join(out.to_client).split(b"\r\n\r\n")[1])["alert"] == 7

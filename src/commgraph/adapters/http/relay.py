@@ -25,6 +25,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -114,6 +115,22 @@ def error_response(status: int, error: str) -> bytes:
     )
 
 
+def _refusal_body(refusal: Refusal) -> bytes:
+    return json.dumps(
+        {"error": "forbidden", "label": refusal.label, "alert": refusal.alert}
+    ).encode()
+
+
+def _forbidden(refusal: Refusal) -> bytes:
+    """The whole 403 of a fast request (the connection stays open)."""
+    body = _refusal_body(refusal)
+    return (
+        b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+        % len(body)
+        + body
+    )
+
+
 def route_name(
     method: str, target: str, callee: str, templates: Templates, *, websocket: bool = False
 ) -> str:
@@ -195,6 +212,30 @@ def _basic_user(value: bytes) -> str | None:
     return user or None
 
 
+# The fast path: a whole, plain HTTP/1.1 request head without a body, auth or forwarding
+# headers, in one read, and an answer framed by Content-Length, relayed as the bytes they are.
+# Anything else, or anything not matching exactly, goes through h11 (see Relay._slow).
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FAST_REQUEST = re.compile(
+    rb"(" + _TOKEN + rb") (/[!-~]*) HTTP/1\.1\r\n(?:" + _TOKEN + rb":[ \t]*[!-~]*(?:[ \t]+[!-~]+)*"
+    rb"[ \t]*\r\n)+\r\n"
+)
+_FAST_RESPONSE = re.compile(
+    rb"HTTP/1\.1 ([2-5]\d\d) [ \t!-~]*\r\n(?:" + _TOKEN + rb":[ \t]*[!-~]*(?:[ \t]+[!-~]+)*"
+    rb"[ \t]*\r\n)+\r\n"
+)
+_SLOW_REQUEST_HEADERS = (
+    b"\r\ncontent-length:",
+    b"\r\ntransfer-encoding:",
+    b"\r\nexpect:",
+    b"\r\nupgrade:",
+    b"\r\nconnection:",
+    b"\r\nauthorization:",
+    b"\r\nx-forwarded-for:",
+)
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,15})[ \t]*\r\n")
+
+
 class Relay:
     """One caller connection and its upstream connection; see the module docstring.
 
@@ -235,6 +276,11 @@ class Relay:
         self.responded = False  # the upstream's response to the current request began
         self.body = 0  # bytes of the current request's body so far
         self.requests = 0
+        # the fast path: None while h11 relays; b"" idle; the head of the request in flight
+        self.fast: bytes | None = b""
+        self.fast_left = 0  # bytes of the fast answer's body still to come
+        self.fast_answering = False  # the fast answer's head has gone to the caller
+        self.fast_early: list[bytes] = []  # what the caller sent while a fast answer went out
         self.route: str | None = None  # the current request's route
 
     # -- the caller's bytes ------------------------------------------------------------
@@ -263,6 +309,18 @@ class Relay:
         return out
 
     def _from_client(self, data: bytes) -> Output:
+        if self.fast is not None:
+            if not self.fast:
+                fast = self._fast_request(data)
+                if fast is not None:
+                    return fast
+            elif self.fast_answering:
+                # the answer is on its way as bytes: what the caller sends next waits for it
+                self.fast_early.append(data)
+                if sum(map(len, self.fast_early)) > self.max_head:
+                    return Output(close=True)
+                return Output()
+            self._slow()
         out = Output()
         if self.tunnel:
             if data:
@@ -358,9 +416,7 @@ class Relay:
         )
 
     def _refuse(self, refusal: Refusal, out: Output, *, close: bool) -> None:
-        body = json.dumps(
-            {"error": "forbidden", "label": refusal.label, "alert": refusal.alert}
-        ).encode()
+        body = _refusal_body(refusal)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         if close:  # a body may follow that we will not read: end the connection after this
             headers.append((b"connection", b"close"))
@@ -384,6 +440,12 @@ class Relay:
     # -- the upstream's bytes ----------------------------------------------------------
 
     def _from_upstream(self, data: bytes) -> Output:
+        if self.fast is not None:
+            if self.fast:
+                out = self._fast_answer(data)
+                if out is not None:
+                    return out
+            self._slow()
         out = Output()
         if self.tunnel:
             if data:
@@ -455,6 +517,99 @@ class Relay:
             out.status = 502
             out.to_client.append(error_response(502, "upstream failed"))
         out.close = True
+
+    # -- the fast path ---------------------------------------------------------------------
+
+    def _fast_request(self, data: bytes) -> Output | None:
+        """Relay a plain request head as it came; None: not one, h11 takes it."""
+        if len(data) > self.max_head or not data.endswith(b"\r\n\r\n"):
+            return None
+        found = _FAST_REQUEST.fullmatch(data)
+        if found is None:
+            return None
+        lowered = data.lower()
+        if b"\r\nhost:" not in lowered or any(h in lowered for h in _SLOW_REQUEST_HEADERS):
+            return None
+        method = found.group(1).decode("ascii")
+        target = found.group(2).decode("ascii")
+        self.requests += 1
+        route = route_name(method, target, self.callee, self.templates)
+        self.route = route
+        refusal = self.decide(Caller(self.peer_ip, None, self.cert_cn, self.peer), route, None)
+        out = Output()
+        if refusal is not None:
+            out.status = 403
+            out.to_client.append(_forbidden(refusal))
+            return out
+        if method == "HEAD":  # its answer has a Content-Length but no body: h11 knows
+            self.fast = data
+            self._slow()
+            self.refusing = False
+            return Output(to_upstream=[data])
+        self.fast = data
+        self.fast_answering = False
+        out.to_upstream.append(data)
+        return out
+
+    def _fast_answer(self, data: bytes) -> Output | None:
+        """Relay the answer to a fast request as it came; None: h11 takes it."""
+        if not self.fast_answering:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            head = data[: end + 4]
+            found = _FAST_RESPONSE.fullmatch(head)
+            if found is None or found.group(1) in (b"204", b"304"):
+                return None
+            lowered = head.lower()
+            if b"\r\ntransfer-encoding:" in lowered or b"\r\nconnection:" in lowered:
+                return None
+            lengths = _CONTENT_LENGTH.findall(lowered)
+            if len(lengths) != 1 or lowered.count(b"\r\ncontent-length:") != 1:
+                return None
+            self.fast_answering = True
+            self.fast_left = int(lengths[0])
+            data_left = len(data) - len(head)
+        elif not data:
+            return Output(close=True)  # the upstream went away in the middle of its answer
+        else:
+            data_left = len(data)
+        if data_left > self.fast_left:
+            return Output(close=True)  # more than the answer: the upstream is confused
+        self.fast_left -= data_left
+        out = Output(to_client=[data])
+        if self.fast_left == 0:
+            self.fast = b""
+            self.fast_answering = False
+            self.route = None
+            early, self.fast_early = self.fast_early, []
+            for piece in early:  # what the caller sent meanwhile, in order
+                more = self._from_client(piece)
+                out.to_client.extend(more.to_client)
+                out.to_upstream.extend(more.to_upstream)
+                out.status = more.status or out.status
+                out.malformed = out.malformed or more.malformed
+                if more.close:
+                    out.close = True
+                    break
+        return out
+
+    def _slow(self) -> None:
+        """Leave the fast path for good: h11 relays from here on. A fast request whose answer
+        has not begun is given to both h11 machines, as if they had relayed it."""
+        pending, self.fast = self.fast, None
+        if not pending or self.fast_answering:
+            return  # (an answer half relayed fast cannot be: _fast_answer never gives up then)
+        self.client.receive_data(pending)
+        request = self.client.next_event()
+        assert type(request) is h11.Request
+        assert type(self.client.next_event()) is h11.EndOfMessage
+        self.upstream.send(
+            h11.Request(method=request.method, target=request.target, headers=request.headers)
+        )
+        self.upstream.send(h11.EndOfMessage())
+        self.refusing = False
+        self.responded = False
 
     # -- both ----------------------------------------------------------------------------
 
