@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import shutil
+import ssl
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from adapters.mqtt import test_proxy as mqtt_proxy_tests
 from commgraph.alerts import Action
 from commgraph.config import parse_config
 from commgraph.daemon import Daemon
 from commgraph.store import Store
 from conftest import raise_nofile_limit
+
+# the same test PKI as the MQTT proxy's (a CA, a server for 127.0.0.1, a client lock-hub-3)
+pki = mqtt_proxy_tests.certificates
 
 HOST = "127.0.0.1"
 HEATING, HUB, STRANGER, PROXY = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
@@ -446,3 +451,53 @@ async def test_bad_requests_close_only_their_connection(
     writer.write(b"GET /still HTTP/1.1\r\nhost: x\r\n\r\n")
     assert b" 200 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     writer.close()
+
+
+async def test_a_tls_client_certificate_names_the_caller(upstream: Upstream, pki: Path) -> None:
+    certificates = pki
+    from commgraph.adapters.http.proxy import HTTPSidecar
+    from commgraph.adapters.http.relay import Caller
+    from commgraph.config import Address, HTTPRoute, HTTPSettings, TLSSettings
+    from commgraph.engine import Verdict
+    from commgraph.graph import Label
+
+    seen: list[Caller] = []
+    events: list[tuple[str, str, str]] = []
+
+    def identify(caller: Caller, ts: float) -> str:
+        seen.append(caller)
+        return f"http:cert:{caller.cert_cn}"
+
+    def observe(ts: float, src: str, dst: str, relation: str, size: int | None) -> Verdict:
+        events.append((src, dst, relation))
+        return Verdict(Label.LEARNED)
+
+    listen = Address(HOST, 0)
+    route = HTTPRoute(
+        listen=listen,
+        upstream=Address(HOST, upstream.port),
+        service="locks",
+        tls=TLSSettings(
+            listen=listen,
+            cert=certificates / "server.pem",
+            key=certificates / "server.key",
+            ca=certificates / "ca.pem",
+            require_client_cert=True,
+        ),
+    )
+    sidecar = HTTPSidecar(route, HTTPSettings(), observe, identify)
+    await sidecar.start()
+    try:
+        context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        context.load_cert_chain(certificates / "client.pem", certificates / "client.key")
+        port = sidecar.addresses[0][1]
+        status, _ = await get(f"https://{HOST}:{port}/unlock", HUB, "POST", ssl=context)
+        assert status == 200
+        assert [(c.cert_cn, c.ip) for c in seen] == [("lock-hub-3", HUB)]
+        assert events[0] == ("http:cert:lock-hub-3", "POST locks/unlock", "http")
+        bare = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        with pytest.raises(aiohttp.ClientError):
+            await get(f"https://{HOST}:{port}/unlock", HUB, "POST", ssl=bare)
+        assert len(seen) == 1  # no certificate, no request
+    finally:
+        await sidecar.close()
