@@ -309,3 +309,10 @@ def test_http_routes_and_route_templates(tmp_path: Path) -> None:
 def test_http_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(write(tmp_path, text))
+
+
+def test_capture_http_ports(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[capture]\ninterface = "lo"\nhttp_ports = [80, 8080]\n'))
+    assert config.capture is not None and config.capture.http_ports == (80, 8080)
+    with pytest.raises(ConfigError, match="capture.http_ports"):
+        load_config(write(tmp_path, '[capture]\ninterface = "lo"\nhttp_ports = ["x"]\n'))

@@ -146,6 +146,7 @@ class CaptureSettings:
     ports: tuple[int, ...] = ()  # keep packets with one of these ports (either end); () = all
     hosts: tuple[str, ...] = ()  # ... and with one of these IP addresses; () = all
     mqtt_ports: tuple[int, ...] = (1883,)  # TCP ports whose streams are decoded as MQTT
+    http_ports: tuple[int, ...] = ()  # TCP ports whose streams are decoded as HTTP
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -369,7 +370,7 @@ def _capture(capture: _Reader) -> CaptureSettings | None:
     interface = capture.get("interface", str)
     ports = {
         key: _ports(capture, key, default)
-        for key, default in (("ports", []), ("mqtt_ports", [1883]))
+        for key, default in (("ports", []), ("mqtt_ports", [1883]), ("http_ports", []))
     }
     hosts = capture.get("hosts", list, [])
     for host in hosts:
@@ -387,6 +388,7 @@ def _capture(capture: _Reader) -> CaptureSettings | None:
         ports=ports["ports"],
         hosts=tuple(hosts),
         mqtt_ports=ports["mqtt_ports"],
+        http_ports=ports["http_ports"],
     )
 
 

@@ -701,10 +701,15 @@ class Daemon:
             settings.interface,
             CaptureFilter(ports=frozenset(settings.ports), hosts=frozenset(settings.hosts)),
         )
+        # HTTP: the ports asked for, and each sidecar's upstream port named by its service
+        http_ports: dict[int, str | None] = dict.fromkeys(settings.http_ports)
+        http_ports.update({r.upstream.port: r.service for r in self.config.http.routes})
         decoder = PacketDecoder(
             mqtt_ports=frozenset(settings.mqtt_ports),
             on_dns=lambda answer: self.engine.learn_name(answer.ip, answer.name),
             signals=True,
+            http_ports=http_ports if settings.http_ports else None,
+            templates=self.engine.templates,
         )
         self.capture_stats = live.stats
         self.decoder_stats = decoder.stats

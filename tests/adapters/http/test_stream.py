@@ -212,3 +212,21 @@ def test_zeek_http_log_gives_the_sidecar_events_tsv_and_json() -> None:
     assert fields[1:4] == (CALLER, "GET rooms/rooms/{room}/temperature", "http")
     ((_, wrong),) = list(read_http_log(["#path\tconn"]))
     assert isinstance(wrong, FlowDecodeError)
+
+
+def test_a_recording_replays_http_streams_on_the_ports_named() -> None:
+    import tempfile
+    from pathlib import Path
+
+    from commgraph.adapters.recorded import open_recording
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "talk.pcap"
+        path.write_bytes(capture(REQUESTS[:2]))
+        recording = open_recording(path, http_ports={80: "rooms"}, templates=TEMPLATES)
+        with recording:
+            fields = [item for _, item in recording.records if isinstance(item, tuple)]
+    assert [(f[1], f[2], f[3]) for f in fields if f[3] in ("http", "serve")] == [
+        (CALLER, "GET rooms/rooms/{room}/temperature", "http"),
+        ("GET rooms/rooms/{room}/temperature", "rooms", "serve"),
+    ] * 2
