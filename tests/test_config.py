@@ -314,5 +314,5 @@ def test_http_errors_name_the_key(tmp_path: Path, text: str, message: str) -> No
 def test_capture_http_ports(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[capture]\ninterface = "lo"\nhttp_ports = [80, 8080]\n'))
     assert config.capture is not None and config.capture.http_ports == (80, 8080)
-    with pytest.raises(ConfigError, match="capture.http_ports"):
+    with pytest.raises(ConfigError, match=r"capture\.http_ports"):
         load_config(write(tmp_path, '[capture]\ninterface = "lo"\nhttp_ports = ["x"]\n'))
