@@ -16,7 +16,11 @@ never reads a clock. Rules:
 - a request the caller cannot send right gets the status a server gives (400, 413, 431) and
   that connection closes; nothing else is affected. The upstream failing gets a 502;
 - keep-alive: when both sides finished an exchange, both start the next one; an upstream
-  that will close ends the caller's connection after its response.
+  that will close ends the caller's connection after its response;
+- the fast path: a whole plain HTTP/1.1 request head in one read (no body, no auth,
+  forwarding, upgrade or connection headers; checked by one strict pattern) and an answer
+  framed by ``Content-Length`` go through as the bytes they are, judged the same way; the
+  first thing that is not plain hands the connection to h11 for good, mid-exchange if need be.
 """
 
 from __future__ import annotations
