@@ -37,6 +37,16 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             },
         ),
         (
+            "http_proxy.py",
+            {
+                "rtt_sidecar_p50_ms",
+                "relay_added_p50_ms",
+                "requests_per_s_direct",
+                "requests_per_s_sidecar",
+                "throughput_ratio",
+            },
+        ),
+        (
             "mqtt_proxy.py",
             {"rtt_direct_p50_ms", "rtt_proxy_p50_ms", "msgs_per_s_direct", "msgs_per_s_proxy"},
         ),

@@ -241,3 +241,85 @@ def test_an_empty_config_is_exactly_the_settings_dataclasses_defaults() -> None:
     from commgraph.config import Config
 
     assert parse_config({}, source="<defaults>") == Config()
+
+
+HTTP_SITE = """
+[templates]
+routes = ["/rooms/{room}/temperature", "POST /locks/{lock}/unlock"]
+[http]
+trusted_proxies = ["10.0.0.0/8", "::1"]
+max_body_size = 1048576
+[[http.routes]]
+listen = "127.0.0.1:8081"
+upstream = "127.0.0.1:9081"
+service = "rooms"
+[[http.routes]]
+listen = "127.0.0.1:8443"
+upstream = "127.0.0.1:9443"
+service = "locks"
+[http.routes.tls]
+cert = "locks.crt"
+key = "locks.key"
+ca = "site-ca.crt"
+require_client_cert = true
+"""
+
+
+def test_http_routes_and_route_templates(tmp_path: Path) -> None:
+    from commgraph.config import HTTPSettings
+
+    config = load_config(write(tmp_path, HTTP_SITE))
+    rooms, locks = config.http.routes
+    assert (str(rooms.listen), str(rooms.upstream), rooms.service) == (
+        "127.0.0.1:8081",
+        "127.0.0.1:9081",
+        "rooms",
+    )
+    assert rooms.tls is None
+    assert locks.tls is not None and locks.tls.require_client_cert
+    assert locks.tls.cert == tmp_path / "locks.crt" and str(locks.tls.listen) == "127.0.0.1:8443"
+    assert [str(n) for n in config.http.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert config.http.max_body_size == 1048576
+    assert config.http.max_head_size == HTTPSettings().max_head_size  # the default, once
+    assert [r.pattern for r in config.route_templates] == [
+        "/rooms/{room}/temperature",
+        "POST /locks/{lock}/unlock",
+    ]
+    assert load_config(write(tmp_path, "")).http == HTTPSettings()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[http.routes]]\nlisten = "127.0.0.1:1"\nservice = "a"\n', "http.routes[0].upstream"),
+        (
+            '[[http.routes]]\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nservice = "a b"\n',
+            "http.routes[0].service",
+        ),
+        (
+            '[[http.routes]]\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nservice = "a"\n'
+            'colour = "red"\n',
+            "http.routes[0].colour: unknown key",
+        ),
+        (
+            '[[http.routes]]\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nservice = "a"\n'
+            '[[http.routes]]\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:3"\nservice = "b"\n',
+            "http.routes[1].listen",
+        ),
+        ('[http]\ntrusted_proxies = ["not-a-net"]\n', "http.trusted_proxies"),
+        ("[http]\nmax_head_size = 10\n", "http.max_head_size"),
+        ('[http]\nfail = "maybe"\n', "http.fail"),
+        ('[templates]\nroutes = ["rooms/{room}"]\n', "templates.routes"),
+        ('[templates]\nroutes = ["/rooms/x{room}"]\n', "templates.routes"),
+    ],
+)
+def test_http_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(write(tmp_path, text))
+
+
+def test_capture_http_ports(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[capture]\ninterface = "lo"\nhttp_ports = [80, 8080]\n'))
+    assert config.capture is not None and config.capture.http_ports == (80, 8080)
+    with pytest.raises(ConfigError, match=r"capture\.http_ports"):
+        load_config(write(tmp_path, '[capture]\ninterface = "lo"\nhttp_ports = ["x"]\n'))

@@ -211,3 +211,23 @@ def test_views_of_two_nodes_converge_under_merge() -> None:
     view_a = a.model_of("thermo", node="node-a", issued_at=at(103), version=3)
     assert view_a.edges == view_c.edges
     assert merge(view_a, view_c).edges == view_a.edges
+
+
+def test_http_edges_travel_in_models_and_a_new_route_elsewhere_is_an_anomaly() -> None:
+    a = node("node-a")
+    route = "GET rooms/rooms/{id}/temperature"
+    for minute in range(3):
+        a.observe(ev(minute, "heating", route, "http"))
+        a.observe(ev(minute, route, "rooms", "serve"))
+    a.tick(at(6))
+    heating = a.model_of("heating", node="node-a", issued_at=at(6), version=1)
+    rooms = a.model_of("rooms", node="node-a", issued_at=at(6), version=1)
+    assert [(e.relation, e.peer, e.direction) for e in heating.edges] == [("http", route, "out")]
+    assert [(e.relation, e.peer, e.direction) for e in rooms.edges] == [("serve", route, "in")]
+    b = node("node-b")
+    b.adopt(heating, "node-a")
+    b.adopt(rooms, "node-a")
+    assert b.observe(ev(100, "heating", route, "http")).label is Label.LEARNED
+    assert b.observe(ev(100, route, "rooms", "serve")).label is Label.LEARNED
+    unlock = b.observe(ev(100, "heating", "POST rooms/unlock", "http"))
+    assert (unlock.label, unlock.block) == (Label.PENDING, True)

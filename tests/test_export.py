@@ -91,3 +91,23 @@ def test_service_view_folds_topics_and_keeps_the_most_urgent_label() -> None:
     assert ("controller", "controller") not in by_pair
     assert by_pair[("hub", "10.0.0.9")]["relation"] == "tcp/8883"
     assert all(r["relation"] != "subscribe" for r in rows)
+
+
+def test_service_view_folds_http_routes_into_caller_to_callee() -> None:
+    def edge(src: str, dst: str, relation: str, label: str = "learned") -> dict[str, object]:
+        return {"src": src, "dst": dst, "relation": relation, "label": label, "count": 3}
+
+    rows = service_view(
+        [
+            edge("heating", "GET rooms/rooms/{id}", "http"),
+            edge("GET rooms/rooms/{id}", "rooms", "serve"),
+            edge("hub", "POST rooms/unlock", "http", "pending"),
+            edge("POST rooms/unlock", "rooms", "serve"),
+            edge("heating", "GET other/x", "http"),  # no callee side seen: no service edge
+        ]
+    )
+    by_pair = {(r["src"], r["dst"]): r for r in rows}
+    assert set(by_pair) == {("heating", "rooms"), ("hub", "rooms")}
+    assert by_pair[("heating", "rooms")]["relation"] == "via routes"
+    assert by_pair[("heating", "rooms")]["routes"] == ["GET rooms/rooms/{id}"]
+    assert by_pair[("hub", "rooms")]["label"] == "pending"

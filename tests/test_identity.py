@@ -282,3 +282,21 @@ def test_dns_names_travel_and_are_bounded() -> None:
 def test_bad_scope_and_dns_rules(fields: dict[str, object], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         IdentityRule(**fields)  # type: ignore[arg-type]
+
+
+def test_http_callers_by_certificate_user_then_address() -> None:
+    identity = Identity(
+        [
+            IdentityRule(match=AddressKind.CERT_CN, equals="hub.site", service="hub"),
+            IdentityRule(match=AddressKind.USERNAME, equals="alice", service="phone"),
+            IdentityRule(
+                match=AddressKind.IP, cidr=ipaddress.ip_network("127.0.0.0/24"), service="lan"
+            ),
+            IdentityRule(match=AddressKind.IP, scope="local", service="x", relation="tcp/*"),
+        ]
+    )
+    assert identity.resolve_caller("127.0.0.2", "alice", "hub.site").service == "hub"
+    assert identity.resolve_caller("127.0.0.2", "alice").service == "phone"
+    assert identity.resolve_caller("127.0.0.2", "bob") == Resolved("lan", "127.0.0.2")
+    assert identity.resolve_caller("10.1.1.1", "bob") == Resolved("bob")  # unmapped: the user
+    assert identity.resolve_caller("10.1.1.1") == Resolved("10.1.1.1")  # relation rules skipped

@@ -333,3 +333,22 @@ def test_matches_is_transitive(topics: list[str]) -> None:
     a, b, c = topics
     if matches(a, b) and matches(b, c):
         assert matches(a, c)
+
+
+def test_configured_route_templates_come_first_and_keep_their_names() -> None:
+    from commgraph.templates import RouteRule
+
+    templates = Templates(
+        routes=[RouteRule(pattern="/rooms/{room}/temperature"), RouteRule(pattern="POST /x/{a}")]
+    )
+    assert templates.route("GET /rooms/kitchen/temperature?x=1") == "GET /rooms/{room}/temperature"
+    assert templates.route("GET /rooms/12/humidity") == "GET /rooms/{id}/humidity"  # no rule
+    assert templates.route("POST /x/anything") == "POST /x/{a}"
+    assert templates.route("GET /x/anything") == "GET /x/anything"  # the rule names POST
+    assert templates.route("GET /rooms//temperature") == "GET /rooms//temperature"  # empty level
+    with pytest.raises(ValueError, match="start with '/'"):
+        RouteRule(pattern="rooms/{room}")
+    with pytest.raises(ValueError, match="whole level"):
+        RouteRule(pattern="/rooms/r{room}")
+    with pytest.raises(ValueError, match="not a method"):
+        RouteRule(pattern="get /rooms")

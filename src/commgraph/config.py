@@ -3,7 +3,8 @@
 Sections (see DESIGN.md): ``[node]``, ``[learning]`` (+ ``[learning.services]``), ``[modes]``
 (+ ``[modes.services]``), ``[admission]``, ``[guardrails]``, ``[detectors]``, ``[protect]``,
 ``[[identity.rules]]``, and the network parts
-``[templates]`` (topic templates for models), ``[mqtt]``, ``[api]``, ``[notify]``,
+``[templates]`` (topic and route templates for models), ``[mqtt]``, ``[http]`` (the HTTP
+sidecars, one ``[[http.routes]]`` per protected service), ``[api]``, ``[notify]``,
 ``[sync]`` (the site broker carrying models), ``[keys]`` (signing and trusted keys). Unknown
 keys are errors: a typo must not silently fall back to a default.
 """
@@ -24,7 +25,7 @@ from commgraph.detectors.guardrails import GuardrailSettings
 from commgraph.errors import ConfigError
 from commgraph.identity import AddressKind, Identity, IdentityRule
 from commgraph.phases import Admission, LearningSettings, Mode, format_duration
-from commgraph.templates import TemplateRule, Templates
+from commgraph.templates import RouteRule, TemplateRule, Templates
 
 if TYPE_CHECKING:
     from commgraph.engine import Engine
@@ -33,6 +34,8 @@ __all__ = [
     "APISettings",
     "CaptureSettings",
     "Config",
+    "HTTPRoute",
+    "HTTPSettings",
     "MQTTSettings",
     "NotifySettings",
     "TLSSettings",
@@ -102,6 +105,31 @@ class MQTTSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPRoute:
+    """One HTTP sidecar: callers connect to ``listen``, requests go on to ``upstream``, the
+    service behind it is ``service`` (the callee). With ``tls`` the sidecar terminates TLS
+    on ``listen`` and may ask callers for certificates (``tls.listen`` is ``listen``)."""
+
+    listen: Address
+    upstream: Address
+    service: str
+    tls: TLSSettings | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPSettings:
+    """``[http]``: the HTTP sidecars and their limits."""
+
+    routes: tuple[HTTPRoute, ...] = ()
+    # X-Forwarded-For is believed only from these peers (a reverse proxy in front).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    fail_open: bool = True
+    connect_timeout: float = 10.0
+    max_head_size: int = 16 * 1024  # request line + headers; more: 431
+    max_body_size: int = 0  # a declared Content-Length above it: 413; 0 = no limit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CaptureSettings:
     """Passive observation on a network interface, beside or instead of the proxy."""
 
@@ -109,6 +137,7 @@ class CaptureSettings:
     ports: tuple[int, ...] = ()  # keep packets with one of these ports (either end); () = all
     hosts: tuple[str, ...] = ()  # ... and with one of these IP addresses; () = all
     mqtt_ports: tuple[int, ...] = (1883,)  # TCP ports whose streams are decoded as MQTT
+    http_ports: tuple[int, ...] = ()  # TCP ports whose streams are decoded as HTTP
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +170,9 @@ class Config:
     guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
     identity: tuple[IdentityRule, ...] = ()
     templates: tuple[TemplateRule, ...] = ()
+    route_templates: tuple[RouteRule, ...] = ()
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
     capture: CaptureSettings | None = None
     api: APISettings = field(default_factory=APISettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
@@ -160,7 +191,7 @@ class Config:
             settings or self.learning,
             Identity(self.identity),
             node=node or self.node,
-            templates=Templates(self.templates),
+            templates=Templates(self.templates, routes=self.route_templates),
             detectors=self.detectors,
             guardrails=self.guardrails,
         )
@@ -346,7 +377,8 @@ def _capture(capture: _Reader) -> CaptureSettings | None:
     interface = capture.get("interface", str)
     defaults = CaptureSettings(interface="")
     ports = {
-        key: _ports(capture, key, list(getattr(defaults, key))) for key in ("ports", "mqtt_ports")
+        key: _ports(capture, key, list(getattr(defaults, key)))
+        for key in ("ports", "mqtt_ports", "http_ports")
     }
     hosts = capture.get("hosts", list, list(defaults.hosts))
     for host in hosts:
@@ -364,6 +396,7 @@ def _capture(capture: _Reader) -> CaptureSettings | None:
         ports=ports["ports"],
         hosts=tuple(hosts),
         mqtt_ports=ports["mqtt_ports"],
+        http_ports=ports["http_ports"],
     )
 
 
@@ -389,24 +422,9 @@ def _mqtt(mqtt: _Reader, base: Path) -> MQTTSettings:
     if "tls" in mqtt.table:
         t = mqtt.sub("tls")
         tls_listen = _address(t, "listen")
-        cert, key, ca = t.get("cert", str), t.get("key", str), t.get("ca", str)
-        require = t.get(
-            "require_client_cert", bool, _field_default(TLSSettings, "require_client_cert")
-        )
-        for name, value in (("listen", tls_listen), ("cert", cert), ("key", key)):
-            if value is None:
-                raise t.error(name, "is required for a TLS listener")
-        if require and ca is None:
-            raise t.error("ca", "is required when require_client_cert = true")
-        t.finish()
-        assert tls_listen is not None and cert is not None and key is not None
-        tls = TLSSettings(
-            listen=tls_listen,
-            cert=base / cert,
-            key=base / key,
-            ca=base / ca if ca else None,
-            require_client_cert=require,
-        )
+        if tls_listen is None:
+            raise t.error("listen", "is required for a TLS listener")
+        tls = _tls(t, tls_listen, base)
     else:
         mqtt.used.add("tls")
     if (listen is None) != (upstream is None):
@@ -423,6 +441,80 @@ def _mqtt(mqtt: _Reader, base: Path) -> MQTTSettings:
         connect_timeout=timeout,
         max_packet_size=max_size,
         tls=tls,
+    )
+
+
+def _tls(t: _Reader, listen: Address, base: Path) -> TLSSettings:
+    cert, key, ca = t.get("cert", str), t.get("key", str), t.get("ca", str)
+    require = t.get("require_client_cert", bool, _field_default(TLSSettings, "require_client_cert"))
+    for name, value in (("cert", cert), ("key", key)):
+        if value is None:
+            raise t.error(name, "is required for a TLS listener")
+    if require and ca is None:
+        raise t.error("ca", "is required when require_client_cert = true")
+    t.finish()
+    assert cert is not None and key is not None
+    return TLSSettings(
+        listen=listen,
+        cert=base / cert,
+        key=base / key,
+        ca=base / ca if ca else None,
+        require_client_cert=require,
+    )
+
+
+_SERVICE_NAME = re.compile(r"[^\s/]+")
+
+
+def _http(http: _Reader, base: Path) -> HTTPSettings:
+    defaults = HTTPSettings()
+    items = http.get("routes", list, [])
+    routes: list[HTTPRoute] = []
+    listens: set[Address] = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise http.error(f"routes[{i}]", "expected a table ([[http.routes]])")
+        r = _Reader(http.source, f"http.routes[{i}]", item)
+        listen, upstream = _address(r, "listen"), _address(r, "upstream")
+        service = r.get("service", str)
+        for name, value in (("listen", listen), ("upstream", upstream), ("service", service)):
+            if value is None:
+                raise r.error(name, "is required")
+        assert listen is not None and upstream is not None and service is not None
+        if not _SERVICE_NAME.fullmatch(service):
+            raise r.error("service", f"{service!r} must be a name without spaces or '/'")
+        if listen in listens:
+            raise r.error("listen", f"{listen} is the listen address of another route")
+        listens.add(listen)
+        tls = _tls(r.sub("tls"), listen, base) if "tls" in r.table else None
+        r.finish()
+        routes.append(HTTPRoute(listen=listen, upstream=upstream, service=service, tls=tls))
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for number, text in enumerate(http.get("trusted_proxies", list, []), start=1):
+        if not isinstance(text, str):
+            raise http.error("trusted_proxies", f"entry {number} must be a string")
+        try:
+            trusted.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise http.error("trusted_proxies", str(exc)) from None
+    fail = http.get("fail", str, "open")
+    if fail not in ("open", "closed"):
+        raise http.error("fail", f'{fail!r} must be "open" (forward) or "closed" (block)')
+    head = http.get("max_head_size", int, defaults.max_head_size)
+    if not 1024 <= head <= 1024 * 1024:
+        raise http.error("max_head_size", "must be between 1024 and 1048576 bytes")
+    body = http.get("max_body_size", int, defaults.max_body_size)
+    if body < 0:
+        raise http.error("max_body_size", "must not be negative (0: no limit)")
+    timeout = _duration(http, "connect_timeout", defaults.connect_timeout)
+    http.finish()
+    return HTTPSettings(
+        routes=tuple(routes),
+        trusted_proxies=tuple(trusted),
+        fail_open=fail == "open",
+        connect_timeout=timeout,
+        max_head_size=head,
+        max_body_size=body,
     )
 
 
@@ -513,9 +605,18 @@ def parse_config(
             topic_templates.append(TemplateRule(pattern=pattern))
         except ValueError as exc:
             raise templates.error("topics", str(exc)) from None
+    route_templates: list[RouteRule] = []
+    for number, pattern in enumerate(templates.get("routes", list, []), start=1):
+        if not isinstance(pattern, str):
+            raise templates.error("routes", f"entry {number} must be a string")
+        try:
+            route_templates.append(RouteRule(pattern=pattern))
+        except ValueError as exc:
+            raise templates.error("routes", str(exc)) from None
     templates.finish()
 
     mqtt_settings = _mqtt(top.sub("mqtt"), base)
+    http_settings = _http(top.sub("http"), base)
     capture = _capture(top.sub("capture"))
     api = top.sub("api")
     api_listen = _address(api, "listen")
@@ -562,7 +663,9 @@ def parse_config(
         guardrails=guardrails,
         identity=rules,
         templates=tuple(topic_templates),
+        route_templates=tuple(route_templates),
         mqtt=mqtt_settings,
+        http=http_settings,
         capture=capture,
         api=APISettings(
             listen=api_listen, credentials=(base / credentials) if credentials else None

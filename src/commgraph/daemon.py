@@ -65,6 +65,7 @@ class Daemon:
         store.save_settings(config.learning)
         self.engine = engine_for(store, config, config.node)
         self.proxy: MQTTProxy | None = None
+        self.sidecars: list[Any] = []  # adapters.http.proxy.HTTPSidecar, one per [[http.routes]]
         self.capture_stats: Any = None  # adapters.capture.CaptureStats while capturing
         self.decoder_stats: Any = None  # adapters.pcap.DecoderStats while capturing
         self.sync: ModelSync | None = None
@@ -344,6 +345,47 @@ class Daemon:
 
     # -- running -----------------------------------------------------------------------
 
+    async def _start_http(self) -> list[Any]:
+        """Start one HTTP sidecar per ``[[http.routes]]`` entry (none without); the caller
+        closes them. Callers are identified by the identity rules and bound like MQTT
+        clients; their connections' signals go to the guardrails."""
+        from commgraph.adapters.http.proxy import HTTPSidecar
+        from commgraph.adapters.http.relay import Caller
+
+        engine = self.engine
+
+        def identify(caller: Caller, ts: float) -> str | None:
+            resolved = engine.identity.resolve_caller(caller.ip, caller.user, caller.cert_cn)
+            if not engine.admits(caller.ip, resolved.service):
+                return None
+            key = caller.cert_cn and f"cert:{caller.cert_cn}"
+            address = f"http:{key or (caller.user and f'user:{caller.user}') or caller.ip}"
+            known_as = {"username": caller.user or "", "cert_cn": caller.cert_cn or ""}
+            engine.bind(address, resolved, ts, {**known_as, "address": caller.ip})
+            if engine.changes:
+                self._schedule_write()
+            return address
+
+        def on_signal(kind: Signal, ip: str, ts: float, active: bool) -> bool:
+            return self.signal(kind, ip, ts, active, None)
+
+        sidecars = []
+        for route in self.config.http.routes:
+            sidecar = HTTPSidecar(
+                route,
+                self.config.http,
+                self.observe,
+                identify,
+                templates=engine.templates,
+                clock=self.clock,
+                release=self.release,
+                signal=on_signal,
+            )
+            await sidecar.start()
+            log.info("HTTP sidecar for %s on %s -> %s", route.service, route.listen, route.upstream)
+            sidecars.append(sidecar)
+        return sidecars
+
     async def run(self) -> None:
         """Serve until :meth:`stop` (or SIGINT/SIGTERM), then close and flush."""
         mqtt = self.config.mqtt
@@ -374,6 +416,8 @@ class Daemon:
         )
         # Started in this order, and stopped in it: what feeds the node first, the
         # notifiers last (they flush what the others made them queue).
+        if self.config.http.routes:
+            self.hooks.add("http", _HTTPHook(self))
         if self.config.capture is not None:
             self.hooks.add("capture", _CaptureHook(self))
         if self.config.sync_broker is not None:
@@ -516,6 +560,20 @@ class _WebHook:
             await self.runner.cleanup()
 
 
+class _HTTPHook:
+    """The HTTP sidecars ([[http.routes]]), feeding the node like the MQTT proxy."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def start(self) -> None:
+        self.daemon.sidecars = await self.daemon._start_http()
+
+    async def stop(self) -> None:
+        for sidecar in self.daemon.sidecars:
+            await sidecar.close()
+
+
 class _CaptureHook:
     """A passive capture on an interface ([capture]), feeding the node like the proxy."""
 
@@ -535,10 +593,15 @@ class _CaptureHook:
             settings.interface,
             CaptureFilter(ports=frozenset(settings.ports), hosts=frozenset(settings.hosts)),
         )
+        # HTTP: the ports asked for, and each sidecar's upstream port named by its service
+        http_ports: dict[int, str | None] = dict.fromkeys(settings.http_ports)
+        http_ports.update({r.upstream.port: r.service for r in daemon.config.http.routes})
         decoder = PacketDecoder(
             mqtt_ports=frozenset(settings.mqtt_ports),
             on_dns=lambda answer: daemon.engine.learn_name(answer.ip, answer.name),
             signals=True,
+            http_ports=http_ports if settings.http_ports else None,
+            templates=daemon.engine.templates,
         )
         daemon.capture_stats = live.stats
         daemon.decoder_stats = decoder.stats
@@ -558,8 +621,15 @@ class _CaptureHook:
             async for _, item in live_events(live, decoder):
                 if isinstance(item, tuple):  # a failing engine never stops the capture
                     daemon.hooks.safecall("capture", daemon.observe, *item)
-                elif isinstance(item, SignalNote):
-                    daemon.signal(item.signal, item.address, item.ts, item.active, None)
+                elif isinstance(item, SignalNote):  # with the client id the stream named
+                    daemon.engine.signal(
+                        item.signal,
+                        item.address,
+                        item.ts,
+                        active=item.active,
+                        client_id=item.client_id,
+                        username=item.username,
+                    )
                 else:
                     log.debug("skipped a captured packet: %s", item)
         finally:
@@ -587,7 +657,7 @@ def engine_for(
         settings or config.learning,
         Identity(config.identity),
         node=node,
-        templates=Templates(config.templates),
+        templates=Templates(config.templates, routes=config.route_templates),
         detectors=config.detectors,
         guardrails=config.guardrails,
     )

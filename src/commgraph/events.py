@@ -127,6 +127,7 @@ _EXACT_KINDS: dict[str, tuple[VertexKind, VertexKind]] = {
     "subscribe": (VertexKind.SERVICE, VertexKind.TOPIC),
     "deliver": (VertexKind.TOPIC, VertexKind.SERVICE),
     "http": (VertexKind.SERVICE, VertexKind.ROUTE),
+    "serve": (VertexKind.ROUTE, VertexKind.SERVICE),
 }
 _DEFAULT_KINDS = (VertexKind.SERVICE, VertexKind.HOST)
 
@@ -139,6 +140,10 @@ def describe_edge(src: str, dst: str, relation: str) -> str:
         return f"{src} subscribes to {dst}"
     if relation == "deliver":
         return f"{dst} receives messages on {src}"
+    if relation == "http":
+        return f"{src} calls {dst}"
+    if relation == "serve":
+        return f"{dst} serves {src}"
     if relation.startswith("http:"):
         return f"{src} calls {relation[5:]} on {dst}"
     return f"{src} connects to {dst} ({relation})"
@@ -157,8 +162,8 @@ def endpoint_kinds(relation: str) -> tuple[VertexKind, VertexKind]:
     """What ``src`` and ``dst`` of an event with this relation are.
 
     ``publish``/``subscribe``: service -> topic (or filter); ``deliver``: topic -> service;
-    ``http``: service -> route; everything else (``tcp/443``, ``udp/123``, ``icmp``,
-    ``http:GET /rooms/{id}``): service -> host.
+    ``http``: service -> route; ``serve``: route -> the service behind it; everything else
+    (``tcp/443``, ``udp/123``, ``icmp``, ``http:GET /rooms/{id}``): service -> host.
     """
     return _EXACT_KINDS.get(relation, _DEFAULT_KINDS)
 

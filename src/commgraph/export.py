@@ -120,24 +120,48 @@ def to_graphml(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
 
 # How much an edge's label asks for the owner's eye, for merged edges: the most urgent wins.
 _URGENCY = {"pending": 4, "denied": 3, "approved": 2, "learned": 1}
-_THROUGH_TOPICS = frozenset({"publish", "deliver", "subscribe"})
+_THROUGH_TOPICS = frozenset({"publish", "deliver", "subscribe", "http", "serve"})
 
 
 def service_view(edges: Sequence[Row]) -> list[dict[str, Any]]:
     """The graph as service -> service edges, topics folded away.
 
     ``S publish T`` and ``T deliver R`` make ``S -> R`` via T (label: the most urgent of the
-    two, e.g. pending if either is); edges that do not pass through a topic (``tcp/443`` to a
-    host, routes) are kept as they are. Subscriptions describe interest, not traffic, and
-    are left out. Rows: ``src, dst, relation ("via topics" or the original), label, count,
-    topics``.
+    two, e.g. pending if either is); ``C http R`` and ``R serve S`` (an HTTP route) make
+    ``C -> S`` "via routes" likewise, the routes listed in ``routes``; edges that do not pass
+    through a topic or route (``tcp/443`` to a host) are kept as they are. Subscriptions
+    describe interest, not traffic, and are left out. Rows: ``src, dst, relation ("via
+    topics", "via routes" or the original), label, count, topics`` (and ``routes``).
     """
     publishers: dict[str, list[Row]] = {}
+    callers: dict[str, list[Row]] = {}
     for edge in edges:
         if edge["relation"] == "publish":
             publishers.setdefault(edge["dst"], []).append(edge)
+        elif edge["relation"] == "http":
+            callers.setdefault(edge["dst"], []).append(edge)
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     for edge in edges:
+        if edge["relation"] == "serve":
+            for call in callers.get(edge["src"], ()):
+                row = merged.setdefault(
+                    (call["src"], edge["dst"] + " via routes"),
+                    {
+                        "src": call["src"],
+                        "dst": edge["dst"],
+                        "relation": "via routes",
+                        "label": "learned",
+                        "count": 0,
+                        "topics": [],
+                        "routes": [],
+                    },
+                )
+                row["routes"].append(edge["src"])
+                row["count"] += call["count"]
+                for label in (call["label"], edge["label"]):
+                    if _URGENCY[label] > _URGENCY[row["label"]]:
+                        row["label"] = label
+            continue
         if edge["relation"] == "deliver":
             for pub in publishers.get(edge["src"], ()):
                 if pub["src"] == edge["dst"]:
@@ -169,4 +193,6 @@ def service_view(edges: Sequence[Row]) -> list[dict[str, Any]]:
             }
     for row in merged.values():
         row["topics"] = sorted(set(row["topics"]))
+        if "routes" in row:
+            row["routes"] = sorted(set(row["routes"]))
     return sorted(merged.values(), key=lambda r: (r["src"], r["dst"], r["relation"]))

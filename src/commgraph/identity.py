@@ -206,6 +206,33 @@ class Identity:
                         return resolved
         return Resolved(cert_cn or client_id)
 
+    def resolve_caller(
+        self, ip: str, username: str | None = None, cert_cn: str | None = None
+    ) -> Resolved:
+        """The identity of an HTTP caller from what the sidecar knows: its IP address (after
+        trusted ``X-Forwarded-For``), its HTTP Basic user, its TLS certificate's name.
+
+        Rules are tried in order, each against the address of its kind (``any`` rules against
+        the certificate name, then the user, then the IP); rules limited to a relation map
+        counterparts, not callers, and are skipped. Unmapped, the certificate's name is the
+        identity if there is one, else the user, else the IP address.
+        """
+        parsed = _parse_ip(ip)
+        candidates = [
+            (AddressKind.CERT_CN, cert_cn, None),
+            (AddressKind.USERNAME, username, None),
+            (AddressKind.IP, ip, parsed),
+        ]
+        for rule in self.rules:
+            if rule.relation is not None:
+                continue
+            for kind, address, address_ip in candidates:
+                if address and _applies(rule.match, kind, address_ip is not None):
+                    resolved = rule.apply(address, address_ip, self.names)
+                    if resolved is not None:
+                        return resolved
+        return Resolved(cert_cn or username or ip)
+
 
 def _applies(rule_kind: AddressKind, kind: AddressKind | None, is_ip: bool) -> bool:
     if rule_kind is AddressKind.ANY:

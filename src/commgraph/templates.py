@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ID", "MAX_SHAPES", "TemplateRule", "Templates", "matches"]
+__all__ = ["ID", "MAX_SHAPES", "RouteRule", "TemplateRule", "Templates", "matches"]
 
 ID = "{id}"
 """What an identifier level of an HTTP route becomes."""
@@ -114,6 +114,57 @@ def _normalize_rule(pattern: str) -> str:
     return "/".join(out)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRule:
+    """A route template from the site config: ``/rooms/{room}/temperature``, optionally with
+    a method (``GET /rooms/{room}``). A ``{name}`` level stands for any one level; raises
+    ``ValueError`` naming the problem if ``pattern`` is not a valid route template."""
+
+    pattern: str
+    method: str | None = field(init=False, repr=False, compare=False)
+    levels: tuple[str | None, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        method, space, path = self.pattern.partition(" ")
+        if not space:
+            method, path = "", self.pattern
+        elif not _METHOD.fullmatch(method):
+            raise ValueError(f"route template {self.pattern!r}: {method!r} is not a method")
+        if not path.startswith("/"):
+            raise ValueError(f"route template {self.pattern!r} must start with '/'")
+        if "?" in path or "#" in path or " " in path:
+            raise ValueError(f"route template {self.pattern!r}: a path only (no '?', '#')")
+        levels: list[str | None] = []
+        for number, level in enumerate(path.split("/")[1:], start=1):
+            if "{" in level or "}" in level:
+                if not _PLACEHOLDER.fullmatch(level):
+                    raise ValueError(
+                        f"route template {self.pattern!r}, level {number}: a placeholder is "
+                        "a whole level such as {room}"
+                    )
+                levels.append(None)
+            else:
+                levels.append(level)
+        object.__setattr__(self, "method", method or None)
+        object.__setattr__(self, "levels", tuple(levels))
+
+    def apply(self, method: str, path: str) -> str | None:
+        """The template of ``method path`` (a path without query) if this rule covers it."""
+        if self.method is not None and self.method != method:
+            return None
+        levels = path.split("/")[1:]
+        if len(levels) != len(self.levels):
+            return None
+        for have, want in zip(levels, self.levels, strict=True):
+            if want is None:
+                if not have:
+                    return None
+            elif have != want:
+                return None
+        _, _, template = self.pattern.rpartition(" ")
+        return f"{method} {template}"
+
+
 class _Shapes:
     """What :meth:`Templates.observe` remembers of one service, at most ``limit`` shapes.
 
@@ -181,10 +232,17 @@ class _Shapes:
 class Templates:
     """Config rules plus what was learned from observed topics; see the module docstring."""
 
-    def __init__(self, rules: Sequence[TemplateRule] = (), *, max_shapes: int = MAX_SHAPES) -> None:
+    def __init__(
+        self,
+        rules: Sequence[TemplateRule] = (),
+        *,
+        max_shapes: int = MAX_SHAPES,
+        routes: Sequence[RouteRule] = (),
+    ) -> None:
         if max_shapes < 1:
             raise ValueError("max_shapes must be at least 1")
         self.rules = tuple(rules)
+        self.routes = tuple(routes)
         self.max_shapes = max_shapes
         self._shapes: dict[str, _Shapes] = {}
 
@@ -241,13 +299,19 @@ class Templates:
     def route(self, route: str) -> str:
         """The template of an HTTP route, ``[METHOD ]path``: identifier levels -> ``{id}``.
 
-        Numbers, UUIDs and hex ids (8+ hex digits, at least one a digit) are identifiers;
-        the query string and fragment are dropped.
+        The first config :class:`RouteRule` that covers it decides; otherwise numbers, UUIDs
+        and hex ids (8+ hex digits, at least one a digit) are identifiers. The query string
+        and fragment are dropped.
         """
         method, space, path = route.partition(" ")
         if not space or not _METHOD.fullmatch(method):
             method, space, path = "", "", route
         path = path.split("?", 1)[0].split("#", 1)[0]
+        if space:
+            for rule in self.routes:
+                found = rule.apply(method, path)
+                if found is not None:
+                    return found
         levels = [ID if _is_identifier(level) else level for level in path.split("/")]
         return f"{method}{space}{'/'.join(levels)}"
 

@@ -38,6 +38,10 @@ rules (they are the whole contract; everything else is bookkeeping):
   to fill; a stream that loses bytes (a gap that does not fill, a payload cut by the snapshot
   length) or is not MQTT (TLS) is given up and counted; a malformed MQTT packet is also
   reported as a decode error.
+* TCP streams with a port in ``http_ports`` whose SYN was captured: the caller's direction is
+  reassembled likewise and decoded as HTTP (:mod:`commgraph.adapters.http.stream`); each
+  request yields the sidecar's two events (caller -> route ``http``, route -> callee
+  ``serve``), the callee named as ``http_ports`` says (else the server's address).
 
 Topic-level events and decode errors that arise inside a packet are appended to
 :attr:`PacketDecoder.pending`; the caller drains that list after each frame. The file
@@ -54,13 +58,14 @@ import mmap
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
 import dpkt  # type: ignore[import-untyped]
 
+from commgraph.adapters.http.stream import RequestStream
 from commgraph.adapters.mqtt.codec import (
     Connack,
     Connect,
@@ -74,6 +79,7 @@ from commgraph.adapters.mqtt.events import edges
 from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.errors import EventDecodeError, PacketDecodeError
 from commgraph.events import MAX_TS, Event
+from commgraph.templates import Templates
 
 __all__ = [
     "SERVICE_PORTS",
@@ -167,6 +173,8 @@ class DecoderStats:
     mqtt_gaps: int = 0  # streams given up: bytes missing that never came
     mqtt_not_mqtt: int = 0  # streams given up: TLS
     mqtt_errors: int = 0  # streams given up: malformed MQTT
+    http_streams: int = 0  # HTTP connections decoded from their SYN on
+    http_events: int = 0
 
 
 class _Flow:
@@ -177,6 +185,7 @@ class _Flow:
         "dns",
         "dst",
         "forward",
+        "http",
         "isn",
         "last",
         "mqtt",
@@ -195,6 +204,7 @@ class _Flow:
         self.dns = False  # UDP: a DNS port is involved
         self.isn = 0  # TCP: the initiator's initial sequence number, when its SYN was seen
         self.stream: _MQTTStream | None = None
+        self.http: RequestStream | None = None  # the caller's side, decoded as HTTP
         self.mqtt = 0  # with signals: 1 an MQTT connection opened, 2 and it was active
 
 
@@ -259,8 +269,13 @@ class PacketDecoder:
         mqtt_max_packet: int = 16 * 1024 * 1024,
         on_dns: Callable[[DNSAnswer], None] | None = None,
         signals: bool = False,
+        http_ports: Mapping[int, str | None] | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self.mqtt_ports = mqtt_ports
+        # HTTP: port -> the service answering there (None: the server's address)
+        self.http_ports = dict(http_ports or {})
+        self.templates = templates or Templates()
         self.signals = signals  # MQTT streams also yield SignalNotes, for the guardrails
         self.idle_timeout = idle_timeout
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -517,6 +532,8 @@ class PacketDecoder:
             entry.last = ts
             if entry.stream is not None:
                 self._mqtt_segment(entry, key, data, l4, l4_end, size, ts, number)
+            elif entry.http is not None and key == entry.forward:
+                self._http_segment(entry.http, data, l4, l4_end, size, ts, number)
             return (ts, entry.src, entry.dst, entry.relation, size)
         if proto == 17:
             if l4_end - l4 < 4:
@@ -682,6 +699,15 @@ class PacketDecoder:
                         self.pending.append((number, SignalNote(ts, Signal.OPENED, entry.src)))
                 else:
                     self.stats.mqtt_unsynced += 1
+            elif syn and dport in self.http_ports:
+                entry.http = RequestStream(
+                    caller_ip=entry.src,
+                    callee=self.http_ports[dport] or entry.dst,
+                    isn=seq,
+                    templates=self.templates,
+                    max_ahead=self.max_ahead,
+                )
+                self.stats.http_streams += 1
         elif flags & (_SYN | _ACK) == _SYN | _ACK and key != entry.forward:
             stream = entry.stream
             if stream is not None and stream.sides[1].expected is None:
@@ -773,6 +799,32 @@ class PacketDecoder:
             self.stats.dns_answers += 1
             if on_dns is not None:
                 on_dns(DNSAnswer(ts, self.name(address), name))
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _http_segment(
+        self,
+        stream: RequestStream,
+        data: Data,
+        l4: int,
+        l4_end: int,
+        size: int,
+        ts: float,
+        number: int,
+    ) -> None:
+        if stream.dead is not None or l4_end - l4 < 20:
+            return
+        start = l4 + ((data[l4 + 12] >> 4) << 2)
+        declared = min(l4 + size, l4_end)  # a payload cut by the snapshot: a gap, later
+        if declared <= start:
+            return
+        seq = int.from_bytes(data[l4 + 4 : l4 + 8], "big")
+        if data[l4 + 13] & _SYN:
+            seq = seq + 1 & _SEQ
+        events = stream.segment(seq, bytes(data[start:declared]), ts)
+        if events:
+            self.stats.http_events += len(events)
+            self.pending.extend((number, fields) for fields in events)
 
     # -- MQTT -------------------------------------------------------------------------------
 

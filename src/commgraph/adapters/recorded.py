@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,6 +23,7 @@ from commgraph.adapters.pcap import DNSAnswer, PacketDecoder, read_packets
 from commgraph.adapters.zeek import flow_fields, flows_in_time_order
 from commgraph.errors import CommgraphError
 from commgraph.events import Event, Record, iter_event_lines
+from commgraph.templates import Templates
 
 __all__ = ["Format", "Recording", "labelled_flows", "open_recording", "sniff"]
 
@@ -86,15 +87,25 @@ def open_recording(
     on_dns: Callable[[DNSAnswer], None] | None = None,
     mqtt_ports: frozenset[int] = frozenset({1883}),
     format: Format | None = None,
+    http_ports: Mapping[int, str | None] | None = None,
+    templates: Templates | None = None,
 ) -> Recording:
     """Open ``path`` for replay; ``on_dns`` hears the DNS answers of a capture as they come
-    (the engine's :meth:`~commgraph.engine.Engine.learn_name`). Raises OSError if the file
+    (the engine's :meth:`~commgraph.engine.Engine.learn_name`); a capture's TCP streams on
+    ``http_ports`` are decoded as HTTP (port -> the service answering there, None: the
+    server's address), with ``templates`` for route names. Raises OSError if the file
     cannot be read, CommgraphError for a conn.log with no readable row."""
     if format is None:
         with path.open("rb") as probe:
             format = sniff(probe.read(4096))
     if format is Format.PCAP:
-        decoder = PacketDecoder(on_dns=on_dns, mqtt_ports=mqtt_ports, signals=True)
+        decoder = PacketDecoder(
+            on_dns=on_dns,
+            mqtt_ports=mqtt_ports,
+            signals=True,
+            http_ports=http_ports,
+            templates=templates,
+        )
         return Recording(Format.PCAP, read_packets(path, decoder=decoder), "packets")
     if format is Format.CONNLOG:
         # Reading a whole log makes a record per row and no garbage: the collector would

@@ -232,10 +232,10 @@ def run(ctx: Context, config_path: Path, verbose: bool) -> None:
     from commgraph.daemon import run_daemon
 
     config = load_config(config_path)
-    if config.mqtt.upstream is None and config.capture is None:
+    if config.mqtt.upstream is None and config.capture is None and not config.http.routes:
         fail(
             f"{config_path}: nothing to observe: set [mqtt] listen and upstream (the proxy), "
-            "or [capture] interface (passive), or both"
+            "[[http.routes]] (HTTP sidecars), or [capture] interface (passive)"
         )
     if config.db and ctx.db_path == default_db():
         ctx.db_path = config.db
