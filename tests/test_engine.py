@@ -460,16 +460,21 @@ def test_take_changes_after_an_alert_and_a_decision() -> None:
 def test_take_counters_lists_dirty_edges_and_bumped_alerts() -> None:
     engine = make()
     learned_site(engine, until=1)
-    edges, alerts = engine.take_counters()
+
+    def taken() -> tuple[list[int], list[int]]:
+        counters = engine.take_counters()
+        return [c.id for c in counters.edges], [a.id for a in counters.alerts]
+
+    edges, alerts = taken()
     assert edges == list(range(engine.graph.edge_count))
     assert alerts == []
-    assert engine.take_counters() == ([], [])
+    assert taken() == ([], [])
     engine.observe(ev(1, "thermo-2", "home/living/temp"))
     engine.observe(ev(1, "thermo-2", "home/living/temp"))
-    assert engine.take_counters() == ([edge_id(engine, "thermo-2", "home/living/temp")], [])
+    assert taken() == ([edge_id(engine, "thermo-2", "home/living/temp")], [])
     first = engine.observe(ev(9, "thermo-1", "valves/kitchen/set"))
     engine.observe(ev(9.5, "thermo-1", "valves/kitchen/set"))
-    edges, alerts = engine.take_counters()
+    edges, alerts = taken()
     # the phases ended at minute 5: the learned edges' figures became their baseline
     learned = [e for e in range(engine.graph.edge_count) if engine.features.baseline[e]]
     assert edges == sorted([*learned, edge_id(engine, "thermo-1", "valves/kitchen/set")])

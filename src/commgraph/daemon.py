@@ -306,7 +306,7 @@ class Daemon:
         self._write_structure()
         if self._last_decision != seen and self._running:
             record_applied(self.store, self._last_decision, refused)
-        self.store.write_counters(engine, *engine.take_counters())
+        self.store.write_counters(engine.take_counters())
         self.publish_models()
 
     def _apply(self, decision: Decision) -> str | None:

@@ -1,9 +1,10 @@
 """The engine: ``observe(event) -> Verdict``, ``tick(now)``, and the owner's decisions.
 
 Pure: no I/O, no clock. Time arrives with events and ``tick(now)``. What the store must write
-is collected in :class:`Changes` (structural: write at once) and in the graph's dirty edge list
-(counters: written behind, batched), taken by the caller with :meth:`Engine.take_changes`
-and :meth:`Engine.take_counters`.
+is collected in :class:`Changes` (structural: write at once, handed out as values by
+:meth:`Engine.delta`) and in the graph's dirty edge list (counters: written behind, batched,
+as values by :meth:`Engine.take_counters`); :meth:`Engine.restore` resumes from what was
+written. Those values (:mod:`commgraph.state`) are the whole contract with the store.
 
 The hot path for a known, allowed edge is three dict lookups, one table probe, a few column
 updates and the detectors' figures (:mod:`commgraph.detectors`); it returns a shared,
@@ -26,7 +27,7 @@ rule is :meth:`~commgraph.phases.LearningSettings.promote_at`); the promotion is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from commgraph.alerts import (
@@ -56,6 +57,15 @@ from commgraph.phases import (
     PhaseChange,
     format_duration,
 )
+from commgraph.state import (
+    Counters,
+    Delta,
+    EdgeCounts,
+    EdgeRow,
+    Snapshot,
+    TimelineRow,
+    VertexRow,
+)
 from commgraph.templates import Templates
 
 __all__ = ["Changes", "Engine", "TimelineRow", "Verdict"]
@@ -83,19 +93,6 @@ _VERDICTS = {(label, block): Verdict(label, block) for label in Label for block 
 _PENDING_VERDICTS = (_VERDICTS[(Label.PENDING, False)], _VERDICTS[(Label.PENDING, True)])
 ALLOW_LEARNED = _VERDICTS[(Label.LEARNED, False)]
 ALLOW_APPROVED = _VERDICTS[(Label.APPROVED, False)]
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineRow:
-    """The graph at the end of one minute of event time, and what changed during it."""
-
-    minute: int  # epoch minute: floor(ts / 60)
-    vertices: int
-    services: int
-    edges: int
-    learned: int  # edges learned during this minute
-    anomalies: int  # alerts raised during this minute
-    learning: int  # services in their learning phase at the end of the minute
 
 
 @dataclass(slots=True)
@@ -131,6 +128,11 @@ class Changes:
             or self.decisions
             or self.timeline
         )
+
+
+def _copy(alert: Alert) -> Alert:
+    """An alert as a value: what the store writes must not change under it."""
+    return replace(alert, detail=dict(alert.detail))
 
 
 _KIND_ADDRESS = {VertexKind.SERVICE: None, VertexKind.HOST: AddressKind.HOST}
@@ -1482,11 +1484,141 @@ class Engine:
         taken, self.changes = self.changes, Changes()
         return taken
 
-    def take_counters(self) -> tuple[list[int], list[int]]:
-        """Edges and alerts whose counters moved since the last call (written behind)."""
+    def take_counters(self) -> Counters:
+        """The counters moved since the last call, as values (written behind)."""
         edges = self.graph.take_dirty()
         alerts, self._bumped = sorted(self._bumped), set()
-        return edges, alerts
+        graph, by_id = self.graph, self.alerts.by_id
+        subjects: set[int] = set()
+        for e in edges:
+            src, dst, _ = graph.endpoints(e)
+            subjects.update((src, dst))
+        return Counters(
+            edges=[self._counts(e) for e in edges],
+            vertices=[(v, graph.events[v]) for v in sorted(subjects)],
+            alerts=[_copy(by_id[a]) for a in alerts],
+        )
+
+    def delta(self, changes: Changes) -> Delta:
+        """The values of what ``changes`` (from :meth:`take_changes`) names, for the store."""
+        graph, states, by_id = self.graph, self.phases.states, self.alerts.by_id
+        instance_of = changes.edge_instances.get
+        return Delta(
+            relations=[(rid, graph.relations[rid]) for rid in sorted(changes.relations)],
+            vertices=[
+                VertexRow(
+                    vid,
+                    graph.names[vid],
+                    graph.kind(vid),
+                    graph.owner[vid],
+                    graph.first_seen[vid],
+                    graph.events[vid],
+                )
+                for vid in sorted(changes.vertices)
+            ],
+            instances=list(changes.instances),
+            edges=[
+                EdgeRow(*graph.endpoints(e), Label(graph.label[e]), self._counts(e), instance_of(e))
+                for e in sorted(changes.edges)
+            ],
+            services=[(v, replace(states[v])) for v in sorted(changes.services | changes.modes)],
+            modes=[(v, replace(states[v])) for v in sorted(changes.modes)],
+            quiet=[
+                (v, quiet)
+                for v in sorted(changes.quiet)
+                if (quiet := states[v].quiet_since) is not None
+            ],
+            alerts=[_copy(by_id[a]) for a in sorted(changes.alerts)],
+            decisions=list(changes.decisions),
+            phase_changes=list(changes.phase_changes),
+            timeline=list(changes.timeline),
+        )
+
+    def _counts(self, e: int) -> EdgeCounts:
+        g = self.graph
+        return EdgeCounts(
+            e,
+            g.count[e],
+            g.bytes[e],
+            g.first[e],
+            g.last[e],
+            g.ia_mean[e],
+            g.ia_m2[e],
+            g.size_min[e],
+            g.size_max[e],
+            self.features.pack(e),
+        )
+
+    def restore(self, state: Snapshot) -> None:
+        """Resume, in an empty engine, exactly where the stored one stopped (site models
+        apart: the caller checks their signatures and adopts them). Raises ValueError when
+        the state does not hang together (ids out of order, damaged figures)."""
+        graph = self.graph
+        if graph.vertex_count > 1 or graph.edge_count:
+            raise ValueError("an engine resumes only when it is empty")
+        for v in state.vertices:
+            if graph.add_vertex(v.kind, v.name, v.first_seen) != v.id:
+                raise ValueError(f"vertex ids are not contiguous at {v.id}")
+            graph.owner[v.id] = v.owner
+            graph.events[v.id] = v.events
+        for rid, name in state.relations:
+            if graph.relation_id(name) != rid:
+                raise ValueError(f"relation ids are not contiguous at {rid}")
+        instances: list[tuple[int, str]] = []
+        for row in state.edges:
+            c = row.counts
+            e = graph.restore_edge(
+                row.src,
+                row.dst,
+                row.relation,
+                label=row.label,
+                count=c.count,
+                nbytes=c.nbytes,
+                first=c.first_seen,
+                last=c.last_seen,
+                ia_mean=c.ia_mean,
+                ia_m2=c.ia_m2,
+                size_min=c.size_min,
+                size_max=c.size_max,
+            )
+            if e != c.id:
+                raise ValueError(f"edge ids are not contiguous at {c.id + 1}")
+            if c.figures is not None:
+                self.features.restore(e, c.figures)
+            if row.instance is not None:
+                instances.append((e, row.instance))
+        graph.take_dirty()
+        for vid, phase in state.services:
+            self.phases.states[vid] = phase
+        for alert in state.alerts:
+            self.alerts.add(alert)
+        for vid, instance in state.instances:
+            self.instances.setdefault(vid, set()).add(instance)
+        for e, instance in instances:  # the templates an instance's topics taught
+            src, dst, _ = graph.endpoints(e)
+            service, topic = (src, dst) if graph.kind(dst) is VertexKind.TOPIC else (dst, src)
+            self.templates.observe(graph.names[service], instance, graph.names[topic])
+        for src_name, dst_name, relation, at, by in state.decided:
+            found = self._edge_by_names(src_name, dst_name, relation)
+            if found is not None and self.decided.get(found, (float("-inf"), "")) <= (at, by):
+                self.decided[found] = (at, by)
+        if state.last_minute is not None:
+            self.restore_minute(state.last_minute)
+        self.take_changes()
+        self.resumed()  # alerts of an older schema get their subjects (written next time)
+
+    def _edge_by_names(self, src: str, dst: str, relation: str) -> int | None:
+        """The edge between two named vertices (either namespace), if there is one."""
+        graph = self.graph
+        rid = graph.relation_id_of(relation)
+        if rid is None:
+            return None
+        for s in graph.vertex_ids(src):
+            for d in graph.vertex_ids(dst):
+                e = graph.find(s, d, rid)
+                if e >= 0:
+                    return e
+        return None
 
     def flush_minute(self) -> None:
         """Emit the row of the minute in progress (before a shutdown); it is re-emitted later."""

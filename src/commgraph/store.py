@@ -25,12 +25,13 @@ from typing import Any
 from commgraph.alerts import NO_EDGE, Action, Alert, AlertKind, AlertState, Decision
 from commgraph.detectors import DetectorSettings, figures_from
 from commgraph.detectors.guardrails import GuardrailSettings
-from commgraph.engine import Changes, Engine, TimelineRow
+from commgraph.engine import Changes, Engine
 from commgraph.errors import StoreError
 from commgraph.events import VertexKind
-from commgraph.graph import SIZE_UNKNOWN, Graph, Label
+from commgraph.graph import SIZE_UNKNOWN, Label
 from commgraph.identity import Identity
 from commgraph.phases import Admission, LearningSettings, Mode, Phase, ServicePhase
+from commgraph.state import Counters, Delta, EdgeCounts, EdgeRow, Snapshot, TimelineRow, VertexRow
 from commgraph.templates import Templates
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store"]
@@ -292,55 +293,69 @@ class Store:
             detectors=detectors,
             guardrails=guardrails,
         )
-        graph, db = engine.graph, self._db
-        for vid, name, kind, owner, first_seen, events in db.execute(
-            "SELECT id, name, kind, owner, first_seen, events FROM vertices ORDER BY id"
-        ):
-            if graph.add_vertex(VertexKind(kind), name, first_seen) != vid:
-                raise StoreError(f"{self.path}: vertex ids are not contiguous at {vid}")
-            graph.owner[vid] = owner or 0
-            graph.events[vid] = events
-        for rid, name in db.execute("SELECT id, name FROM relations ORDER BY id"):
-            if graph.relation_id(name) != rid:
-                raise StoreError(f"{self.path}: relation ids are not contiguous at {rid}")
-        figures = engine.features
-        for row in db.execute(
-            "SELECT id, src, dst, relation, label, count, bytes, first_seen, last_seen,"
-            " ia_mean, ia_m2, size_min, size_max, figures FROM edges ORDER BY id"
-        ):
-            eid, src, dst, rid, label, count, nbytes, first, last, mean, m2, smin, smax = row[:13]
-            edge = graph.restore_edge(
-                src,
-                dst,
-                rid,
-                label=Label.parse(label),
-                count=count,
-                nbytes=nbytes,
-                first=first,
-                last=last,
-                ia_mean=mean,
-                ia_m2=m2,
-                size_min=smin,
-                size_max=smax,
-            )
-            if edge + 1 != eid:
-                raise StoreError(f"{self.path}: edge ids are not contiguous at {eid}")
-            if row[13] is not None:
-                try:
-                    figures.restore(edge, bytes(row[13]))
-                except ValueError as exc:
-                    raise StoreError(f"{self.path}: {exc}") from None
-        graph.take_dirty()
-        for row in db.execute(
-            "SELECT vertex, name, phase, started_at, ends_at, learned_at, events_at_start, mode,"
-            " model_from, mode_by, mode_at, quiet_since FROM services"
-        ):
-            engine.phases.states[row[0]] = _service_phase(*row[1:])
-        for aid, edge, kind, state, count, first, last, node_name, subject, detail in db.execute(
-            "SELECT id, edge, kind, state, count, first_seen, last_seen, node, subject, detail"
-            " FROM alerts ORDER BY id"
-        ):
-            engine.alerts.add(
+        db = self._db
+        last = db.execute(
+            "SELECT minute, vertices, services, edges, learned, anomalies, learning"
+            " FROM timeline ORDER BY minute DESC LIMIT 1"
+        ).fetchone()
+        snapshot = Snapshot(
+            vertices=(
+                VertexRow(vid, name, VertexKind(kind), owner or 0, first_seen, events)
+                for vid, name, kind, owner, first_seen, events in db.execute(
+                    "SELECT id, name, kind, owner, first_seen, events FROM vertices ORDER BY id"
+                )
+            ),
+            relations=db.execute("SELECT id, name FROM relations ORDER BY id").fetchall(),
+            edges=(
+                EdgeRow(
+                    src,
+                    dst,
+                    rid,
+                    Label.parse(label),
+                    EdgeCounts(
+                        eid - 1,
+                        count,
+                        nbytes,
+                        first,
+                        last_seen,
+                        ia_mean,
+                        ia_m2,
+                        size_min,
+                        size_max,
+                        None if figures is None else bytes(figures),
+                    ),
+                    instance,
+                )
+                for (
+                    eid,
+                    src,
+                    dst,
+                    rid,
+                    label,
+                    count,
+                    nbytes,
+                    first,
+                    last_seen,
+                    ia_mean,
+                    ia_m2,
+                    size_min,
+                    size_max,
+                    figures,
+                    instance,
+                ) in db.execute(
+                    "SELECT id, src, dst, relation, label, count, bytes, first_seen, last_seen,"
+                    " ia_mean, ia_m2, size_min, size_max, figures, instance FROM edges ORDER BY id"
+                )
+            ),
+            services=[
+                (row[0], _service_phase(*row[1:]))
+                for row in db.execute(
+                    "SELECT vertex, name, phase, started_at, ends_at, learned_at,"
+                    " events_at_start, mode, model_from, mode_by, mode_at, quiet_since"
+                    " FROM services"
+                )
+            ],
+            alerts=(
                 Alert(
                     id=aid,
                     edge=NO_EDGE if edge is None else edge - 1,
@@ -348,35 +363,29 @@ class Store:
                     state=AlertState(state),
                     count=count,
                     first_seen=first,
-                    last_seen=last,
+                    last_seen=last_seen,
                     node=node_name,
                     subject=subject,
                     detail=json.loads(detail),
                 )
-            )
-        for vid, instance in db.execute("SELECT service, instance FROM instances"):
-            engine.instances.setdefault(vid, set()).add(instance)
-        for eid, instance in db.execute(
-            "SELECT id, instance FROM edges WHERE instance IS NOT NULL ORDER BY id"
-        ):
-            src, dst, _ = graph.endpoints(eid - 1)
-            service, topic = (src, dst) if graph.kind(dst) is VertexKind.TOPIC else (dst, src)
-            engine.templates.observe(graph.names[service], instance, graph.names[topic])
-        for src_name, dst_name, relation, at, by in db.execute(
-            "SELECT src, dst, relation, at, by FROM decisions"
-            " WHERE action IN ('approve', 'deny') AND src IS NOT NULL ORDER BY id"
-        ):
-            e = _edge_by_names(graph, src_name, dst_name, relation)
-            if e is not None and engine.decided.get(e, (float("-inf"), "")) <= (at, by):
-                engine.decided[e] = (at, by)
-        last_row = db.execute(
-            "SELECT minute, vertices, services, edges, learned, anomalies, learning"
-            " FROM timeline ORDER BY minute DESC LIMIT 1"
-        ).fetchone()
-        if last_row is not None:
-            engine.restore_minute(TimelineRow(*last_row))
-        engine.take_changes()
-        engine.resumed()  # alerts of an older schema get their subjects (written next time)
+                for aid, edge, kind, state, count, first, last_seen, node_name, subject, detail in (
+                    db.execute(
+                        "SELECT id, edge, kind, state, count, first_seen, last_seen, node,"
+                        " subject, detail FROM alerts ORDER BY id"
+                    )
+                )
+            ),
+            instances=db.execute("SELECT service, instance FROM instances").fetchall(),
+            decided=db.execute(
+                "SELECT src, dst, relation, at, by FROM decisions"
+                " WHERE action IN ('approve', 'deny') AND src IS NOT NULL ORDER BY id"
+            ).fetchall(),
+            last_minute=TimelineRow(*last) if last is not None else None,
+        )
+        try:
+            engine.restore(snapshot)
+        except ValueError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
         return engine
 
     # -- writing --------------------------------------------------------------------------
@@ -386,36 +395,30 @@ class Store:
 
         Decisions are fsynced before this returns; returns the ids they got in the audit log.
         """
+        return self.write_delta(engine.delta(changes)) if changes else []
+
+    def write_delta(self, changes: Delta) -> list[int]:
+        """:meth:`write_changes`, for the engine's changes as values."""
         if not changes:
             return []
-        graph = engine.graph
         decision_ids: list[int] = []
         with self._transaction(durable=bool(changes.decisions)) as db:
             db.executemany(
-                "INSERT OR IGNORE INTO relations (id, name) VALUES (?, ?)",
-                [(rid, graph.relations[rid]) for rid in sorted(changes.relations)],
+                "INSERT OR IGNORE INTO relations (id, name) VALUES (?, ?)", changes.relations
             )
             db.executemany(
                 "INSERT INTO vertices (id, name, kind, owner, first_seen, events)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                 " SET name = excluded.name, kind = excluded.kind, owner = excluded.owner",
                 [
-                    (
-                        vid,
-                        graph.names[vid],
-                        graph.kind(vid).value,
-                        graph.owner[vid] or None,
-                        graph.first_seen[vid],
-                        graph.events[vid],
-                    )
-                    for vid in sorted(changes.vertices)
+                    (v.id, v.name, v.kind.value, v.owner or None, v.first_seen, v.events)
+                    for v in changes.vertices
                 ],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO instances (service, instance) VALUES (?, ?)",
                 changes.instances,
             )
-            instance_of = changes.edge_instances.get
             db.executemany(
                 "INSERT INTO edges (id, src, dst, relation, label, count, bytes, first_seen,"
                 " last_seen, ia_mean, ia_m2, size_min, size_max, figures, instance)"
@@ -423,16 +426,17 @@ class Store:
                 " ON CONFLICT (id) DO UPDATE SET label = excluded.label",
                 [
                     (
-                        e + 1,
-                        *graph.endpoints(e),
-                        Label(graph.label[e]).text,
-                        *_counters(engine, e),
-                        instance_of(e),
+                        r.counts.id + 1,
+                        r.src,
+                        r.dst,
+                        r.relation,
+                        r.label.text,
+                        *_counted(r.counts),
+                        r.instance,
                     )
-                    for e in sorted(changes.edges)
+                    for r in changes.edges
                 ],
             )
-            states = engine.phases.states
             db.executemany(
                 "INSERT INTO services (vertex, name, phase, started_at, ends_at, learned_at,"
                 " events_at_start, mode, model_from, mode_by, mode_at, quiet_since)"
@@ -444,39 +448,31 @@ class Store:
                 [
                     (
                         vid,
-                        states[vid].service,
-                        states[vid].phase.value,
-                        states[vid].started_at,
-                        states[vid].ends_at,
-                        states[vid].learned_at,
-                        states[vid].events_at_start,
-                        _mode_text(states[vid].mode),
-                        states[vid].model_from,
-                        states[vid].mode_by,
-                        states[vid].mode_at,
-                        states[vid].quiet_since,
+                        s.service,
+                        s.phase.value,
+                        s.started_at,
+                        s.ends_at,
+                        s.learned_at,
+                        s.events_at_start,
+                        _mode_text(s.mode),
+                        s.model_from,
+                        s.mode_by,
+                        s.mode_at,
+                        s.quiet_since,
                     )
-                    for vid in sorted(changes.services | changes.modes)
+                    for vid, s in changes.services
                 ],
             )
             db.executemany(
                 "UPDATE services SET mode = ?, mode_by = ?, mode_at = ? WHERE vertex = ?",
-                [
-                    (_mode_text(states[vid].mode), states[vid].mode_by, states[vid].mode_at, vid)
-                    for vid in sorted(changes.modes)
-                ],
+                [(_mode_text(s.mode), s.mode_by, s.mode_at, vid) for vid, s in changes.modes],
             )
             # Only ever forward: a process holding an older view cannot restart the count.
             db.executemany(
                 "UPDATE services SET quiet_since = MAX(COALESCE(quiet_since, ?1), ?1)"
                 " WHERE vertex = ?2",
-                [
-                    (states[vid].quiet_since, vid)
-                    for vid in sorted(changes.quiet)
-                    if states[vid].quiet_since is not None
-                ],
+                [(quiet, vid) for vid, quiet in changes.quiet],
             )
-            alerts = engine.alerts.by_id
             db.executemany(
                 "INSERT INTO alerts (id, edge, kind, state, count, first_seen, last_seen, node,"
                 " subject, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
@@ -495,7 +491,7 @@ class Store:
                         a.subject,
                         json.dumps(a.detail, sort_keys=True),
                     )
-                    for a in (alerts[i] for i in sorted(changes.alerts))
+                    for a in changes.alerts
                 ],
             )
             for d in changes.decisions:
@@ -538,43 +534,32 @@ class Store:
             )
         return decision_ids
 
-    def write_counters(self, engine: Engine, edges: list[int], alerts: list[int]) -> None:
-        """Write edge and alert counters behind (never labels or states)."""
-        if not edges and not alerts:
+    def write_counters(self, counters: Counters) -> None:
+        """Write edge, vertex and alert counters behind (never labels or states)."""
+        if not counters:
             return
-        graph = engine.graph
         with self._transaction(durable=False) as db:
             db.executemany(
                 "UPDATE edges SET count = ?, bytes = ?, first_seen = ?, last_seen = ?,"
                 " ia_mean = ?, ia_m2 = ?, size_min = ?, size_max = ?, figures = ? WHERE id = ?",
-                [(*_counters(engine, e), e + 1) for e in edges],
+                [(*_counted(c), c.id + 1) for c in counters.edges],
             )
-            subjects: set[int] = set()
-            for e in edges:
-                src, dst, _ = graph.endpoints(e)
-                subjects.update((src, dst))
             db.executemany(
                 "UPDATE vertices SET events = ? WHERE id = ?",
-                [(graph.events[v], v) for v in sorted(subjects)],
+                [(events, v) for v, events in counters.vertices],
             )
-            by_id = engine.alerts.by_id
             db.executemany(
                 "UPDATE alerts SET count = ?, last_seen = ?, detail = ? WHERE id = ?",
                 [
-                    (
-                        by_id[a].count,
-                        by_id[a].last_seen,
-                        json.dumps(by_id[a].detail, sort_keys=True),
-                        a,
-                    )
-                    for a in alerts
+                    (a.count, a.last_seen, json.dumps(a.detail, sort_keys=True), a.id)
+                    for a in counters.alerts
                 ],
             )
 
     def flush(self, engine: Engine) -> None:
         """Write everything the engine holds back: structure first, then counters."""
         self.write_changes(engine, engine.take_changes())
-        self.write_counters(engine, *engine.take_counters())
+        self.write_counters(engine.take_counters())
 
     # -- reading for people ---------------------------------------------------------------
 
@@ -873,19 +858,6 @@ _EMPTY_ROW: Mapping[str, Any] = {
 }
 
 
-def _edge_by_names(graph: Graph, src: str, dst: str, relation: str) -> int | None:
-    """The edge between two named vertices (either namespace), if there is one."""
-    rid = graph.relation_id_of(relation)
-    if rid is None:
-        return None
-    for s in graph.vertex_ids(src):
-        for d in graph.vertex_ids(dst):
-            e = graph.find(s, d, rid)
-            if e >= 0:
-                return e
-    return None
-
-
 def _service_phase(
     name: str,
     phase: str,
@@ -919,17 +891,16 @@ def _mode_text(mode: Mode | None) -> str | None:
     return None if mode is None else mode.value
 
 
-def _counters(engine: Engine, e: int) -> tuple[Any, ...]:
-    g = engine.graph
-    smin = g.size_min[e]
+def _counted(c: EdgeCounts) -> tuple[Any, ...]:
+    """An edge's counters in the order of the edges table's columns."""
     return (
-        g.count[e],
-        g.bytes[e],
-        g.first[e],
-        g.last[e],
-        g.ia_mean[e],
-        g.ia_m2[e],
-        smin,
-        g.size_max[e],
-        engine.features.pack(e),
+        c.count,
+        c.nbytes,
+        c.first_seen,
+        c.last_seen,
+        c.ia_mean,
+        c.ia_m2,
+        c.size_min,
+        c.size_max,
+        c.figures,
     )
