@@ -48,7 +48,7 @@ _HOMES: dict[str, str] = {
     "load_config": "commgraph.config",
     "parse_config": "commgraph.config",
     "parse_duration": "commgraph.config",
-    "Store": "commgraph.store",
+    "Store": "commgraph.store.database",
     # models and signing
     "ServiceModel": "commgraph.model",
     "SignedModel": "commgraph.model",
