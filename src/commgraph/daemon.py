@@ -345,47 +345,6 @@ class Daemon:
 
     # -- running -----------------------------------------------------------------------
 
-    async def _start_http(self) -> list[Any]:
-        """Start one HTTP sidecar per ``[[http.routes]]`` entry (none without); the caller
-        closes them. Callers are identified by the identity rules and bound like MQTT
-        clients; their connections' signals go to the guardrails."""
-        from commgraph.adapters.http.proxy import HTTPSidecar
-        from commgraph.adapters.http.relay import Caller
-
-        engine = self.engine
-
-        def identify(caller: Caller, ts: float) -> str | None:
-            resolved = engine.identity.resolve_caller(caller.ip, caller.user, caller.cert_cn)
-            if not engine.admits(caller.ip, resolved.service):
-                return None
-            key = caller.cert_cn and f"cert:{caller.cert_cn}"
-            address = f"http:{key or (caller.user and f'user:{caller.user}') or caller.ip}"
-            known_as = {"username": caller.user or "", "cert_cn": caller.cert_cn or ""}
-            engine.bind(address, resolved, ts, {**known_as, "address": caller.ip})
-            if engine.changes:
-                self._schedule_write()
-            return address
-
-        def on_signal(kind: Signal, ip: str, ts: float, active: bool) -> bool:
-            return self.signal(kind, ip, ts, active, None)
-
-        sidecars = []
-        for route in self.config.http.routes:
-            sidecar = HTTPSidecar(
-                route,
-                self.config.http,
-                self.observe,
-                identify,
-                templates=engine.templates,
-                clock=self.clock,
-                release=self.release,
-                signal=on_signal,
-            )
-            await sidecar.start()
-            log.info("HTTP sidecar for %s on %s -> %s", route.service, route.listen, route.upstream)
-            sidecars.append(sidecar)
-        return sidecars
-
     async def run(self) -> None:
         """Serve until :meth:`stop` (or SIGINT/SIGTERM), then close and flush."""
         mqtt = self.config.mqtt
@@ -567,7 +526,45 @@ class _HTTPHook:
         self.daemon = daemon
 
     async def start(self) -> None:
-        self.daemon.sidecars = await self.daemon._start_http()
+        """One sidecar per ``[[http.routes]]`` entry. Callers are identified by the identity
+        rules and bound like MQTT clients; their connections' signals go to the guardrails."""
+        from commgraph.adapters.http.proxy import HTTPSidecar
+        from commgraph.adapters.http.relay import Caller
+
+        daemon = self.daemon
+        engine = daemon.engine
+
+        def identify(caller: Caller, ts: float) -> str | None:
+            resolved = engine.identity.resolve_caller(caller.ip, caller.user, caller.cert_cn)
+            if not engine.admits(caller.ip, resolved.service):
+                return None
+            key = caller.cert_cn and f"cert:{caller.cert_cn}"
+            address = f"http:{key or (caller.user and f'user:{caller.user}') or caller.ip}"
+            known_as = {"username": caller.user or "", "cert_cn": caller.cert_cn or ""}
+            engine.bind(address, resolved, ts, {**known_as, "address": caller.ip})
+            if engine.changes:
+                daemon._schedule_write()
+            return address
+
+        def on_signal(kind: Signal, ip: str, ts: float, active: bool) -> bool:
+            return daemon.signal(kind, ip, ts, active, None)
+
+        sidecars = []
+        for route in daemon.config.http.routes:
+            sidecar = HTTPSidecar(
+                route,
+                daemon.config.http,
+                daemon.observe,
+                identify,
+                templates=engine.templates,
+                clock=daemon.clock,
+                release=daemon.release,
+                signal=on_signal,
+            )
+            await sidecar.start()
+            log.info("HTTP sidecar for %s on %s -> %s", route.service, route.listen, route.upstream)
+            sidecars.append(sidecar)
+        daemon.sidecars = sidecars
 
     async def stop(self) -> None:
         for sidecar in self.daemon.sidecars:
