@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from commgraph.config import Config
+import pytest
+
+from commgraph.config import Config, parse_config
 from commgraph.daemon import Daemon
 from commgraph.model import ModelEdge, ServiceModel, sign_model
 from commgraph.signing import generate_keypair
@@ -75,3 +78,24 @@ def test_the_daemon_does_not_import_the_demo() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_site_config_owns_the_learning_settings_and_a_change_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "n.db"
+    first = parse_config({"learning": {"duration": "1h"}}, source="site.toml")
+    with Store(db) as store:
+        Daemon(first, store)
+    assert not [r for r in caplog.records if "learning settings changed" in r.getMessage()]
+    second = parse_config(
+        {"learning": {"duration": "2h"}, "modes": {"default": "protect"}}, source="site.toml"
+    )
+    with caplog.at_level(logging.WARNING), Store(db) as store:
+        Daemon(second, store)
+        assert store.settings() == second.learning  # the config wins
+    [said] = [
+        r.getMessage() for r in caplog.records if "learning settings changed" in r.getMessage()
+    ]
+    assert "(site.toml wins)" in said
+    assert "duration: 3600.0 -> 7200.0" in said and "mode: monitor -> protect" in said

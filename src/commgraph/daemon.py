@@ -62,6 +62,16 @@ class Daemon:
         self.config = config
         self.store = store
         self.clock = clock
+        # The site config owns the learning settings; the database keeps the last run's copy
+        # for commands without --config, so a change is said, then the config wins.
+        stored = store.settings()
+        if stored is not None and stored != config.learning:
+            log.warning(
+                "learning settings changed since %s last ran (%s wins): %s",
+                store.path,
+                config.source,
+                "; ".join(config.learning.changes_from(stored)),
+            )
         store.save_settings(config.learning)
         self.engine = engine_for(store, config, config.node)
         self.proxy: MQTTProxy | None = None

@@ -32,7 +32,7 @@ Every change of phase goes through :data:`TRANSITIONS`; anything else is a bug.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 __all__ = [
@@ -149,6 +149,15 @@ class LearningSettings:
         if self.admission is not None:
             return self.admission
         return Admission.HOLD if mode is Mode.PROTECT else Admission.ASK
+
+    def changes_from(self, before: LearningSettings) -> list[str]:
+        """What differs from ``before``, one ``name: old -> new`` each, in field order."""
+        said = []
+        for f in fields(self):
+            old, new = getattr(before, f.name), getattr(self, f.name)
+            if old != new:
+                said.append(f"{f.name}: {_shown(old)} -> {_shown(new)}")
+        return said
 
     def duration_for(self, service: str) -> float:
         return self.durations.get(service, self.duration)
@@ -330,3 +339,11 @@ class LearningPhases:
         if state is None:
             return self.settings.mode
         return self.settings.mode_of(state.service, state.mode, state.mode_by)[0]
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in sorted(value.items())) + "}"
+    return "none" if value is None else str(value)
