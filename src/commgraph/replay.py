@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from commgraph.detectors.guardrails import SignalNote
+from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import EventDecodeError
 from commgraph.events import Record, iter_event_lines
@@ -93,6 +93,7 @@ def replay_records(
     perf = time.perf_counter
     started = perf()
     observe, observe_fields, tick = engine.observe, engine.observe_fields, engine.tick
+    bound: dict[str, int] = {}  # client ids a capture's connections bound, and how often
     new_alert = summary.new_alerts.append
     next_tick = float("-inf")
     last_ts = float("-inf")
@@ -120,6 +121,7 @@ def replay_records(
                     client_id=item.client_id,
                     username=item.username,
                 )
+                _connection(engine, item, bound)
                 continue
             else:
                 ts = item.ts
@@ -168,3 +170,21 @@ def replay_records(
         if progress is not None:
             progress(position)
     return summary
+
+
+def _connection(engine: Engine, note: SignalNote, bound: dict[str, int]) -> None:
+    """A captured MQTT connection binds its client id to its address while it is open, as
+    the proxy does: a newcomer's question then names the address behind the client id."""
+    client = note.client_id
+    if not client or client == note.address:
+        return
+    if note.signal is Signal.ACTIVE:
+        resolved = engine.identity.resolve_client(client, note.username)
+        known = {"client_id": client, "username": note.username or "", "address": note.address}
+        engine.bind(client, resolved, note.ts, known)
+        bound[client] = bound.get(client, 0) + 1
+    elif note.signal is Signal.CLOSED and note.active and bound.get(client):
+        engine.unbind(client)
+        bound[client] -= 1
+        if not bound[client]:
+            del bound[client]

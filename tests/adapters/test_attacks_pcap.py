@@ -153,9 +153,11 @@ def test_a_recorded_flood_is_one_flood_alert(recorded: Recorded) -> None:
     allowed = {"new-service", "flood"}
     alert = the_alert(alerts, "flood", "flooder", allowed=allowed)
     assert alert["count"] >= 10_000 - 500 * 10
-    assert the_alert(alerts, "new-service", "flooder", allowed=allowed)["detail"]["examples"] == [
-        "publish t/flood"
-    ]
+    question = the_alert(alerts, "new-service", "flooder", allowed=allowed)
+    assert question["detail"]["examples"] == ["publish t/flood"]
+    # the capture's connection bound the client id to its address, as the proxy does
+    assert question["detail"]["address"] == ATTACKER
+    assert question["detail"]["client_id"] == "flooder"
     assert_host_question(alerts, allowed)
     flood = {(e["src"], e["dst"]): e["count"] for e in edges if "t/flood" in (e["src"], e["dst"])}
     assert flood == {("flooder", "t/flood"): 10_000, ("t/flood", "sub"): 10_000}

@@ -715,7 +715,10 @@ class PacketDecoder:
         if flags & (_FIN | _RST):
             entry.closed = True
             if entry.mqtt:
-                note = SignalNote(ts, Signal.CLOSED, entry.src, active=entry.mqtt == 2)
+                client = entry.stream.client if entry.stream is not None else None
+                note = SignalNote(
+                    ts, Signal.CLOSED, entry.src, active=entry.mqtt == 2, client_id=client
+                )
                 self.pending.append((number, note))
                 entry.mqtt = 0
         return entry
@@ -954,7 +957,10 @@ class PacketDecoder:
         for packet in packets:
             if entry.mqtt == 1 and from_client and type(packet) in (Publish, Subscribe):
                 entry.mqtt = 2
-                out.append((number, SignalNote(ts, Signal.ACTIVE, stream.client_ip, True)))
+                note = SignalNote(
+                    ts, Signal.ACTIVE, stream.client_ip, True, stream.client, stream.username
+                )
+                out.append((number, note))
                 before += 1
             if type(packet) is Connect:
                 usable_id = _usable(packet.client_id)
