@@ -18,6 +18,20 @@ Any rule may also name the ``relation`` it is for (``"udp/123"``, or a pattern s
 udp/123 is ntp@internet" is one rule. An address no rule maps is its own identity. When an
 adapter does not say what kind of address it has (JSON lines, flow logs), IP literals are
 tried against ``ip``/``any`` rules and every other string against the name kinds.
+
+The default profile (:data:`DEFAULT_PROFILE`, ``[identity] profile = "default"``) names the
+counterparts that churn on every site by a class, after the site's own rules:
+
+- ``ntp@internet``: any internet host on udp/123 (NTP pools hand out new servers);
+- ``dns@internet``: any internet host on udp/53 or tcp/53 (public resolvers);
+- ``dhcp@lan``: any LAN address on udp/67 or udp/68, ``dhcpv6@lan`` on udp/547;
+- ``mdns@lan``: udp/5353 on the LAN, ``ssdp@lan``: udp/1900 on the LAN (UPnP);
+- ``nd@lan``: ICMP to a link-local IPv6 multicast group (ff02::/16: neighbour discovery);
+- ``broadcast@lan``: 255.255.255.255; ``multicast@lan``: 224.0.0.0/4 and ff00::/8.
+
+Each keeps the concrete address as its instance. Broker ports (tcp/1883, tcp/8883) and every
+other internet host keep their own identity: a new broker is a question, never a class.
+``profile = "none"`` leaves only the site's rules.
 """
 
 from __future__ import annotations
@@ -30,7 +44,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["MAX_NAMES", "SCOPES", "AddressKind", "Identity", "IdentityRule", "Resolved"]
+__all__ = [
+    "DEFAULT_PROFILE",
+    "MAX_NAMES",
+    "PROFILES",
+    "SCOPES",
+    "AddressKind",
+    "Identity",
+    "IdentityRule",
+    "Resolved",
+    "describe",
+    "profile_rules",
+]
 
 SCOPES = frozenset({"local", "internet"})
 MAX_NAMES = 100_000
@@ -165,6 +190,20 @@ class Identity:
                 return resolved
         return Resolved(address)
 
+    def explain(
+        self, address: str, kind: AddressKind | None = None, relation: str | None = None
+    ) -> tuple[int, IdentityRule, Resolved] | None:
+        """Which rule (its position in :attr:`rules`) names ``address`` as :meth:`resolve`
+        would, and what it names it; None when no rule does (the address is its own)."""
+        ip = _parse_ip(address)
+        for index, rule in enumerate(self.rules):
+            if not _applies(rule.match, kind, ip is not None) or not rule.applies_to(relation):
+                continue
+            resolved = rule.apply(address, ip, self.names)
+            if resolved is not None:
+                return index, rule, resolved
+        return None
+
     def relation_specific(self, relation: str) -> bool:
         """Whether some rule maps counterparts of ``relation`` differently from others."""
         return any(rule.relation is not None and rule.applies_to(relation) for rule in self.rules)
@@ -232,6 +271,67 @@ class Identity:
                     if resolved is not None:
                         return resolved
         return Resolved(cert_cn or username or ip)
+
+
+def _class(relation: str | None, service: str, *, scope: str = "", cidr: str = "") -> IdentityRule:
+    return IdentityRule(
+        match=AddressKind.IP,
+        scope=scope or None,
+        cidr=ipaddress.ip_network(cidr) if cidr else None,
+        relation=relation,
+        service=service,
+    )
+
+
+DEFAULT_PROFILE: tuple[IdentityRule, ...] = (
+    _class("udp/123", "ntp@internet", scope="internet"),
+    _class("udp/53", "dns@internet", scope="internet"),
+    _class("tcp/53", "dns@internet", scope="internet"),
+    _class("udp/67", "dhcp@lan", scope="local"),
+    _class("udp/68", "dhcp@lan", scope="local"),
+    _class("udp/547", "dhcpv6@lan", scope="local"),
+    _class("udp/5353", "mdns@lan", scope="local"),
+    _class("udp/1900", "ssdp@lan", scope="local"),
+    _class("icmp", "nd@lan", cidr="ff02::/16"),
+    _class(None, "broadcast@lan", cidr="255.255.255.255/32"),
+    _class(None, "multicast@lan", cidr="224.0.0.0/4"),
+    _class(None, "multicast@lan", cidr="ff00::/8"),
+)
+"""The default profile's rules, in order (the module docstring says why each)."""
+
+PROFILES: dict[str, tuple[IdentityRule, ...]] = {"default": DEFAULT_PROFILE, "none": ()}
+"""``[identity] profile`` values and the rules each adds after the site's own."""
+
+
+def profile_rules(name: str) -> tuple[IdentityRule, ...]:
+    """The rules of profile ``name``; ValueError naming the known ones for any other."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(f'"{known}"' for known in PROFILES)
+        raise ValueError(f"{name!r} is not a profile (one of {known})") from None
+
+
+def describe(rule: IdentityRule) -> str:
+    """One line that says what ``rule`` matches and what it names it."""
+    if rule.dns:
+        what = "an address a DNS answer named"
+    elif rule.scope is not None:
+        what = f"any {rule.scope} address"
+    elif rule.cidr is not None:
+        what = f"an address in {rule.cidr}"
+    elif rule.equals is not None:
+        what = f"{rule.match.value} = {rule.equals!r}"
+    else:
+        assert rule.pattern is not None
+        what = f"{rule.match.value} matching {rule.pattern.pattern!r}"
+    if rule.relation is not None:
+        what += f" on {rule.relation}"
+    if rule.dns:
+        return f"{what} -> that name"
+    if rule.pattern is not None:
+        return f"{what} -> its (?P<service>) group"
+    return f"{what} -> {rule.service}"
 
 
 def _applies(rule_kind: AddressKind, kind: AddressKind | None, is_ip: bool) -> bool:

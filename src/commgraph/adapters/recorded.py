@@ -9,6 +9,7 @@ sorted by time first, since Zeek writes rows in completion order.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import itertools
 import json
@@ -21,6 +22,7 @@ from typing import IO
 
 from commgraph.adapters.pcap import DNSAnswer, PacketDecoder, read_packets
 from commgraph.adapters.zeek import flow_fields, flows_in_time_order
+from commgraph.detectors.guardrails import SignalNote
 from commgraph.errors import CommgraphError
 from commgraph.events import Event, Record, iter_event_lines
 from commgraph.templates import Templates
@@ -135,11 +137,14 @@ def open_recording(
 
 def labelled_flows(
     path: Path,
+    notes: list[tuple[int, DNSAnswer | SignalNote]] | None = None,
 ) -> tuple[list[tuple[float, str, str, str, int | None, str | None]], list[str]]:
     """The flows of a recording in time order as ``(ts, src, dst, relation, size, label)``
     (:data:`commgraph.evaluate.LabelledFlow`), with labels where it has them: a Zeek conn.log
     or IoT-23 CSV (labelled), a pcap or JSON-lines events (no labels); and the bad records
-    skipped, in words. Raises OSError when the file cannot be read."""
+    skipped, in words. A capture's DNS answers and protocol signals are appended to
+    ``notes`` (when given) with the index of the flow they came before, as a replay of it
+    hears them. Raises OSError when the file cannot be read."""
     with path.open("rb") as probe:
         kind = sniff(probe.read(4096))
     if kind is Format.CONNLOG:
@@ -150,13 +155,27 @@ def labelled_flows(
         ], [str(error) for error in errors]
     flows: list[tuple[float, str, str, str, int | None, str | None]] = []
     skipped: list[str] = []
-    with open_recording(path, format=kind) as recording:
+    heard: list[tuple[int, DNSAnswer | SignalNote]] = []
+
+    def answered(answer: DNSAnswer) -> None:
+        heard.append((len(flows), answer))
+
+    with open_recording(path, format=kind, on_dns=answered) as recording:
         for _, item in recording.records:
             if isinstance(item, tuple):
                 flows.append((*item, None))
             elif isinstance(item, Event):
                 flows.append((item.ts, item.src, item.dst, item.relation, item.size, None))
+            elif isinstance(item, SignalNote):
+                heard.append((len(flows), item))
             else:
                 skipped.append(str(item))
-    flows.sort(key=lambda flow: flow[0])
+    if any(flows[i][0] > flows[i + 1][0] for i in range(len(flows) - 1)):
+        # out of order: each answer goes before the first flow of its time or later
+        flows.sort(key=lambda flow: flow[0])
+        times = [flow[0] for flow in flows]
+        heard = [(bisect.bisect_left(times, note.ts), note) for _, note in heard]
+        heard.sort(key=lambda pair: pair[0])
+    if notes is not None:
+        notes.extend(heard)
     return flows, skipped
