@@ -19,14 +19,14 @@ from commgraph.identity import Identity
 
 
 def _labelled_flows(
-    file: Path, notes: list[tuple[int, DNSAnswer | SignalNote]]
+    file: Path, notes: list[tuple[int, DNSAnswer | SignalNote]], dns: Path | None = None
 ) -> list[LabelledFlow]:
     """The flows of ``file`` in time order, with a warning for each of the first bad records;
     a capture's DNS answers and protocol signals go to ``notes``."""
     from commgraph.adapters.recorded import labelled_flows
 
     try:
-        flows, skipped = labelled_flows(file, notes)
+        flows, skipped = labelled_flows(file, notes, dns)
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror or exc}")
     for problem in skipped[:5]:
@@ -92,6 +92,12 @@ def _eval_table(results: Sequence[EvalResult]) -> Table:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Draw owner interactions against the learning phase to this PNG (with --sweep).",
 )
+@click.option(
+    "--dns",
+    "dns_log",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A Zeek dns.log whose answers name a conn.log's addresses (default: dns.log beside it).",
+)
 @json_option
 def eval_command(
     file: Path,
@@ -101,6 +107,7 @@ def eval_command(
     config_path: Path | None,
     timeline_png: Path | None,
     plot_png: Path | None,
+    dns_log: Path | None,
     as_json: bool,
 ) -> None:
     """How well anomalies are found in labelled traffic, and how often the owner would act.
@@ -115,7 +122,7 @@ def eval_command(
     config = load_config(config_path) if config_path else None
     identity = Identity((config or Config()).identity_rules())
     notes: list[tuple[int, DNSAnswer | SignalNote]] = []
-    flows = _labelled_flows(file, notes)
+    flows = _labelled_flows(file, notes, dns_log)
     phases = _durations(sweep, "--sweep") if sweep else _durations(learning, "--learning")
     if not phases:
         fail("--sweep: give at least one duration, e.g. 5m,15m,1h")
