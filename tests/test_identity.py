@@ -306,7 +306,7 @@ def test_http_callers_by_certificate_user_then_address() -> None:
 
 from commgraph.alerts import AlertKind  # noqa: E402
 from commgraph.engine import Engine  # noqa: E402
-from commgraph.events import Event  # noqa: E402
+from commgraph.events import Event, VertexKind  # noqa: E402
 from commgraph.identity import DEFAULT_PROFILE, describe, profile_rules  # noqa: E402
 from commgraph.phases import LearningSettings, Mode  # noqa: E402
 
@@ -392,3 +392,34 @@ def test_site_rules_come_before_the_profile_and_explain_names_the_rule() -> None
     assert profile_rules("none") == ()
     with pytest.raises(ValueError, match='not a profile \\(one of "default", "none"\\)'):
         profile_rules("strict")
+
+
+def test_a_fold_names_rotating_dns_names_by_their_pattern() -> None:
+    pattern = "*.iot-as-mqtt.us-west-1.aliyuncs.com"
+    rule = IdentityRule(dns=True, fold=(pattern,))
+    identity = Identity([rule])
+    identity.learn_name("47.89.226.20", "A1GUXEFYNXG.iot-as-mqtt.us-west-1.aliyuncs.com.")
+    identity.learn_name("47.89.226.21", "b2other.iot-as-mqtt.us-west-1.aliyuncs.com")
+    identity.learn_name("52.1.2.3", "api.example.com")
+    assert identity.resolve("47.89.226.20") == Resolved(
+        pattern, "a1guxefynxg.iot-as-mqtt.us-west-1.aliyuncs.com"
+    )
+    assert identity.resolve("47.89.226.21").service == pattern
+    assert identity.resolve("52.1.2.3") == Resolved("api.example.com")
+    assert identity.name_of("47.89.226.21") == pattern
+    assert describe(rule) == f"an address a DNS answer named -> that name ({pattern} folded)"
+    with pytest.raises(ValueError, match="'fold' folds DNS names"):
+        IdentityRule(scope="internet", service="x", fold=(pattern,))
+    # in the engine: a host seen before its answer takes the folded name
+    engine = Engine(LearningSettings(duration=600), identity)
+    engine.observe(flow(T0, "47.89.226.30", "tcp/8883"))
+    engine.learn_name("47.89.226.30", "c3.iot-as-mqtt.us-west-1.aliyuncs.com")
+    engine.observe(flow(T0 + 1, "47.89.226.31", "tcp/8883"))
+    engine.learn_name("47.89.226.31", "d4.iot-as-mqtt.us-west-1.aliyuncs.com")
+    engine.observe(flow(T0 + 2, "47.89.226.31", "tcp/8883"))
+    assert engine.graph.vertex(VertexKind.HOST, pattern) is not None
+    assert engine.edge_names(engine.edge_of(DEVICE, "47.89.226.31", "tcp/8883") or 0) == (
+        DEVICE,
+        pattern,
+        "tcp/8883",
+    )

@@ -294,6 +294,13 @@ def parse_address(text: str) -> Address:
     return Address(host, port)
 
 
+def _folds(r: _Reader) -> tuple[str, ...]:
+    folds = r.get("fold", list, [])
+    if not all(isinstance(pattern, str) for pattern in folds):
+        raise r.error("fold", "expected a list of name patterns")
+    return tuple(pattern.rstrip(".").lower() for pattern in folds)
+
+
 def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
     if not isinstance(items, list):
         raise ConfigError(
@@ -332,6 +339,7 @@ def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
                 cidr=cidr,
                 scope=r.get("scope", str),
                 dns=r.get("dns", bool, False),
+                fold=_folds(r),
                 relation=r.get("relation", str),
                 service=r.get("service", str),
                 instance=r.get("instance", str),

@@ -11,7 +11,9 @@ Rules are tried in order; the first that matches decides. A rule matches one kin
   broadcast addresses are local), ``service = "ntp@internet"`` (instance = the address)
 - DNS:    ``dns = true``: an address a DNS answer named is that name (``a1b2.iot.eu-west-1.
   amazonaws.com`` rather than whichever of its addresses answered); names come in through
-  :meth:`Identity.learn_name`, from the DNS answers an adapter sees.
+  :meth:`Identity.learn_name`, from the DNS answers an adapter sees. ``fold = ["*.iot-as-
+  mqtt.us-west-1.aliyuncs.com"]`` folds rotating names: a name matching one of the patterns
+  is named by the pattern (instance = the name).
 
 Any rule may also name the ``relation`` it is for (``"udp/123"``, or a pattern such as
 ``"tcp/*"``): then it maps only counterparts of that relation, so "any internet host on
@@ -97,6 +99,7 @@ class IdentityRule:
     cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     scope: str | None = None
     dns: bool = False
+    fold: tuple[str, ...] = ()  # dns rules: fnmatch patterns of names named by the pattern
     relation: str | None = None
     service: str | None = None
     instance: str | None = None
@@ -124,6 +127,10 @@ class IdentityRule:
             )
         if self.relation is not None and not self.relation:
             raise ValueError("'relation' must not be empty")
+        if self.fold and not self.dns:
+            raise ValueError("'fold' folds DNS names: it needs 'dns = true'")
+        if any(not pattern for pattern in self.fold):
+            raise ValueError("'fold' patterns must not be empty")
 
     def applies_to(self, relation: str | None) -> bool:
         """Whether the rule may map a counterpart of ``relation`` (None: not known)."""
@@ -141,7 +148,12 @@ class IdentityRule:
         ``names`` the names DNS gave addresses)."""
         if self.dns:
             name = None if names is None or ip is None else names.get(address)
-            return None if name is None else Resolved(name, self.instance)
+            if name is None:
+                return None
+            for pattern in self.fold:
+                if fnmatch.fnmatchcase(name, pattern):
+                    return Resolved(pattern, self.instance or name)
+            return Resolved(name, self.instance)
         if self.scope is not None:
             if ip is None or _scope(ip) != self.scope:
                 return None
@@ -207,6 +219,19 @@ class Identity:
     def relation_specific(self, relation: str) -> bool:
         """Whether some rule maps counterparts of ``relation`` differently from others."""
         return any(rule.relation is not None and rule.applies_to(relation) for rule in self.rules)
+
+    def name_of(self, address: str) -> str | None:
+        """The name DNS gave ``address``, folded by the first ``dns`` rule's ``fold``."""
+        name = self.names.get(address)
+        if name is None:
+            return None
+        for rule in self.rules:
+            if rule.dns:
+                for pattern in rule.fold:
+                    if fnmatch.fnmatchcase(name, pattern):
+                        return pattern
+                break
+        return name
 
     def learn_name(self, address: str, name: str) -> bool:
         """A DNS answer named ``address``; returns whether that changes what it resolves to
@@ -328,7 +353,8 @@ def describe(rule: IdentityRule) -> str:
     if rule.relation is not None:
         what += f" on {rule.relation}"
     if rule.dns:
-        return f"{what} -> that name"
+        folded = f" ({', '.join(rule.fold)} folded)" if rule.fold else ""
+        return f"{what} -> that name{folded}"
     if rule.pattern is not None:
         return f"{what} -> its (?P<service>) group"
     return f"{what} -> {rule.service}"
