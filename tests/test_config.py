@@ -323,3 +323,31 @@ def test_capture_http_ports(tmp_path: Path) -> None:
     assert config.capture is not None and config.capture.http_ports == (80, 8080)
     with pytest.raises(ConfigError, match=r"capture\.http_ports"):
         load_config(write(tmp_path, '[capture]\ninterface = "lo"\nhttp_ports = ["x"]\n'))
+
+
+def test_identity_profile_is_default_unless_none(tmp_path: Path) -> None:
+    from commgraph.identity import DEFAULT_PROFILE
+
+    path = tmp_path / "site.toml"
+    path.write_text('[[identity.rules]]\nequals = "a"\nservice = "b"\n')
+    config = load_config(path)
+    assert config.identity_profile == "default"
+    assert config.identity_rules() == (*config.identity, *DEFAULT_PROFILE)
+    path.write_text('[identity]\nprofile = "none"\n')
+    assert load_config(path).identity_rules() == ()
+    path.write_text('[identity]\nprofile = "strict"\n')
+    with pytest.raises(ConfigError, match=r"identity\.profile: 'strict' is not a profile"):
+        load_config(path)
+
+
+def test_dns_rules_fold_rotating_names(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[[identity.rules]]\ndns = true\nfold = ["*.IoT-as-mqtt.example.com."]\n')
+    (rule,) = load_config(path).identity
+    assert rule.dns and rule.fold == ("*.iot-as-mqtt.example.com",)
+    path.write_text("[[identity.rules]]\ndns = true\nfold = [1]\n")
+    with pytest.raises(ConfigError, match=r"identity\.rules\[0\]\.fold: expected a list"):
+        load_config(path)
+    path.write_text('[[identity.rules]]\nequals = "a"\nservice = "b"\nfold = ["*.x"]\n')
+    with pytest.raises(ConfigError, match=r"identity\.rules\[0\]: 'fold' folds DNS names"):
+        load_config(path)

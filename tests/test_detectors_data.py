@@ -77,7 +77,8 @@ def test_the_hubs_broker_connection_and_dhcp_are_periodic(tmp_path: Path) -> Non
         "--db", db, "replay", data_file("oconnor_lockly-hub-01.pcap"), "--learning", "24h", "--json"
     )
     figures = {(r["relation"], r["dst"]): r for r in cli("--db", db, "edges", "--json")}
-    mqtt, dhcp = figures[("tcp/1883", BROKER)], figures[("udp/67", ROUTER)]
+    # the default identity profile names the router on udp/67 by its class, dhcp@lan
+    mqtt, dhcp = figures[("tcp/1883", BROKER)], figures[("udp/67", "dhcp@lan")]
     assert mqtt["period_s"] == pytest.approx(60, abs=2)  # the MQTT keepalive
     assert mqtt["jitter_s"] < 1
     assert dhcp["period_s"] == pytest.approx(3600, rel=0.02)  # the lease renewal

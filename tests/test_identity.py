@@ -300,3 +300,126 @@ def test_http_callers_by_certificate_user_then_address() -> None:
     assert identity.resolve_caller("127.0.0.2", "bob") == Resolved("lan", "127.0.0.2")
     assert identity.resolve_caller("10.1.1.1", "bob") == Resolved("bob")  # unmapped: the user
     assert identity.resolve_caller("10.1.1.1") == Resolved("10.1.1.1")  # relation rules skipped
+
+
+# -- the default profile ---------------------------------------------------------------------
+
+from commgraph.alerts import AlertKind  # noqa: E402
+from commgraph.engine import Engine  # noqa: E402
+from commgraph.events import Event, VertexKind  # noqa: E402
+from commgraph.identity import DEFAULT_PROFILE, describe, profile_rules  # noqa: E402
+from commgraph.phases import LearningSettings, Mode  # noqa: E402
+
+DEVICE = "192.168.1.50"
+T0 = 1_700_000_000.0
+
+
+def flow(ts: float, dst: str, relation: str) -> Event:
+    return Event(ts=ts, src=DEVICE, dst=dst, relation=relation)
+
+
+@pytest.mark.parametrize(
+    ("learned", "churned", "relation", "service"),
+    [
+        ("129.6.15.28", "162.159.200.1", "udp/123", "ntp@internet"),
+        ("8.8.8.8", "1.1.1.1", "udp/53", "dns@internet"),
+        ("8.8.4.4", "9.9.9.9", "tcp/53", "dns@internet"),
+        ("192.168.1.1", "255.255.255.255", "udp/67", "dhcp@lan"),
+        ("192.168.1.1", "192.168.1.254", "udp/68", "dhcp@lan"),
+        ("ff02::1:2", "fe80::1", "udp/547", "dhcpv6@lan"),
+        ("224.0.0.251", "ff02::fb", "udp/5353", "mdns@lan"),
+        ("239.255.255.250", "ff02::c", "udp/1900", "ssdp@lan"),
+        ("ff02::1:ff00:1", "ff02::2", "icmp", "nd@lan"),
+        ("255.255.255.255", "255.255.255.255", "udp/6667", "broadcast@lan"),
+        ("224.0.0.22", "239.1.2.3", "udp/5000", "multicast@lan"),
+        ("ff02::16", "ff05::1:3", "udp/5001", "multicast@lan"),
+    ],
+)
+def test_each_default_rule_absorbs_churn_after_learning(
+    learned: str, churned: str, relation: str, service: str
+) -> None:
+    engine = Engine(
+        LearningSettings(duration=600, mode=Mode.MONITOR), Identity(profile_rules("default"))
+    )
+    assert engine.observe(flow(T0, learned, relation)).alert is None
+    engine.tick(T0 + 700)
+    verdict = engine.observe(flow(T0 + 800, churned, relation))
+    assert verdict.alert is None and not verdict.anomalous
+    assert engine.edge_names(engine.edge_of(DEVICE, churned, relation) or 0) == (
+        DEVICE,
+        service,
+        relation,
+    )
+    # without the profile the same churn is a question
+    plain = Engine(LearningSettings(duration=600, mode=Mode.MONITOR))
+    plain.observe(flow(T0, learned, relation))
+    plain.tick(T0 + 700)
+    if churned != learned:
+        assert plain.observe(flow(T0 + 800, churned, relation)).alert is not None
+
+
+def test_the_default_profile_keeps_broker_ports_and_other_internet_hosts_their_own() -> None:
+    engine = Engine(
+        LearningSettings(duration=600, mode=Mode.PROTECT), Identity(profile_rules("default"))
+    )
+    engine.observe(flow(T0, "47.89.226.20", "tcp/1883"))
+    engine.tick(T0 + 700)
+    for host, relation in (("47.89.226.21", "tcp/1883"), ("3.3.3.3", "tcp/8883")):
+        verdict = engine.observe(flow(T0 + 800, host, relation))
+        assert verdict.alert is not None and verdict.block
+        assert engine.alerts.by_id[verdict.alert].kind is AlertKind.NEW_EDGE
+    # a local host on NTP (a LAN time server) and a LAN DNS resolver keep their address
+    identity = Identity(DEFAULT_PROFILE)
+    assert identity.resolve("192.168.1.1", relation="udp/123") == Resolved("192.168.1.1")
+    assert identity.resolve("192.168.1.1", relation="udp/53") == Resolved("192.168.1.1")
+    assert identity.resolve("8.8.8.8", relation="udp/123") == Resolved("ntp@internet", "8.8.8.8")
+
+
+def test_site_rules_come_before_the_profile_and_explain_names_the_rule() -> None:
+    own = IdentityRule(
+        match=AddressKind.IP,
+        equals="129.6.15.28",
+        service="nist-time",
+    )
+    identity = Identity((own, *DEFAULT_PROFILE))
+    assert identity.resolve("129.6.15.28", relation="udp/123") == Resolved("nist-time")
+    found = identity.explain("162.159.200.1", relation="udp/123")
+    assert found is not None
+    index, rule, resolved = found
+    assert (index, resolved) == (1, Resolved("ntp@internet", "162.159.200.1"))
+    assert describe(rule) == "any internet address on udp/123 -> ntp@internet"
+    assert identity.explain("47.89.226.20", relation="tcp/1883") is None
+    assert profile_rules("none") == ()
+    with pytest.raises(ValueError, match='not a profile \\(one of "default", "none"\\)'):
+        profile_rules("strict")
+
+
+def test_a_fold_names_rotating_dns_names_by_their_pattern() -> None:
+    pattern = "*.iot-as-mqtt.us-west-1.aliyuncs.com"
+    rule = IdentityRule(dns=True, fold=(pattern,))
+    identity = Identity([rule])
+    identity.learn_name("47.89.226.20", "A1GUXEFYNXG.iot-as-mqtt.us-west-1.aliyuncs.com.")
+    identity.learn_name("47.89.226.21", "b2other.iot-as-mqtt.us-west-1.aliyuncs.com")
+    identity.learn_name("52.1.2.3", "api.example.com")
+    assert identity.resolve("47.89.226.20") == Resolved(
+        pattern, "a1guxefynxg.iot-as-mqtt.us-west-1.aliyuncs.com"
+    )
+    assert identity.resolve("47.89.226.21").service == pattern
+    assert identity.resolve("52.1.2.3") == Resolved("api.example.com")
+    assert identity.name_of("47.89.226.21") == pattern
+    assert describe(rule) == f"an address a DNS answer named -> that name ({pattern} folded)"
+    with pytest.raises(ValueError, match="'fold' folds DNS names"):
+        IdentityRule(scope="internet", service="x", fold=(pattern,))
+    # in the engine: a host seen before its answer takes the folded name
+    engine = Engine(LearningSettings(duration=600), identity)
+    engine.observe(flow(T0, "47.89.226.30", "tcp/8883"))
+    engine.learn_name("47.89.226.30", "c3.iot-as-mqtt.us-west-1.aliyuncs.com")
+    engine.observe(flow(T0 + 1, "47.89.226.31", "tcp/8883"))
+    engine.learn_name("47.89.226.31", "d4.iot-as-mqtt.us-west-1.aliyuncs.com")
+    engine.observe(flow(T0 + 2, "47.89.226.31", "tcp/8883"))
+    assert engine.graph.vertex(VertexKind.HOST, pattern) is not None
+    assert engine.edge_names(engine.edge_of(DEVICE, "47.89.226.31", "tcp/8883") or 0) == (
+        DEVICE,
+        pattern,
+        "tcp/8883",
+    )

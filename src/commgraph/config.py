@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from commgraph.detectors import KINDS, DetectorSettings
 from commgraph.detectors.guardrails import GuardrailSettings
 from commgraph.errors import ConfigError
-from commgraph.identity import AddressKind, Identity, IdentityRule
+from commgraph.identity import AddressKind, Identity, IdentityRule, profile_rules
 from commgraph.phases import Admission, LearningSettings, Mode, format_duration
 from commgraph.templates import RouteRule, TemplateRule, Templates
 
@@ -168,7 +168,8 @@ class Config:
     learning: LearningSettings = field(default_factory=LearningSettings)
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
     guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
-    identity: tuple[IdentityRule, ...] = ()
+    identity: tuple[IdentityRule, ...] = ()  # the site's own rules
+    identity_profile: str = "default"  # [identity] profile: rules after the site's own
     templates: tuple[TemplateRule, ...] = ()
     route_templates: tuple[RouteRule, ...] = ()
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
@@ -180,6 +181,10 @@ class Config:
     private_key: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
 
+    def identity_rules(self) -> tuple[IdentityRule, ...]:
+        """The effective identity rules: the site's own first, then its profile's."""
+        return self.identity + profile_rules(self.identity_profile)
+
     def engine(
         self, settings: LearningSettings | None = None, *, node: str | None = None
     ) -> Engine:
@@ -189,7 +194,7 @@ class Config:
 
         return Engine(
             settings or self.learning,
-            Identity(self.identity),
+            Identity(self.identity_rules()),
             node=node or self.node,
             templates=Templates(self.templates, routes=self.route_templates),
             detectors=self.detectors,
@@ -289,6 +294,13 @@ def parse_address(text: str) -> Address:
     return Address(host, port)
 
 
+def _folds(r: _Reader) -> tuple[str, ...]:
+    folds = r.get("fold", list, [])
+    if not all(isinstance(pattern, str) for pattern in folds):
+        raise r.error("fold", "expected a list of name patterns")
+    return tuple(pattern.rstrip(".").lower() for pattern in folds)
+
+
 def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
     if not isinstance(items, list):
         raise ConfigError(
@@ -327,6 +339,7 @@ def _rules(source: str, items: Any) -> tuple[IdentityRule, ...]:
                 cidr=cidr,
                 scope=r.get("scope", str),
                 dns=r.get("dns", bool, False),
+                fold=_folds(r),
                 relation=r.get("relation", str),
                 service=r.get("service", str),
                 instance=r.get("instance", str),
@@ -594,6 +607,11 @@ def parse_config(
 
     identity = top.sub("identity")
     rules = _rules(source, identity.get("rules", list, []))
+    profile = identity.get("profile", str, _field_default(Config, "identity_profile"))
+    try:
+        profile_rules(profile)
+    except ValueError as exc:
+        raise identity.error("profile", str(exc)) from None
     identity.finish()
 
     templates = top.sub("templates")
@@ -662,6 +680,7 @@ def parse_config(
         detectors=detectors,
         guardrails=guardrails,
         identity=rules,
+        identity_profile=profile,
         templates=tuple(topic_templates),
         route_templates=tuple(route_templates),
         mqtt=mqtt_settings,

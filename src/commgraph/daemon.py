@@ -656,13 +656,14 @@ def engine_for(
     settings: LearningSettings | None = None,
 ) -> Engine:
     """The engine a database holds, with the site config's identity rules, templates and
-    detectors when there is one (as a running node of that config has them); ``settings``
-    instead of the config's learning settings when given."""
+    detectors when there is one (as a running node of that config has them; without one, the
+    default identity profile); ``settings`` instead of the config's learning settings when
+    given."""
     if config is None:
-        return store.load_engine(settings, node=node)
+        return store.load_engine(settings, Identity(Config().identity_rules()), node=node)
     return store.load_engine(
         settings or config.learning,
-        Identity(config.identity),
+        Identity(config.identity_rules()),
         node=node,
         templates=Templates(config.templates, routes=config.route_templates),
         detectors=config.detectors,

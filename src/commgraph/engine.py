@@ -356,7 +356,7 @@ class Engine:
         for cache in self._host_caches:
             cache.pop(address, None)
         graph = self.graph
-        name = self.identity.names[address]
+        name = self.identity.name_of(address) or address
         vid = graph.vertex(VertexKind.HOST, address)
         if (
             vid is not None

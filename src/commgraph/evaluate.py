@@ -17,13 +17,16 @@ enough learning phase gives a low interaction rate. Pure: no files, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from commgraph.alerts import AlertKind
+from commgraph.adapters.pcap import DNSAnswer
+from commgraph.alerts import Alert, AlertKind
 from commgraph.detectors import DetectorSettings
+from commgraph.detectors.guardrails import SignalNote
 from commgraph.engine import Engine, TimelineRow, Verdict
+from commgraph.events import EventFields
 from commgraph.identity import Identity
 from commgraph.phases import LearningSettings, Mode
 from commgraph.replay import replay_records
@@ -101,10 +104,14 @@ def evaluate(
     identity: Identity | None = None,
     min_events: int = 0,
     detectors: DetectorSettings | None = None,
+    notes: Sequence[tuple[int, DNSAnswer | SignalNote]] = (),
 ) -> EvalResult:
     """Run ``flows`` (sorted by time) through an engine whose services learn for ``learning``
     seconds from their first flow, in monitor mode, and count what it flagged: a flow is
-    flagged when its edge is not normal or it raised a rate or size alert."""
+    flagged when its edge is not normal or it raised a rate or size alert. ``notes`` are
+    the DNS answers and protocol signals of a capture, each with the index of the flow it
+    came before (from :func:`commgraph.adapters.recorded.labelled_flows`): the one driver
+    hears them where a replay of the capture would."""
     engine = Engine(
         LearningSettings(duration=learning, min_events=min_events, mode=Mode.MONITOR),
         identity,
@@ -140,7 +147,7 @@ def evaluate(
             flagged[minute] = flagged.get(minute, 0) + 1
 
     replay_records(
-        ((i, flow[:5]) for i, flow in enumerate(flows)),
+        _records(flows, notes),
         engine,
         None,
         on_verdict=judged,
@@ -190,7 +197,7 @@ def evaluate(
         alert_edges=tuple(
             sorted(
                 (
-                    *_names(engine, alert.edge),
+                    *_names(engine, alert),
                     "malicious"
                     if alert.edge in malicious_edges
                     else "benign"
@@ -208,8 +215,32 @@ def evaluate(
     )
 
 
-def _names(engine: Engine, e: int) -> tuple[str, str, str]:
-    src, dst, relation = engine.edge_names(e)
+def _records(
+    flows: Sequence[LabelledFlow], notes: Sequence[tuple[int, DNSAnswer | SignalNote]]
+) -> Iterator[tuple[int, EventFields | DNSAnswer | SignalNote]]:
+    """The flows as the driver's records, each note before the flow it preceded."""
+    if not notes:
+        for i, flow in enumerate(flows):
+            yield i, flow[:5]
+        return
+    pending = iter(notes)
+    upcoming = next(pending, None)
+    for i, flow in enumerate(flows):
+        while upcoming is not None and upcoming[0] <= i:
+            yield i, upcoming[1]
+            upcoming = next(pending, None)
+        yield i, flow[:5]
+    while upcoming is not None:
+        yield len(flows), upcoming[1]
+        upcoming = next(pending, None)
+
+
+def _names(engine: Engine, alert: Alert) -> tuple[str, str, str]:
+    """``(src, relation, dst)`` of an alert as the store lists it: an edge alert's edge; an
+    alert about a subject names the subject, its kind and the node."""
+    if alert.edge < 0:
+        return engine.graph.names[alert.subject], alert.kind.value, alert.node or engine.node or ""
+    src, dst, relation = engine.edge_names(alert.edge)
     return src, relation, dst
 
 
@@ -235,9 +266,18 @@ def sweep(
     identity: Identity | None = None,
     min_events: int = 0,
     detectors: DetectorSettings | None = None,
+    notes: Sequence[tuple[int, DNSAnswer | SignalNote]] = (),
 ) -> list[EvalResult]:
-    """:func:`evaluate` once per learning phase, shortest first."""
+    """:func:`evaluate` once per learning phase, shortest first (each with a fresh copy
+    of ``identity``, so names one run learned do not leak into the next)."""
     return [
-        evaluate(flows, learning, identity=identity, min_events=min_events, detectors=detectors)
+        evaluate(
+            flows,
+            learning,
+            identity=None if identity is None else Identity(identity.rules),
+            min_events=min_events,
+            detectors=detectors,
+            notes=notes,
+        )
         for learning in sorted(learnings)
     ]

@@ -11,13 +11,29 @@ Rules are tried in order; the first that matches decides. A rule matches one kin
   broadcast addresses are local), ``service = "ntp@internet"`` (instance = the address)
 - DNS:    ``dns = true``: an address a DNS answer named is that name (``a1b2.iot.eu-west-1.
   amazonaws.com`` rather than whichever of its addresses answered); names come in through
-  :meth:`Identity.learn_name`, from the DNS answers an adapter sees.
+  :meth:`Identity.learn_name`, from the DNS answers an adapter sees. ``fold = ["*.iot-as-
+  mqtt.us-west-1.aliyuncs.com"]`` folds rotating names: a name matching one of the patterns
+  is named by the pattern (instance = the name).
 
 Any rule may also name the ``relation`` it is for (``"udp/123"``, or a pattern such as
 ``"tcp/*"``): then it maps only counterparts of that relation, so "any internet host on
 udp/123 is ntp@internet" is one rule. An address no rule maps is its own identity. When an
 adapter does not say what kind of address it has (JSON lines, flow logs), IP literals are
 tried against ``ip``/``any`` rules and every other string against the name kinds.
+
+The default profile (:data:`DEFAULT_PROFILE`, ``[identity] profile = "default"``) names the
+counterparts that churn on every site by a class, after the site's own rules:
+
+- ``ntp@internet``: any internet host on udp/123 (NTP pools hand out new servers);
+- ``dns@internet``: any internet host on udp/53 or tcp/53 (public resolvers);
+- ``dhcp@lan``: any LAN address on udp/67 or udp/68, ``dhcpv6@lan`` on udp/547;
+- ``mdns@lan``: udp/5353 on the LAN, ``ssdp@lan``: udp/1900 on the LAN (UPnP);
+- ``nd@lan``: ICMP to a link-local IPv6 multicast group (ff02::/16: neighbour discovery);
+- ``broadcast@lan``: 255.255.255.255; ``multicast@lan``: 224.0.0.0/4 and ff00::/8.
+
+Each keeps the concrete address as its instance. Broker ports (tcp/1883, tcp/8883) and every
+other internet host keep their own identity: a new broker is a question, never a class.
+``profile = "none"`` leaves only the site's rules.
 """
 
 from __future__ import annotations
@@ -30,7 +46,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["MAX_NAMES", "SCOPES", "AddressKind", "Identity", "IdentityRule", "Resolved"]
+__all__ = [
+    "DEFAULT_PROFILE",
+    "MAX_NAMES",
+    "PROFILES",
+    "SCOPES",
+    "AddressKind",
+    "Identity",
+    "IdentityRule",
+    "Resolved",
+    "describe",
+    "profile_rules",
+]
 
 SCOPES = frozenset({"local", "internet"})
 MAX_NAMES = 100_000
@@ -72,6 +99,7 @@ class IdentityRule:
     cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     scope: str | None = None
     dns: bool = False
+    fold: tuple[str, ...] = ()  # dns rules: fnmatch patterns of names named by the pattern
     relation: str | None = None
     service: str | None = None
     instance: str | None = None
@@ -99,6 +127,10 @@ class IdentityRule:
             )
         if self.relation is not None and not self.relation:
             raise ValueError("'relation' must not be empty")
+        if self.fold and not self.dns:
+            raise ValueError("'fold' folds DNS names: it needs 'dns = true'")
+        if any(not pattern for pattern in self.fold):
+            raise ValueError("'fold' patterns must not be empty")
 
     def applies_to(self, relation: str | None) -> bool:
         """Whether the rule may map a counterpart of ``relation`` (None: not known)."""
@@ -116,7 +148,12 @@ class IdentityRule:
         ``names`` the names DNS gave addresses)."""
         if self.dns:
             name = None if names is None or ip is None else names.get(address)
-            return None if name is None else Resolved(name, self.instance)
+            if name is None:
+                return None
+            for pattern in self.fold:
+                if fnmatch.fnmatchcase(name, pattern):
+                    return Resolved(pattern, self.instance or name)
+            return Resolved(name, self.instance)
         if self.scope is not None:
             if ip is None or _scope(ip) != self.scope:
                 return None
@@ -165,9 +202,36 @@ class Identity:
                 return resolved
         return Resolved(address)
 
+    def explain(
+        self, address: str, kind: AddressKind | None = None, relation: str | None = None
+    ) -> tuple[int, IdentityRule, Resolved] | None:
+        """Which rule (its position in :attr:`rules`) names ``address`` as :meth:`resolve`
+        would, and what it names it; None when no rule does (the address is its own)."""
+        ip = _parse_ip(address)
+        for index, rule in enumerate(self.rules):
+            if not _applies(rule.match, kind, ip is not None) or not rule.applies_to(relation):
+                continue
+            resolved = rule.apply(address, ip, self.names)
+            if resolved is not None:
+                return index, rule, resolved
+        return None
+
     def relation_specific(self, relation: str) -> bool:
         """Whether some rule maps counterparts of ``relation`` differently from others."""
         return any(rule.relation is not None and rule.applies_to(relation) for rule in self.rules)
+
+    def name_of(self, address: str) -> str | None:
+        """The name DNS gave ``address``, folded by the first ``dns`` rule's ``fold``."""
+        name = self.names.get(address)
+        if name is None:
+            return None
+        for rule in self.rules:
+            if rule.dns:
+                for pattern in rule.fold:
+                    if fnmatch.fnmatchcase(name, pattern):
+                        return pattern
+                break
+        return name
 
     def learn_name(self, address: str, name: str) -> bool:
         """A DNS answer named ``address``; returns whether that changes what it resolves to
@@ -232,6 +296,68 @@ class Identity:
                     if resolved is not None:
                         return resolved
         return Resolved(cert_cn or username or ip)
+
+
+def _class(relation: str | None, service: str, *, scope: str = "", cidr: str = "") -> IdentityRule:
+    return IdentityRule(
+        match=AddressKind.IP,
+        scope=scope or None,
+        cidr=ipaddress.ip_network(cidr) if cidr else None,
+        relation=relation,
+        service=service,
+    )
+
+
+DEFAULT_PROFILE: tuple[IdentityRule, ...] = (
+    _class("udp/123", "ntp@internet", scope="internet"),
+    _class("udp/53", "dns@internet", scope="internet"),
+    _class("tcp/53", "dns@internet", scope="internet"),
+    _class("udp/67", "dhcp@lan", scope="local"),
+    _class("udp/68", "dhcp@lan", scope="local"),
+    _class("udp/547", "dhcpv6@lan", scope="local"),
+    _class("udp/5353", "mdns@lan", scope="local"),
+    _class("udp/1900", "ssdp@lan", scope="local"),
+    _class("icmp", "nd@lan", cidr="ff02::/16"),
+    _class(None, "broadcast@lan", cidr="255.255.255.255/32"),
+    _class(None, "multicast@lan", cidr="224.0.0.0/4"),
+    _class(None, "multicast@lan", cidr="ff00::/8"),
+)
+"""The default profile's rules, in order (the module docstring says why each)."""
+
+PROFILES: dict[str, tuple[IdentityRule, ...]] = {"default": DEFAULT_PROFILE, "none": ()}
+"""``[identity] profile`` values and the rules each adds after the site's own."""
+
+
+def profile_rules(name: str) -> tuple[IdentityRule, ...]:
+    """The rules of profile ``name``; ValueError naming the known ones for any other."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(f'"{known}"' for known in PROFILES)
+        raise ValueError(f"{name!r} is not a profile (one of {known})") from None
+
+
+def describe(rule: IdentityRule) -> str:
+    """One line that says what ``rule`` matches and what it names it."""
+    if rule.dns:
+        what = "an address a DNS answer named"
+    elif rule.scope is not None:
+        what = f"any {rule.scope} address"
+    elif rule.cidr is not None:
+        what = f"an address in {rule.cidr}"
+    elif rule.equals is not None:
+        what = f"{rule.match.value} = {rule.equals!r}"
+    else:
+        assert rule.pattern is not None
+        what = f"{rule.match.value} matching {rule.pattern.pattern!r}"
+    if rule.relation is not None:
+        what += f" on {rule.relation}"
+    if rule.dns:
+        folded = f" ({', '.join(rule.fold)} folded)" if rule.fold else ""
+        return f"{what} -> that name{folded}"
+    if rule.pattern is not None:
+        return f"{what} -> its (?P<service>) group"
+    return f"{what} -> {rule.service}"
 
 
 def _applies(rule_kind: AddressKind, kind: AddressKind | None, is_ip: bool) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from commgraph.adapters.pcap import DNSAnswer
 from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import EventDecodeError
@@ -67,7 +68,7 @@ def replay(
 
 
 def replay_records(
-    records: Iterable[tuple[int, Record]],
+    records: Iterable[tuple[int, Record | DNSAnswer]],
     engine: Engine,
     store: Store | None,
     *,
@@ -80,8 +81,9 @@ def replay_records(
     """Run recorded events through ``engine`` in event time, committing to ``store`` (when
     there is one) as it goes. ``records`` are ``(position, record)`` pairs from any adapter
     (line or packet number): an :class:`Event`, the checked fields ``(ts, src, dst,
-    relation, size)`` for :meth:`Engine.observe_fields`, a protocol :class:`SignalNote`, or
-    the adapter's decode error.
+    relation, size)`` for :meth:`Engine.observe_fields`, a protocol :class:`SignalNote`, a
+    :class:`DNSAnswer` (for :meth:`Engine.learn_name`, where the capture had it), or the
+    adapter's decode error.
 
     ``progress`` is called with the position reached about twice a second and at the end.
     ``on_verdict(position, verdict)`` is called after each event, ``on_tick(ts)`` after each
@@ -122,6 +124,9 @@ def replay_records(
                     username=item.username,
                 )
                 _connection(engine, item, bound)
+                continue
+            elif isinstance(item, DNSAnswer):
+                engine.learn_name(item.ip, item.name)
                 continue
             else:
                 ts = item.ts

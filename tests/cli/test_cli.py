@@ -936,3 +936,67 @@ def test_services_show_when_a_service_is_promoted_and_by_whom(tmp_path: Path) ->
     assert lamp["promotion"] == "counting"
     assert before + 7 * day <= lamp["promote_at"] <= time.time() + 7 * day
     assert "protect on" in invoke(db, "services")
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def test_identity_show_lists_site_rules_then_the_profile(tmp_path: Path) -> None:
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["identity", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    rows = json.loads(shown.output)
+    assert rows[0] == {
+        "position": 1,
+        "origin": "profile default",
+        "rule": "any internet address on udp/123 -> ntp@internet",
+    }
+    assert {row["rule"].rsplit(" -> ", 1)[1] for row in rows} == {
+        "ntp@internet",
+        "dns@internet",
+        "dhcp@lan",
+        "dhcpv6@lan",
+        "mdns@lan",
+        "ssdp@lan",
+        "nd@lan",
+        "broadcast@lan",
+        "multicast@lan",
+    }
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[identity]\nprofile = "none"\n[[identity.rules]]\nmatch = "ip"\n'
+        'equals = "47.89.226.20"\nservice = "lock-cloud"\n'
+    )
+    own = json.loads(
+        runner.invoke(cli, ["identity", "show", "--config", str(site), "--json"]).output
+    )
+    assert own == [{"position": 1, "origin": "site", "rule": "ip = '47.89.226.20' -> lock-cloud"}]
+    text = runner.invoke(cli, ["identity", "show"])
+    assert text.exit_code == 0 and "ntp@internet" in text.output
+
+
+def test_identity_test_says_which_rule_names_an_address(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ntp = runner.invoke(
+        cli, ["identity", "test", "162.159.200.1", "--relation", "udp/123", "--json"]
+    )
+    assert ntp.exit_code == 0, ntp.output
+    assert json.loads(ntp.output) == {
+        "address": "162.159.200.1",
+        "relation": "udp/123",
+        "service": "ntp@internet",
+        "instance": "162.159.200.1",
+        "rule": "any internet address on udp/123 -> ntp@internet",
+        "position": 1,
+        "origin": "profile default",
+    }
+    broker = runner.invoke(cli, ["identity", "test", "47.89.226.20", "--relation", "tcp/1883"])
+    assert broker.exit_code == 0
+    assert "no rule names it" in broker.output
+    site = tmp_path / "site.toml"
+    site.write_text('[[identity.rules]]\nmatch = "ip"\ncidr = "47.89.0.0/16"\nservice = "cloud"\n')
+    own = runner.invoke(
+        cli, ["identity", "test", "47.89.226.20", "--config", str(site), "--relation", "udp/123"]
+    )
+    assert own.exit_code == 0
+    assert "cloud" in own.output and "rule 1 (site)" in own.output

@@ -9,6 +9,7 @@ sorted by time first, since Zeek writes rows in completion order.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import itertools
 import json
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import IO
 
 from commgraph.adapters.pcap import DNSAnswer, PacketDecoder, read_packets
-from commgraph.adapters.zeek import flow_fields, flows_in_time_order
+from commgraph.adapters.zeek import dns_answers, flow_fields, flows_in_time_order
+from commgraph.detectors.guardrails import SignalNote
 from commgraph.errors import CommgraphError
-from commgraph.events import Event, Record, iter_event_lines
+from commgraph.events import Event, EventFields, Record, iter_event_lines
 from commgraph.templates import Templates
 
 __all__ = ["Format", "Recording", "labelled_flows", "open_recording", "sniff"]
@@ -65,7 +67,7 @@ class Recording:
     """An open recording: its records, how many there are if known, and what they are."""
 
     format: Format
-    records: Iterator[tuple[int, Record]]
+    records: Iterator[tuple[int, Record | DNSAnswer]]
     unit: str  # what a position counts: lines, packets, flows
     total: int | None = None
     _closing: ExitStack = field(default_factory=ExitStack, repr=False)
@@ -89,12 +91,16 @@ def open_recording(
     format: Format | None = None,
     http_ports: Mapping[int, str | None] | None = None,
     templates: Templates | None = None,
+    dns: Path | None = None,
 ) -> Recording:
     """Open ``path`` for replay; ``on_dns`` hears the DNS answers of a capture as they come
     (the engine's :meth:`~commgraph.engine.Engine.learn_name`); a capture's TCP streams on
     ``http_ports`` are decoded as HTTP (port -> the service answering there, None: the
-    server's address), with ``templates`` for route names. Raises OSError if the file
-    cannot be read, CommgraphError for a conn.log with no readable row."""
+    server's address), with ``templates`` for route names. A conn.log's DNS answers come
+    from ``dns`` (a Zeek dns.log), else from the ``dns.log`` beside it if there is one:
+    they are records of their own (:class:`DNSAnswer`), in time order with the flows.
+    Raises OSError if a file cannot be read, CommgraphError for a conn.log with no
+    readable row."""
     if format is None:
         with path.open("rb") as probe:
             format = sniff(probe.read(4096))
@@ -120,9 +126,13 @@ def open_recording(
         if not flows and errors:
             raise CommgraphError(f"{path}: no readable flow ({errors[0]})")
         # Bad rows are reported at the end, with their line numbers.
-        records: Iterator[tuple[int, Record]] = itertools.chain(
-            enumerate(flow_fields(flows), start=1),
-            ((error.line or 0, error) for error in errors),
+        answers = _dns_answers(path, dns)
+        rows = enumerate(flow_fields(flows), start=1)
+        named: Iterator[tuple[int, Record | DNSAnswer]] = (
+            _interleaved(rows, answers) if answers else rows
+        )
+        records: Iterator[tuple[int, Record | DNSAnswer]] = itertools.chain(
+            named, ((error.line or 0, error) for error in errors)
         )
         return Recording(Format.CONNLOG, records, "flows", total=len(flows) + len(errors))
     recording = Recording(Format.EVENTS, iter(()), "lines")
@@ -133,30 +143,83 @@ def open_recording(
     return recording
 
 
+def _dns_answers(conn_log: Path, dns: Path | None) -> list[DNSAnswer]:
+    """The answers of ``dns`` or of the dns.log beside ``conn_log`` (none if there is none).
+    Raises OSError if a dns.log that was named cannot be read."""
+    if dns is None:
+        beside = conn_log.with_name("dns.log")
+        if beside == conn_log or not beside.is_file():
+            return []
+        dns = beside
+    with dns.open("rb") as lines:
+        answers, _ = dns_answers(lines)
+    return answers
+
+
+def _interleaved(
+    flows: Iterator[tuple[int, EventFields]], answers: list[DNSAnswer]
+) -> Iterator[tuple[int, Record | DNSAnswer]]:
+    """Flows (in time order) with each answer before the first flow at its time or later."""
+    i = 0
+    position = 0
+    for position, fields in flows:
+        while i < len(answers) and answers[i].ts <= fields[0]:
+            yield position, answers[i]
+            i += 1
+        yield position, fields
+    for answer in answers[i:]:
+        yield position, answer
+
+
 def labelled_flows(
     path: Path,
+    notes: list[tuple[int, DNSAnswer | SignalNote]] | None = None,
+    dns: Path | None = None,
 ) -> tuple[list[tuple[float, str, str, str, int | None, str | None]], list[str]]:
     """The flows of a recording in time order as ``(ts, src, dst, relation, size, label)``
     (:data:`commgraph.evaluate.LabelledFlow`), with labels where it has them: a Zeek conn.log
     or IoT-23 CSV (labelled), a pcap or JSON-lines events (no labels); and the bad records
-    skipped, in words. Raises OSError when the file cannot be read."""
+    skipped, in words. A capture's DNS answers and protocol signals are appended to
+    ``notes`` (when given) with the index of the flow they came before, as a replay of it
+    hears them; a conn.log's come from ``dns`` or the dns.log beside it (see
+    :func:`open_recording`). Raises OSError when a file cannot be read."""
     with path.open("rb") as probe:
         kind = sniff(probe.read(4096))
     if kind is Format.CONNLOG:
         records, errors = flows_in_time_order(path)
-        return [
+        labelled = [
             (*fields, record.label)
             for fields, record in zip(flow_fields(records), records, strict=True)
-        ], [str(error) for error in errors]
+        ]
+        if notes is not None:
+            times = [flow[0] for flow in labelled]
+            notes.extend(
+                (bisect.bisect_left(times, answer.ts), answer) for answer in _dns_answers(path, dns)
+            )
+        return labelled, [str(error) for error in errors]
     flows: list[tuple[float, str, str, str, int | None, str | None]] = []
     skipped: list[str] = []
-    with open_recording(path, format=kind) as recording:
+    heard: list[tuple[int, DNSAnswer | SignalNote]] = []
+
+    def answered(answer: DNSAnswer) -> None:
+        heard.append((len(flows), answer))
+
+    with open_recording(path, format=kind, on_dns=answered) as recording:
         for _, item in recording.records:
             if isinstance(item, tuple):
                 flows.append((*item, None))
             elif isinstance(item, Event):
                 flows.append((item.ts, item.src, item.dst, item.relation, item.size, None))
+            elif isinstance(item, SignalNote):
+                heard.append((len(flows), item))
             else:
                 skipped.append(str(item))
-    flows.sort(key=lambda flow: flow[0])
+    if any(flows[i][0] > flows[i + 1][0] for i in range(len(flows) - 1)):
+        # out of order: each answer goes before the first flow of its time or later
+        flows.sort(key=lambda flow: flow[0])
+        times = [flow[0] for flow in flows]
+        heard = [(bisect.bisect_left(times, note.ts), note) for _, note in heard]
+        heard.sort(key=lambda pair: pair[0])
+    if notes is not None:
+        notes.extend(heard)
     return flows, skipped

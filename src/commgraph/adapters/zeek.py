@@ -38,6 +38,7 @@ from operator import itemgetter
 from typing import BinaryIO, Final, NamedTuple
 
 from commgraph.adapters.http.relay import HTTP_RELATION, SERVE_RELATION, route_name
+from commgraph.adapters.pcap import DNSAnswer
 from commgraph.errors import EventDecodeError, FlowDecodeError
 from commgraph.events import MAX_SIZE, MAX_TS, Event, EventFields
 from commgraph.templates import Templates
@@ -47,6 +48,7 @@ __all__ = [
     "FlowDecodeError",
     "FlowRecord",
     "HTTPLogDecoder",
+    "dns_answers",
     "flow_events",
     "flow_fields",
     "flows_in_time_order",
@@ -1000,3 +1002,72 @@ def read_http_log(
                 yield number, fields
         except FlowDecodeError as exc:
             yield number, FlowDecodeError(exc.reason, line=number, field=exc.field)
+
+
+def dns_answers(lines: Iterable[bytes | str]) -> tuple[list[DNSAnswer], int]:
+    """The address answers of a Zeek ``dns.log`` (TSV with its ``#fields`` header, or JSON
+    lines) in time order, each naming its address by the row's ``query``; and how many rows
+    could not be read. Answers that are not addresses (CNAMEs, TXT) are left out. Never
+    raises for what the lines contain."""
+    found: list[DNSAnswer] = []
+    bad = 0
+    separator, unset = "\t", frozenset({"-", "(empty)", ""})
+    fields: dict[str, int] | None = None
+    for line in lines:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            continue
+        if text.startswith("#"):
+            if text.startswith("#separator"):
+                value = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text[10:])
+                separator = value[1:] if value[:1] == " " else value
+            elif text.startswith("#fields"):
+                fields = {name: i for i, name in enumerate(text.split(separator)[1:])}
+            continue
+        ts_value: object
+        query: object
+        answers: object
+        if text.lstrip().startswith("{"):
+            try:
+                obj = _decode_json(text)
+            except (ValueError, RecursionError):
+                bad += 1
+                continue
+            if type(obj) is not dict:
+                bad += 1
+                continue
+            ts_value, query, answers = obj.get("ts"), obj.get("query"), obj.get("answers")
+        elif fields is not None:
+            cells = text.split(separator)
+            ts_value, query, answers = (
+                _cell(cells, fields, unset, key) for key in ("ts", "query", "answers")
+            )
+            if isinstance(answers, str):
+                answers = answers.split(",")
+        else:
+            bad += 1
+            continue
+        if query is None or answers is None:
+            continue  # a query without an answer names nothing
+        try:
+            ts = _time(ts_value)
+        except (ValueError, OverflowError):
+            bad += 1
+            continue
+        if not isinstance(query, str) or not isinstance(answers, list) or not 0 <= ts <= MAX_TS:
+            bad += 1
+            continue
+        for answer in answers:
+            address = _checked_address(answer) if isinstance(answer, str) else None
+            if address is not None and (address[:1].isdigit() or ":" in address):
+                found.append(DNSAnswer(ts, address, query))
+    found.sort(key=lambda answer: answer.ts)
+    return found, bad
+
+
+def _cell(cells: list[str], fields: dict[str, int], unset: frozenset[str], key: str) -> str | None:
+    i = fields.get(key)
+    if i is None or i >= len(cells) or cells[i] in unset:
+        return None
+    return cells[i]

@@ -9,19 +9,24 @@ import click
 from rich.markup import escape as esc
 from rich.table import Table
 
+from commgraph.adapters.pcap import DNSAnswer
 from commgraph.cli.group import cli, config_option, json_option
 from commgraph.cli.output import emit_json, err, fail, new_table, out
-from commgraph.config import format_duration, load_config, parse_duration
+from commgraph.config import Config, format_duration, load_config, parse_duration
+from commgraph.detectors.guardrails import SignalNote
 from commgraph.evaluate import EvalResult, LabelledFlow
 from commgraph.identity import Identity
 
 
-def _labelled_flows(file: Path) -> list[LabelledFlow]:
-    """The flows of ``file`` in time order, with a warning for each of the first bad records."""
+def _labelled_flows(
+    file: Path, notes: list[tuple[int, DNSAnswer | SignalNote]], dns: Path | None = None
+) -> list[LabelledFlow]:
+    """The flows of ``file`` in time order, with a warning for each of the first bad records;
+    a capture's DNS answers and protocol signals go to ``notes``."""
     from commgraph.adapters.recorded import labelled_flows
 
     try:
-        flows, skipped = labelled_flows(file)
+        flows, skipped = labelled_flows(file, notes, dns)
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror or exc}")
     for problem in skipped[:5]:
@@ -87,6 +92,12 @@ def _eval_table(results: Sequence[EvalResult]) -> Table:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Draw owner interactions against the learning phase to this PNG (with --sweep).",
 )
+@click.option(
+    "--dns",
+    "dns_log",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A Zeek dns.log whose answers name a conn.log's addresses (default: dns.log beside it).",
+)
 @json_option
 def eval_command(
     file: Path,
@@ -96,6 +107,7 @@ def eval_command(
     config_path: Path | None,
     timeline_png: Path | None,
     plot_png: Path | None,
+    dns_log: Path | None,
     as_json: bool,
 ) -> None:
     """How well anomalies are found in labelled traffic, and how often the owner would act.
@@ -108,8 +120,9 @@ def eval_command(
     from commgraph.evaluate import sweep as run_sweep
 
     config = load_config(config_path) if config_path else None
-    identity = Identity(config.identity) if config else None
-    flows = _labelled_flows(file)
+    identity = Identity((config or Config()).identity_rules())
+    notes: list[tuple[int, DNSAnswer | SignalNote]] = []
+    flows = _labelled_flows(file, notes, dns_log)
     phases = _durations(sweep, "--sweep") if sweep else _durations(learning, "--learning")
     if not phases:
         fail("--sweep: give at least one duration, e.g. 5m,15m,1h")
@@ -119,6 +132,7 @@ def eval_command(
         identity=identity,
         min_events=min_events,
         detectors=config.detectors if config else None,
+        notes=notes,
     )
     if plot_png is not None or timeline_png is not None:
         from commgraph.plots import sweep_curve, timeline_chart

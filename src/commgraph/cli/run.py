@@ -106,6 +106,12 @@ class _Progress:
     multiple=True,
     help="A capture's TCP port to decode as MQTT (default 1883); repeatable.",
 )
+@click.option(
+    "--dns",
+    "dns_log",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A Zeek dns.log whose answers name a conn.log's addresses (default: dns.log beside it).",
+)
 @json_option
 @click.pass_obj
 def replay(
@@ -118,6 +124,7 @@ def replay(
     node: str | None,
     strict: bool,
     mqtt_ports: tuple[int, ...],
+    dns_log: Path | None,
     as_json: bool,
 ) -> None:
     """Run recorded traffic through the engine, in event time.
@@ -155,6 +162,7 @@ def replay(
                     file,
                     on_dns=lambda answer: engine.learn_name(answer.ip, answer.name),
                     mqtt_ports=frozenset(mqtt_ports or (1883,)),
+                    dns=dns_log,
                 )
             except OSError as exc:
                 fail(f"cannot read {file}: {exc.strerror or exc}")
