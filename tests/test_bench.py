@@ -18,7 +18,19 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 @pytest.mark.parametrize(
     ("script", "keys"),
     [
-        ("engine.py", {"events_per_s", "new_edges_per_s", "bytes_per_edge", "edges"}),
+        (
+            "engine.py",
+            {
+                "events_per_s",
+                "new_edges_per_s",
+                "bytes_per_edge",
+                "edges",
+                "events_per_s_plain_dict",
+                "engine_over_plain",
+                "bytes_seed_scenario",
+                "bytes_empty_engine",
+            },
+        ),
         (
             "replay.py",
             {"events_per_s", "parse_per_s", "events", "pcap_packets_per_s", "connlog_rows_per_s"},
