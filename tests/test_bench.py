@@ -48,6 +48,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
                 "baseline_whole_listing_ms",
             },
         ),
+        ("cli_startup.py", {"cli_status_over_python", "cli_status_s", "python_pass_s"}),
         (
             "mqtt_proxy.py",
             {"rtt_direct_p50_ms", "rtt_proxy_p50_ms", "msgs_per_s_direct", "msgs_per_s_proxy"},
