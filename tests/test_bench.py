@@ -36,7 +36,15 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             {"events_per_s", "parse_per_s", "events", "pcap_packets_per_s", "connlog_rows_per_s"},
         ),
         ("pcap.py", {"pcap_packets_per_s", "parse_packets_per_s"}),
-        ("connlog.py", {"connlog_rows_per_s", "parse_rows_per_s"}),
+        (
+            "connlog.py",
+            {
+                "connlog_rows_per_s",
+                "parse_rows_per_s",
+                "split_rows_per_s",
+                "connlog_over_parse_only",
+            },
+        ),
         ("models.py", {"envelope_bytes", "sign_ms", "open_ms", "merge_ms"}),
         (
             "alert_pages.py",
