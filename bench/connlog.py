@@ -15,12 +15,17 @@ in Zeek's write order. Prints one JSON object:
 - ``read_sort_rows_per_s``: read + sort + :func:`flow_fields` for the original 10,403-row
   file, median of 5; ``read_sort_event_rows_per_s``: the same with :func:`flow_events`
   (Events, the generic path) instead;
+- ``split_rows_per_s``: the floor of any Python conn.log reader: ``bytes.split(b",")`` of
+  every line of the same file and nothing else; ``csv_rows_per_s``: ``csv.reader`` alone;
+  each measured before each end-to-end run (interleaved, same load), medians;
+  ``connlog_over_parse_only`` = ``connlog_rows_per_s`` / ``split_rows_per_s``;
 - ``rows``, ``copies``, ``edges``, ``alerts`` (learning lasts 1 h; the C&C starts at 69 min).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import statistics
@@ -93,6 +98,25 @@ def run(conn_log: Path, db: Path) -> dict[str, float | int]:
     }
 
 
+def split_only(path: Path) -> int:
+    """Rows of ``path`` split into fields and nothing else (the parse-only floor)."""
+    rows = 0
+    with path.open("rb") as stream:
+        next(stream)  # the header
+        for line in stream:
+            line.split(b",")
+            rows += 1
+    return rows
+
+
+def csv_only(path: Path) -> int:
+    """Rows of ``path`` read by ``csv.reader`` and nothing else."""
+    with path.open(newline="") as stream:
+        reader = csv.reader(stream)
+        next(reader)
+        return sum(1 for _ in reader)
+
+
 def rows_per_s(count: int, action: Callable[[], object], repeat: int) -> float:
     """Median rate of ``count`` rows handled by ``action()``, over ``repeat`` runs."""
     rates = []
@@ -126,11 +150,19 @@ def main(argv: list[str] | None = None) -> int:
 
         read_sort_rate = rows_per_s(original, read_sort, 5)
         read_sort_event_rate = rows_per_s(original, read_sort_event, 5)
-        runs = [run(conn_log, Path(tmp) / f"run{i}.db") for i in range(3)]
+        runs, split_rates, csv_rates = [], [], []
+        for i in range(3):  # the baselines interleaved with the runs: the same machine load
+            split_rates.append(rows_per_s(rows, lambda: split_only(conn_log), 1))
+            csv_rates.append(rows_per_s(rows, lambda: csv_only(conn_log), 1))
+            runs.append(run(conn_log, Path(tmp) / f"run{i}.db"))
     runs.sort(key=lambda r: r["rows_per_s"])
     median = runs[1]
+    split_rate = statistics.median(split_rates)
     result = {
+        "connlog_over_parse_only": round(median["rows_per_s"] / split_rate, 3),
         "connlog_rows_per_s": round(median["rows_per_s"]),
+        "split_rows_per_s": round(split_rate),
+        "csv_rows_per_s": round(statistics.median(csv_rates)),
         "connlog_rows_per_s_runs": [round(r["rows_per_s"]) for r in runs],
         "parse_rows_per_s": round(parse_rate),
         "read_sort_rows_per_s": round(read_sort_rate),

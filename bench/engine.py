@@ -18,6 +18,17 @@ Prints exactly one JSON object on one line to stdout:
   its own; ``bytes_per_edge_graph_only``: ``Graph.add_edge`` alone between existing vertices
   (edge columns + hash table: what the paper's ~117 B/edge counts).
 
+- ``events_per_s_plain_dict``: the same pre-built events through a plain ``dict`` keyed by
+  ``(src, dst, relation)`` updating count, bytes and last seen: the least any Python monitor
+  does per event. Runs interleaved with the engine's (same run, same load); medians.
+  ``engine_over_plain`` = ``events_per_s`` / ``events_per_s_plain_dict`` (learning, alerts and
+  detectors on in the engine).
+- ``bytes_seed_scenario``: tracemalloc, the whole engine (graph, phases, statistics and
+  detector figures) after the paper's graph: 20 services with 10 service-to-service edges
+  each, each edge seen 50 times, outboxes emptied as the store empties them
+  (``baseline_paper.bytes_seed_scenario``: the paper's 33.7 KB). ``bytes_empty_engine``: a
+  fresh ``Engine()``.
+
 ``--quick``: 50,000 steady-state events and 10,000 new edges (smoke test).
 Standard library and commgraph only.
 """
@@ -50,6 +61,7 @@ STEADY_ROOMS = 25
 HOSTS = 200
 GROW_SERVICES = 1_000
 FAN_IN = 1_000
+PAPER_SEED_BYTES = 33_700  # the paper: 20 services with 10 relationships each
 
 KINDS = ("thermo", "lock", "camera", "light", "motion", "hvac", "meter", "gateway", "door", "blind")
 METRICS = ("temperature", "humidity", "battery", "state", "power", "rssi", "status", "setpoint")
@@ -219,12 +231,16 @@ def time_observe(engine: Engine, events: list[Event]) -> float:
 
 def steady_state(
     engine: Engine, edges: list[EdgeSpec], n_events: int, runs: int, rng: random.Random
-) -> tuple[list[float], list[float]]:
-    """events/s of ``runs`` runs over one pre-built list, and of runs over fresh strings."""
+) -> tuple[list[float], list[float], list[float]]:
+    """events/s of ``runs`` runs over one pre-built list, of runs over fresh strings, and of
+    the plain-dict baseline over the same list (interleaved with the engine's runs)."""
     start = T0 + 2 * LearningSettings().duration  # well after every learning phase
     events = steady_events(edges, n_events, start, rng)
     edges_before = engine.graph.edge_count
-    rates = [n_events / time_observe(engine, events) for _ in range(runs)]
+    rates, plain_rates = [], []
+    for _ in range(runs):  # interleaved: both see the same machine load
+        rates.append(n_events / time_observe(engine, events))
+        plain_rates.append(n_events / plain_dict_observe(events))
     assert engine.observe(events[0]) is ALLOW_LEARNED
     del events
     fresh_rates = []
@@ -234,7 +250,7 @@ def steady_state(
         del events
     assert engine.graph.edge_count == edges_before, "steady state must not grow the graph"
     assert engine.alerts.next_id == 1, "steady state must not raise alerts"
-    return rates, fresh_rates
+    return rates, fresh_rates, plain_rates
 
 
 def fan_in(n_topics: int, n_events: int, rng: random.Random) -> float:
@@ -262,6 +278,75 @@ def new_edges(n: int, runs: int) -> list[float]:
         assert engine.graph.edge_count == n, engine.graph.edge_count
         del engine
     return rates
+
+
+def plain_dict_observe(events: list[Event]) -> float:
+    """Seconds for the plain-dict baseline over ``events``: count, bytes, last seen per key."""
+    table: dict[tuple[str, str, str], list[float]] = {}
+    get = table.get
+    with _no_gc():
+        t0 = time.perf_counter()
+        for event in events:
+            key = (event.src, event.dst, event.relation)
+            row = get(key)
+            if row is None:
+                table[key] = [1, event.size or 0, event.ts]
+            else:
+                row[0] += 1
+                row[1] += event.size or 0
+                row[2] = event.ts
+        elapsed = time.perf_counter() - t0
+    return elapsed
+
+
+SEED_SERVICES = 20
+SEED_EDGES_PER_SERVICE = 10
+SEED_MESSAGES = 50
+
+
+def seed_scenario() -> Iterator[Event]:
+    """The paper's graph: 20 services, 10 service-to-service edges each, 50 messages per
+    edge, round-robin over the edges 10 ms apart (all inside the learning phase)."""
+    i = 0
+    for _ in range(SEED_MESSAGES):
+        for s in range(SEED_SERVICES):
+            for k in range(SEED_EDGES_PER_SERVICE):
+                d = (s + 1 + k) % SEED_SERVICES
+                yield Event(
+                    ts=T0 + i * 0.01,
+                    src=f"svc-{s:02d}",
+                    dst=f"svc-{d:02d}",
+                    relation="tcp/443",
+                    size=100 + i % 7,
+                )
+                i += 1
+
+
+def seed_memory() -> tuple[int, int]:
+    """Traced bytes of an empty engine and of the engine after :func:`seed_scenario`.
+
+    Events are made inside the traced window and dropped (the strings the engine keeps
+    count, the events do not); the outboxes the store drains (changes, counters, dirty
+    edges) are emptied before the reading.
+    """
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    engine = Engine(LearningSettings())
+    gc.collect()
+    empty = tracemalloc.get_traced_memory()[0] - before
+    observe = engine.observe
+    for event in seed_scenario():
+        observe(event)
+        del event
+    engine.take_changes()
+    engine.take_counters()
+    engine.graph.take_dirty()
+    gc.collect()
+    seeded = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert engine.graph.edge_count == SEED_SERVICES * SEED_EDGES_PER_SERVICE
+    return empty, seeded
 
 
 def engine_memory(n: int, make: Callable[[int], Event]) -> tuple[float, Engine]:
@@ -369,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = build_steady_engine(edges)
     steady_vertices = engine.graph.vertex_count
     _log(f"timing observe() over {n_steady} events x {steady_runs}")
-    rates, fresh_rates = steady_state(engine, edges, n_steady, steady_runs, rng)
+    rates, fresh_rates, plain_rates = steady_state(engine, edges, n_steady, steady_runs, rng)
     del engine, edges
 
     _log(f"timing fan-in of {FAN_IN} topics into one service")
@@ -388,11 +473,20 @@ def main(argv: list[str] | None = None) -> int:
     vertices_worst = worst.graph.vertex_count
     del worst
     per_edge_graph = graph_memory(n_mem)
+    _log("memory at the paper's scale (20 services x 10 edges x 50 messages)")
+    bytes_empty, bytes_seed = seed_memory()
 
     events_per_s = statistics.median(rates)
+    plain_per_s = statistics.median(plain_rates)
     result = {
+        "engine_over_plain": round(events_per_s / plain_per_s, 3),
+        "bytes_seed_scenario": bytes_seed,
+        "bytes_seed_over_paper": round(bytes_seed / PAPER_SEED_BYTES, 3),
         "events_per_s": round(events_per_s),
         "events_per_s_runs": [round(r) for r in rates],
+        "events_per_s_plain_dict": round(plain_per_s),
+        "events_per_s_plain_dict_runs": [round(r) for r in plain_rates],
+        "bytes_empty_engine": bytes_empty,
         "ns_per_event": round(1e9 / events_per_s, 1),
         "ms_per_message": round(1e3 / events_per_s, 6),
         "events_per_s_fresh_strings": round(statistics.median(fresh_rates)),
@@ -414,8 +508,17 @@ def main(argv: list[str] | None = None) -> int:
         "bytes_breakdown_per_edge": parts,
         "edges": n_mem,
         "vertices": vertices,
-        "baseline_paper": {"bytes_per_edge": 117, "ms_per_message": 6},
-        "targets": {"events_per_s": 500_000, "bytes_per_edge": 150},
+        "baseline_paper": {
+            "bytes_per_edge": 117,
+            "ms_per_message": 6,
+            "bytes_seed_scenario": PAPER_SEED_BYTES,
+        },
+        "targets": {
+            "events_per_s": 500_000,
+            "bytes_per_edge": 150,
+            "engine_over_plain": 0.35,
+            "bytes_seed_scenario": PAPER_SEED_BYTES,
+        },
         "quick": quick,
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),

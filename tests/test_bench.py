@@ -18,13 +18,33 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 @pytest.mark.parametrize(
     ("script", "keys"),
     [
-        ("engine.py", {"events_per_s", "new_edges_per_s", "bytes_per_edge", "edges"}),
+        (
+            "engine.py",
+            {
+                "events_per_s",
+                "new_edges_per_s",
+                "bytes_per_edge",
+                "edges",
+                "events_per_s_plain_dict",
+                "engine_over_plain",
+                "bytes_seed_scenario",
+                "bytes_empty_engine",
+            },
+        ),
         (
             "replay.py",
             {"events_per_s", "parse_per_s", "events", "pcap_packets_per_s", "connlog_rows_per_s"},
         ),
         ("pcap.py", {"pcap_packets_per_s", "parse_packets_per_s"}),
-        ("connlog.py", {"connlog_rows_per_s", "parse_rows_per_s"}),
+        (
+            "connlog.py",
+            {
+                "connlog_rows_per_s",
+                "parse_rows_per_s",
+                "split_rows_per_s",
+                "connlog_over_parse_only",
+            },
+        ),
         ("models.py", {"envelope_bytes", "sign_ms", "open_ms", "merge_ms"}),
         (
             "alert_pages.py",
@@ -36,6 +56,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
                 "baseline_whole_listing_ms",
             },
         ),
+        ("cli_startup.py", {"cli_status_over_python", "cli_status_s", "python_pass_s"}),
         (
             "http_proxy.py",
             {

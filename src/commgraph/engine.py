@@ -26,6 +26,7 @@ rule is :meth:`~commgraph.phases.LearningSettings.promote_at`); the promotion is
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -137,6 +138,7 @@ def _copy(alert: Alert) -> Alert:
 
 _KIND_ADDRESS = {VertexKind.SERVICE: None, VertexKind.HOST: AddressKind.HOST}
 _NEVER = 1 << 62  # an event count no service reaches: its flood check is off
+_NO_START = array("d", [float("-inf")])  # a window that never started: any event is past it
 _EXAMPLES = 5  # examples an alert about a service or an address keeps
 _GROUPED = 1000  # services one grouped new-service question names
 _ADDRESS_KINDS = (AlertKind.AUTH_FAILURE, AlertKind.MALFORMED, AlertKind.CONNECTION_FLOOD)
@@ -184,9 +186,13 @@ class Engine:
         # Admission and guardrails
         self.site_started: float | None = None  # the site's first event: its bootstrap starts
         self._newcomers = [0.0, 0]  # site-wide: window start, newcomers in it
-        self._flood_next: dict[int, int] = {}  # service -> event count of its next rate check
-        self._flood_start: dict[int, float] = {}  # service -> start of its one-second window
-        self._burst: dict[int, list[float]] = {}  # service -> [minute start, edges, alerts]
+        # Columns by vertex id, grown when a service first needs them (see _room): a small
+        # site pays a few bytes per service, not a dict entry and boxed numbers.
+        self._flood_next = array("Q")  # event count of its next rate check (0: the next one)
+        self._flood_start = array("d")  # start of its one-second window (-inf: none yet)
+        self._burst_start = array("d")  # start of its minute of new edges (-inf: none yet)
+        self._burst_edges = array("I")  # new edges in that minute (while learning)
+        self._burst_alerts = array("I")  # new alerts in that minute (afterwards)
         self._edges_of_service: dict[int, int] = {}  # service -> edges it is the subject of
         self.addresses = AddressBook(self.guardrails.addresses)
         self.signals: dict[str, int] = {signal.value: 0 for signal in Signal}
@@ -256,8 +262,9 @@ class Engine:
         n = events[subject] + 1
         events[subject] = n
         # the ceiling counts what a service sends, not what it is delivered
+        flood_next = self._flood_next
         if (
-            n >= self._flood_next.get(subject, 0)
+            (subject >= len(flood_next) or n >= flood_next[subject])
             and not rel[5]
             and self._floods(subject, ts, node, src)
         ):
@@ -344,7 +351,9 @@ class Engine:
             if resolved.instance not in known:
                 known.add(resolved.instance)
                 self.changes.instances.append((vid, resolved.instance))
-        (self._caches[kind] if cache is None else cache)[address] = vid
+        kept = graph.names[vid]
+        # the name's own string as the key when they are equal: one copy, not two
+        (self._caches[kind] if cache is None else cache)[kept if kept == address else address] = vid
         return vid
 
     def learn_name(self, address: str, name: str) -> None:
@@ -505,13 +514,13 @@ class Engine:
         """The rate check of a service, due every ``messages_per_second`` events: True if
         this message is over the ceiling and to be dropped (protect mode). ``address``: the
         one the message came from (its connection's, for :meth:`_name_connection`)."""
+        self._room(subject)
         ceiling = self.guardrails.messages_per_second
         if not ceiling or self.graph.kind(subject) is not VertexKind.SERVICE:
             self._flood_next[subject] = _NEVER
             return False
         events = self.graph.events[subject]
-        start = self._flood_start.get(subject)
-        if start is None or ts - start >= 1.0:
+        if ts - self._flood_start[subject] >= 1.0:
             # a new one-second window starts with this message
             self._flood_start[subject] = ts
             self._flood_next[subject] = events + ceiling
@@ -527,16 +536,29 @@ class Engine:
     def _storm(self, subject: int, ts: float, learning: bool) -> bool:
         """A new edge of ``subject``: True if it is beyond its new edges per minute (while
         learning) or its new alerts per minute (afterwards): then it is grouped."""
-        window = self._burst.get(subject)
-        if window is None or ts - window[0] >= 60.0:
-            window = self._burst[subject] = [ts, 0, 0]
+        self._room(subject)
+        if ts - self._burst_start[subject] >= 60.0:
+            self._burst_start[subject] = ts
+            self._burst_edges[subject] = self._burst_alerts[subject] = 0
         if learning:
-            window[1] += 1
+            edges = self._burst_edges[subject] + 1
+            self._burst_edges[subject] = edges
             limit = self.guardrails.new_edges_per_minute
-            return bool(limit) and window[1] > limit
-        window[2] += 1
+            return bool(limit) and edges > limit
+        alerts = self._burst_alerts[subject] + 1
+        self._burst_alerts[subject] = alerts
         limit = self.guardrails.new_alerts_per_minute
-        return bool(limit) and window[2] > limit
+        return bool(limit) and alerts > limit
+
+    def _room(self, vid: int) -> None:
+        """Grow the per-service columns to hold vertex ``vid``."""
+        grow = vid + 1 - len(self._flood_next)
+        if grow > 0:
+            self._flood_next.extend(array("Q", bytes(8 * grow)))
+            self._flood_start.extend(_NO_START * grow)
+            self._burst_start.extend(_NO_START * grow)
+            self._burst_edges.extend(array("I", bytes(4 * grow)))
+            self._burst_alerts.extend(array("I", bytes(4 * grow)))
 
     def _capped(self, subject: int) -> bool:
         cap = self.guardrails.max_edges_per_service
@@ -709,8 +731,9 @@ class Engine:
             learning = owner != 0 and owner != subject and self._learning(owner, ts)
         events = graph.events[subject] + 1
         graph.events[subject] = events
+        flood_next = self._flood_next
         if (
-            events >= self._flood_next.get(subject, 0)
+            (subject >= len(flood_next) or events >= flood_next[subject])
             and not rel[5]
             and self._floods(subject, ts, node, address)
         ):
@@ -1185,9 +1208,9 @@ class Engine:
                     and (e, AlertKind.NEW_EDGE) not in self._open
                 ):
                     self._relabel(e, label, at, by)
-        elif kind is AlertKind.FLOOD:
+        elif kind is AlertKind.FLOOD and alert.subject < len(self._flood_next):
             # approved: the service may send this much; denied: it stays at its ceiling
-            self._flood_next.pop(alert.subject, None)
+            self._flood_next[alert.subject] = 0
         # address alerts: approved exempts the address, denied refuses it in protect mode;
         # both are read from the alert book when it matters
 

@@ -9,8 +9,6 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from xml.sax.saxutils import escape as _xml_escape
-from xml.sax.saxutils import quoteattr
 
 __all__ = ["LABEL_COLOURS", "service_view", "to_dot", "to_graphml", "to_json"]
 
@@ -32,7 +30,9 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 def escape(text: str) -> str:
     """Text for an XML element: markup escaped, characters XML cannot hold spelled out."""
-    return _xml_escape(_NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+    # what xml.sax.saxutils.escape does, without its import of urllib (CLI start-up)
+    spelled = _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return spelled.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_json(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
@@ -109,7 +109,7 @@ def to_graphml(vertices: Sequence[Row], edges: Sequence[Row]) -> str:
         out.append("    </node>")
     for e in edges:
         src, dst = e["src_id"], e["dst_id"]
-        out.append(f'    <edge id={quoteattr("e" + str(e["id"]))} source="v{src}" target="v{dst}">')
+        out.append(f'    <edge id="e{int(e["id"])}" source="v{src}" target="v{dst}">')
         out.append(f'      <data key="relation">{escape(e["relation"])}</data>')
         out.append(f'      <data key="label">{escape(e["label"])}</data>')
         out.append(f'      <data key="count">{int(e["count"])}</data>')

@@ -35,6 +35,7 @@ _VERTEX_LIMIT = 1 << 23
 _RELATION_LIMIT = 1 << 18
 _DST_MASK = _VERTEX_LIMIT - 1
 _REL_MASK = _RELATION_LIMIT - 1
+_SMALL_SLOTS = 0xFFFF  # a 2-byte slot holds edge ids + 1 up to this
 _HASH_MUL = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of key * MUL mod 2**64
 _M64 = (1 << 64) - 1
 SIZE_UNKNOWN = 0xFFFFFFFF
@@ -131,11 +132,12 @@ class Graph:
         self._dirty_list: list[int] = []
         self.gap = 0.0  # the interval the last record() counted
         # open addressing, linear probing: slot -> edge id + 1 (0 = empty); the key column
-        # tells whether a probed edge is the one sought
-        self._bits = 10
+        # tells whether a probed edge is the one sought. It starts at 8 slots of 2 bytes and
+        # doubles (4-byte slots past 65,534 edges): a small site pays for a small table.
+        self._bits = 3
         self._shift = 64 - self._bits
         self._mask = (1 << self._bits) - 1
-        self._slots = array("I", bytes(4 << self._bits))
+        self._slots = array("H", bytes(2 << self._bits))
 
     # -- vertices -------------------------------------------------------------------------
 
@@ -369,7 +371,7 @@ class Graph:
         )
 
     def _insert(self, key: int, edge: int) -> None:
-        # Kept at most 2/3 full: probes stay short (about 2 on a miss), 6 bytes/edge or less.
+        # Kept at most 2/3 full: probes stay short (about 2 on a miss), 3 to 6 bytes/edge.
         if len(self.key) * 3 > (2 << self._bits):
             self._grow()
         else:
@@ -385,7 +387,11 @@ class Graph:
         self._bits += 1
         self._shift = 64 - self._bits
         self._mask = (1 << self._bits) - 1
-        slots = array("I", bytes(4 << self._bits))
+        slots = (
+            array("H", bytes(2 << self._bits))
+            if (2 << self._bits) // 3 < _SMALL_SLOTS  # the edges it holds before it grows
+            else array("I", bytes(4 << self._bits))
+        )
         for edge, key in enumerate(self.key):
             self._place(slots, key, edge)
         self._slots = slots

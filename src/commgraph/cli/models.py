@@ -24,7 +24,6 @@ from commgraph.cli.group import (
     who_decides,
 )
 from commgraph.cli.output import emit_json, err, fail, make_dir, new_table, out, when, write_file
-from commgraph.daemon import engine_for
 from commgraph.events import VertexKind
 from commgraph.model import (
     ModelError,
@@ -188,6 +187,8 @@ def model_export(
             "no private key to sign the model with: make the site's key pair with "
             "'commgraph keygen', then pass --key site.key (or set [keys] private in --config)"
         )
+    from commgraph.daemon import engine_for  # aiohttp and the proxy: only for this command
+
     private = load_private(key_file)
     trusted = trusted_keys(config, trusted_paths)
     own_public = public_pem(private)
