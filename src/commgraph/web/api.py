@@ -321,7 +321,7 @@ _SIDECAR_METRICS = {
     "bad_requests": ("commgraph_http_bad_requests", "Requests answered 400/413/431.", False),
     "upstream_errors": (
         "commgraph_http_upstream_errors",
-        "Requests the upstream could not answer (502/504).",
+        "Requests the upstream could not answer (502).",
         False,
     ),
     "refused_connections": (
