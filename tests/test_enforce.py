@@ -33,6 +33,7 @@ from commgraph.enforce import (
     DYNSEC_MARK,
     EnforceError,
     _overlap,
+    http_routes,
     mosquitto_acl,
     mosquitto_dynsec,
     mud,
@@ -983,3 +984,44 @@ def test_dynsec_reexport_keeps_passwords_set_with_mosquitto_ctrl(
     # The controller is no longer exported: it still logs in, but its role is gone.
     controller = login(port, "controller")
     assert controller.subscribe("home/#") == SUBACK_FAILURE
+
+
+# -- HTTP routes ----------------------------------------------------------------------------
+
+
+def test_http_routes_lists_allowed_routes_per_caller_and_per_service() -> None:
+    heating = model(
+        "heating",
+        edge("http", "GET rooms/rooms/{id}/temperature"),
+        edge("http", "PUT rooms/valves/{id}", "approved"),
+        edge("http", "POST rooms/unlock", "pending"),
+        edge("publish", "home/+/temp"),
+    )
+    hub = model(
+        "hub",
+        edge("http", "GET rooms/rooms/{id}/temperature"),
+        edge("http", "GET rooms/ws (websocket)"),
+        edge("http", "DELETE rooms/rooms/{id}", "denied"),
+    )
+    rooms = model("rooms", edge("serve", "GET rooms/rooms/{id}/temperature", direction="in"))
+    routes = http_routes([heating, hub, rooms])
+    assert routes["callers"] == {
+        "heating": [
+            {"service": "rooms", "method": "GET", "path": "/rooms/{id}/temperature"},
+            {"service": "rooms", "method": "PUT", "path": "/valves/{id}"},
+        ],
+        "hub": [
+            {"service": "rooms", "method": "GET", "path": "/rooms/{id}/temperature"},
+            {"service": "rooms", "method": "GET", "path": "/ws", "websocket": True},
+        ],
+    }
+    assert routes["services"]["rooms"][0] == {
+        "method": "GET",
+        "path": "/rooms/{id}/temperature",
+        "callers": ["heating", "hub"],
+    }
+    assert len(routes["services"]["rooms"]) == 3  # pending and denied routes are left out
+    assert http_routes([model("sensor", edge("publish", "home/x"))]) == {
+        "callers": {},
+        "services": {},
+    }

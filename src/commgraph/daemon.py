@@ -280,7 +280,18 @@ class Daemon:
             **{f"signals_{k}": float(v) for k, v in self.engine.signals.items()},
             "engine_errors": float(stats.engine_errors if stats else 0),
             **{f"failures_{part}": float(n) for part, n in self.hooks.failures.items()},
+            **self._sidecar_counters(),
         }
+
+    def _sidecar_counters(self) -> dict[str, float]:
+        """``http/<counter>/<service>`` for each HTTP sidecar (a service name has no '/')."""
+        found: dict[str, float] = {}
+        for sidecar in self.sidecars:
+            stats, service = sidecar.stats, sidecar.route.service
+            for name in _SIDECAR_COUNTERS:
+                key = f"http/{name}/{service}"
+                found[key] = found.get(key, 0.0) + float(getattr(stats, name))
+        return found
 
     # -- writing ---------------------------------------------------------------------
 
@@ -527,6 +538,18 @@ class _WebHook:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+_SIDECAR_COUNTERS = (
+    "connections_open",
+    "connections_total",
+    "requests",
+    "blocked",
+    "bad_requests",
+    "upstream_errors",
+    "refused_connections",
+    "engine_errors",
+)
 
 
 class _HTTPHook:

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_ACL_ACCESS",
     "DYNSEC_MARK",
     "EnforceError",
+    "http_routes",
     "mosquitto_acl",
     "mosquitto_dynsec",
     "mud",
@@ -661,3 +662,53 @@ def _systeminfo(text: str | None, service: str) -> str:
     if problem:
         raise EnforceError(f"service {service!r}: systeminfo {text!r} {problem}")
     return text
+
+
+# --- HTTP routes ------------------------------------------------------------------------------
+
+_WEBSOCKET = " (websocket)"
+
+
+def http_routes(models: Sequence[ServiceModel]) -> dict[str, Any]:
+    """The HTTP allow-list of the models: per caller, the routes it may call, and per callee,
+    its allowed routes with their callers. A route is an allowed ``http`` edge, ``METHOD
+    service/path``; pending and denied edges are left out (the sidecar answers them 403).
+    """
+    callers: dict[str, set[tuple[str, str, str, bool]]] = {}
+    served: dict[str, dict[tuple[str, str, bool], set[str]]] = {}
+    for model in models:
+        for edge in model.edges:
+            if edge.relation != "http" or edge.direction != "out":
+                continue
+            if edge.label not in ALLOWED_LABELS:
+                continue
+            method, _, target = edge.peer.partition(" ")
+            websocket = target.endswith(_WEBSOCKET)
+            target = target.removesuffix(_WEBSOCKET)
+            service, _, path = target.partition("/")
+            route = (service, method, "/" + path, websocket)
+            callers.setdefault(model.service, set()).add(route)
+            served.setdefault(service, {}).setdefault(route[1:], set()).add(model.service)
+
+    def entry(method: str, path: str, websocket: bool) -> dict[str, Any]:
+        found: dict[str, Any] = {"method": method, "path": path}
+        if websocket:
+            found["websocket"] = True
+        return found
+
+    return {
+        "callers": {
+            caller: [
+                {"service": service, **entry(method, path, ws)}
+                for service, method, path, ws in sorted(routes)
+            ]
+            for caller, routes in sorted(callers.items())
+        },
+        "services": {
+            service: [
+                {**entry(method, path, ws), "callers": sorted(who)}
+                for (method, path, ws), who in sorted(routes.items())
+            ]
+            for service, routes in sorted(served.items())
+        },
+    }

@@ -172,3 +172,42 @@ def test_dynsec_and_mud_exports(site: tuple[Path, Path], tmp_path: Path) -> None
     assert missing.returncode == 1 and "no model of 'nobody'" in missing.stderr
     empty = run("export", "mosquitto-acl", db=tmp_path / "empty.db")
     assert empty.returncode == 1 and "no database" in empty.stderr
+
+
+def test_http_routes_export_lists_what_each_caller_may_call(tmp_path: Path) -> None:
+    events = []
+    for minute in range(5):
+        ts = T0 + minute * 60
+        route = "GET rooms/rooms/{id}/temperature"
+        events += [
+            {"ts": ts, "src": "heating", "dst": route, "relation": "http"},
+            {"ts": ts, "src": route, "dst": "rooms", "relation": "serve"},
+        ]
+    later = T0 + 20 * 60
+    for route in ("POST rooms/locks/front/unlock", "PUT rooms/valves/{id}"):
+        events += [
+            {"ts": later, "src": "heating", "dst": route, "relation": "http"},
+            {"ts": later, "src": route, "dst": "rooms", "relation": "serve"},
+        ]
+    log = tmp_path / "site.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    db = tmp_path / "node.db"
+    ok("replay", log, "--learning", "10m", db=db)
+    alerts = json.loads(ok("alerts", "--json", db=db))
+    for alert in alerts:
+        if "valves" in alert["src"] + alert["dst"]:
+            ok("approve", str(alert["id"]), db=db)
+    routes = json.loads(ok("export", "http-routes", db=db))
+    assert routes["callers"] == {
+        "heating": [
+            {"service": "rooms", "method": "GET", "path": "/rooms/{id}/temperature"},
+            {"service": "rooms", "method": "PUT", "path": "/valves/{id}"},
+        ]
+    }
+    assert [r["path"] for r in routes["services"]["rooms"]] == [
+        "/rooms/{id}/temperature",
+        "/valves/{id}",
+    ]
+    out = tmp_path / "routes.json"
+    ok("export", "http-routes", "-o", out, db=db)
+    assert json.loads(out.read_text()) == routes

@@ -19,7 +19,7 @@ from commgraph.cli.group import (
 )
 from commgraph.cli.models import warn
 from commgraph.cli.output import err, fail, write_text
-from commgraph.enforce import EnforceError, mosquitto_acl, mosquitto_dynsec, mud
+from commgraph.enforce import EnforceError, http_routes, mosquitto_acl, mosquitto_dynsec, mud
 from commgraph.model import (
     ServiceModel,
 )
@@ -143,6 +143,24 @@ def export_mosquitto_dynsec(
     except EnforceError as exc:
         fail(str(exc))
     write_text(json.dumps(config, indent=2) + "\n", output, "the dynamic-security config")
+
+
+@export_group.command("http-routes")
+@config_option
+@trusted_option
+@_output_option
+@click.pass_obj
+def export_http_routes(
+    ctx: Context, config_path: Path | None, trusted_paths: tuple[Path, ...], output: Path | None
+) -> None:
+    """The HTTP allow-list (JSON): per caller its allowed routes, per service its callers."""
+    models = _site_models(ctx, config_path, trusted_paths)
+    routes = http_routes(models)
+    write_text(
+        json.dumps(routes, indent=2) + "\n",
+        output,
+        f"the routes of {len(routes['callers'])} callers",
+    )
 
 
 @export_group.command("mud")

@@ -15,6 +15,7 @@ from commgraph.daemon import Daemon, event_loop_runner
 from commgraph.demo.site import (
     DemoClock,
     Pace,
+    RoomService,
     SimulatedSite,
     free_port,
     live_config,
@@ -48,15 +49,19 @@ def run_live_demo(
         (out_dir / name).unlink(missing_ok=True)
     broker, broker_port = start_broker(out_dir)
     site: SimulatedSite | None = None
+    rooms: RoomService | None = None
     try:
+        rooms = RoomService()
         config = live_config(
             out_dir,
             broker_port,
             pace=pace,
             api_port=None if api_port is None else free_port(api_port),
             notify_urls=notify_urls,
+            rooms_port=rooms.port,
         )
         assert config.db is not None and config.mqtt.listen is not None
+        sidecar_port = config.http.routes[0].listen.port
         clock = DemoClock(time.time())
         with Store(config.db) as store:
             daemon = Daemon(config, store, clock=clock)
@@ -94,6 +99,7 @@ def run_live_demo(
                     steps=None if seconds is None else round(seconds / pace.tick),
                     on_step=narrate,
                     done=done,
+                    http_port=sidecar_port,
                 )
                 await asyncio.to_thread(site.start)
                 if seconds is not None:  # a stalled site does not keep the demo running
@@ -107,6 +113,8 @@ def run_live_demo(
     finally:
         if site is not None:
             site.stop()
+        if rooms is not None:
+            rooms.stop()
         broker.terminate()
         try:
             broker.wait(10)
@@ -125,6 +133,8 @@ def _banner(daemon: Daemon, pace: Pace, say: Callable[[str], None]) -> None:
     say(f"  database   {daemon.store.path}")
     mqtt = daemon.config.mqtt
     say(f"  broker     Mosquitto on {mqtt.upstream}, proxy on {mqtt.listen}")
+    for route in daemon.config.http.routes:
+        say(f"  REST       {route.service} on {route.upstream}, HTTP sidecar on {route.listen}")
     say("  Ctrl-C stops everything the demo started.")
     say("")
 
@@ -138,8 +148,9 @@ def _narration(pace: Pace) -> list[tuple[float, str]]:
     return [
         (
             0.0,
-            f"Two sensors, a heating controller and two valves connect; each learns for "
-            f"{pace.learning:g} s.",
+            f"Two sensors, a heating controller and two valves connect, and the controller "
+            f"polls a room service over HTTP (GET /rooms/{{id}}/temperature) through a "
+            f"sidecar; each learns for {pace.learning:g} s.",
         ),
         (pace.learning + 1, "Learning is over: from now on anything new is an anomaly."),
         (
@@ -147,7 +158,11 @@ def _narration(pace: Pace) -> list[tuple[float, str]]:
             "A bedroom sensor is installed: it gets its own learning phase, and "
             "you are asked once whether it is yours.",
         ),
-        (pace.anomaly_at, "The kitchen sensor starts commanding the kitchen valve..."),
+        (
+            pace.anomaly_at,
+            "The kitchen sensor starts commanding the kitchen valve, and the controller "
+            "calls POST /locks/front/unlock on the room service...",
+        ),
     ]
 
 

@@ -5,12 +5,17 @@ two valves once a minute. Everything starts at minute 0 and learns for ``learnin
 A bedroom sensor is installed at minute 15, after the site has learned: it gets its own
 learning phase and the owner is asked once whether it is theirs. At minute 25 the kitchen
 sensor starts publishing to the kitchen valve's command topic: never seen before, so the
-owner is asked.
+owner is asked. The live site also has a room service behind an HTTP sidecar: the controller
+GETs ``/rooms/{id}/temperature`` every step, and at the anomaly it POSTs
+``/locks/front/unlock``, a route never seen before.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
+import json
 import random
 import shutil
 import socket
@@ -20,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ __all__ = [
     "DEMO_START",
     "DemoClock",
     "Pace",
+    "RoomService",
     "SimulatedSite",
     "free_port",
     "heating_site",
@@ -119,6 +126,55 @@ class DemoClock:
         return self.now - self.start
 
 
+class _RoomHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the controller polls on one connection
+
+    def do_GET(self) -> None:
+        parts = self.path.split("/")
+        if len(parts) == 4 and parts[1] == "rooms" and parts[3] == "temperature":
+            self._answer(200, {"room": parts[2], "celsius": 21.0})
+        else:
+            self._answer(404, {"error": "no such room"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if self.path.startswith("/locks/") and self.path.endswith("/unlock"):
+            self._answer(200, {"lock": self.path.split("/")[2], "locked": False})
+        else:
+            self._answer(404, {"error": "no such lock"})
+
+    def _answer(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet: the demo narrates
+        pass
+
+
+class RoomService:
+    """The site's REST service: room temperatures and the front door's lock, served by
+    ``http.server`` on a free loopback port until :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _RoomHandler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="room-service", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
 # How long a step waits for the proxy to have seen its messages (their PUBACKs) before the
 # clock moves on; only a stalled proxy or broker makes it wait this long.
 _ACK_TIMEOUT = 10.0
@@ -131,7 +187,10 @@ class SimulatedSite:
     many seconds (once with 0 before the first step), publishes, and waits until the proxy
     has acknowledged every publish of the step: each message is seen at its scripted time.
     It takes ``steps`` steps (None: until stopped), then calls ``done``. Both callbacks run
-    in the site's thread.
+    in the site's thread. With ``http_port`` (the room service's sidecar) the controller also
+    GETs each room's temperature every step and waits for the answer, as HTTP Basic user
+    ``heating-controller``; from ``anomaly_at`` on it POSTs ``/locks/front/unlock`` every
+    third step.
     """
 
     def __init__(
@@ -144,8 +203,12 @@ class SimulatedSite:
         steps: int | None = None,
         on_step: Callable[[float], None] | None = None,
         done: Callable[[], None] | None = None,
+        http_port: int | None = None,
     ) -> None:
         self.host, self.port, self.pace, self.clock = host, port, pace, clock
+        self.http_port = http_port
+        self.http_answers: dict[int, int] = {}  # HTTP status -> how many the controller got
+        self._http: http.client.HTTPConnection | None = None
         self.steps, self.on_step, self.done = steps, on_step, done
         self.clients: dict[str, mqtt.Client] = {}
         self.received: dict[str, int] = {}
@@ -214,15 +277,46 @@ class SimulatedSite:
             if elapsed >= pace.anomaly_at and step % 3 == 0:
                 kitchen = self.clients["thermo-kitchen"]
                 sent.append(kitchen.publish("valves/kitchen/set", b"open=100", qos=1))
+            if self.http_port is not None:
+                for room_id in (1, 2):
+                    self._call("GET", f"/rooms/{room_id}/temperature")
+                if elapsed >= pace.anomaly_at and step % 3 == 0:
+                    self._call("POST", "/locks/front/unlock", b"{}")
             for info in sent:
                 if info.rc == mqtt.MQTT_ERR_SUCCESS:  # else not connected (refused, say)
                     with contextlib.suppress(RuntimeError):  # the connection went since
                         info.wait_for_publish(_ACK_TIMEOUT)
 
+    def _call(self, method: str, path: str, body: bytes | None = None) -> None:
+        """One request of the controller through the sidecar, answered before it returns."""
+        assert self.http_port is not None
+        token = base64.b64encode(b"heating-controller:demo").decode()
+        headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+        for attempt in (1, 2):  # a kept-alive connection the other end closed: once more
+            if self._http is None:
+                self._http = http.client.HTTPConnection(self.host, self.http_port, timeout=10)
+            try:
+                self._http.request(method, path, body=body, headers=headers)
+                answer = self._http.getresponse()
+                answer.read()
+            except (OSError, http.client.HTTPException):
+                self._http.close()
+                self._http = None
+                if attempt == 2:
+                    self.http_answers[0] = self.http_answers.get(0, 0) + 1
+                continue
+            self.http_answers[answer.status] = self.http_answers.get(answer.status, 0) + 1
+            if answer.will_close:
+                self._http.close()
+                self._http = None
+            return
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
+        if self._http is not None:
+            self._http.close()
         for client in self.clients.values():
             client.disconnect()
         # Each network thread sleeps up to a second between looks: stop them side by side.
@@ -278,8 +372,10 @@ def live_config(
     pace: Pace,
     api_port: int | None,
     notify_urls: tuple[str, ...],
+    rooms_port: int | None = None,
 ) -> Config:
-    """The demo node's configuration (no dashboard when ``api_port`` is None)."""
+    """The demo node's configuration (no dashboard when ``api_port`` is None; a sidecar in
+    front of the room service on ``rooms_port`` when given)."""
     proxy_port = free_port()
     sections: dict[str, Any] = {
         "node": {"name": "demo-node", "db": "demo.db"},
@@ -288,6 +384,16 @@ def live_config(
         "mqtt": {"listen": f"127.0.0.1:{proxy_port}", "upstream": f"127.0.0.1:{broker_port}"},
         "notify": {"urls": list(notify_urls)},
     }
+    if rooms_port is not None:
+        sections["http"] = {
+            "routes": [
+                {
+                    "listen": f"127.0.0.1:{free_port()}",
+                    "upstream": f"127.0.0.1:{rooms_port}",
+                    "service": "room-service",
+                }
+            ]
+        }
     if api_port is not None:
         sections["api"] = {"listen": f"127.0.0.1:{api_port}", "credentials": "demo.credentials"}
         sections["notify"]["link_base"] = f"http://127.0.0.1:{api_port}"

@@ -309,6 +309,42 @@ class _NodeCollector(Collector):
         yield counter(
             "commgraph_engine_errors", "Messages the engine failed to classify.", "engine_errors"
         )
+        yield from _sidecar_families(c)
+
+
+# counter of SidecarStats -> (metric, help, a gauge?)
+_SIDECAR_METRICS = {
+    "connections_open": ("commgraph_http_connections_open", "Caller connections open.", True),
+    "connections_total": ("commgraph_http_connections", "Caller connections accepted.", False),
+    "requests": ("commgraph_http_requests", "Requests the sidecar classified.", False),
+    "blocked": ("commgraph_http_blocked", "Requests answered 403 on a verdict.", False),
+    "bad_requests": ("commgraph_http_bad_requests", "Requests answered 400/413/431.", False),
+    "upstream_errors": (
+        "commgraph_http_upstream_errors",
+        "Requests the upstream could not answer (502).",
+        False,
+    ),
+    "refused_connections": (
+        "commgraph_http_refused",
+        "Caller connections refused (denied newcomers, guardrails).",
+        False,
+    ),
+    "engine_errors": ("commgraph_http_engine_errors", "Requests the engine failed on.", False),
+}
+
+
+def _sidecar_families(c: Mapping[str, float]) -> Iterable[Metric]:
+    """The HTTP sidecars' counters (``http/<counter>/<service>``), labelled by service."""
+    for name, (metric, doc, is_gauge) in _SIDECAR_METRICS.items():
+        family: GaugeMetricFamily | CounterMetricFamily = (
+            GaugeMetricFamily(metric, doc, labels=["service"])
+            if is_gauge
+            else CounterMetricFamily(metric, doc, labels=["service"])
+        )
+        prefix = f"http/{name}/"
+        for key in sorted(k for k in c if k.startswith(prefix)):
+            family.add_metric([key.removeprefix(prefix)], c[key])
+        yield family
 
 
 def _labelled(name: str, doc: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:

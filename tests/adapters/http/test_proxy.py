@@ -27,7 +27,9 @@ from adapters.mqtt import test_proxy as mqtt_proxy_tests
 from commgraph.alerts import Action
 from commgraph.config import parse_config
 from commgraph.daemon import Daemon
+from commgraph.demo import free_port
 from commgraph.store import Store
+from commgraph.web.auth import load_or_create
 from conftest import raise_nofile_limit
 
 # the same test PKI as the MQTT proxy's (a CA, a server for 127.0.0.1, a client lock-hub-3)
@@ -144,9 +146,9 @@ NodeFactory = Callable[..., Awaitable[Node]]
 async def node(tmp_path: Path, upstream: Upstream) -> AsyncIterator[NodeFactory]:
     started: list[tuple[Daemon, asyncio.Task[None], Store]] = []
 
-    async def start(mode: str = "protect", **http: Any) -> Node:
+    async def start(mode: str = "protect", *, api: bool = False, **http: Any) -> Node:
         clock = Clock()
-        data = {
+        data: dict[str, Any] = {
             "node": {"name": "node-a"},
             "learning": {"duration": "60s"},
             "modes": {"default": mode},
@@ -170,6 +172,8 @@ async def node(tmp_path: Path, upstream: Upstream) -> AsyncIterator[NodeFactory]
                 **http,
             },
         }
+        if api:
+            data["api"] = {"listen": f"{HOST}:{free_port()}", "credentials": "node.credentials"}
         config = parse_config(data, "site.toml", tmp_path)
         store = Store(tmp_path / f"node{len(started)}.db")
         daemon = Daemon(config, store, clock=clock)
@@ -451,6 +455,36 @@ async def test_bad_requests_close_only_their_connection(
     writer.write(b"GET /still HTTP/1.1\r\nhost: x\r\n\r\n")
     assert b" 200 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     writer.close()
+
+
+async def test_metrics_count_the_sidecars_requests_by_service(
+    node: NodeFactory, upstream: Upstream
+) -> None:
+    n = await node("protect", api=True)
+    await learn(n)  # 3 requests
+    assert (await get(f"{n.url}/unlock", HUB, "POST", data=b"now"))[0] == 403
+    r, w = await asyncio.open_connection(HOST, n.port, local_addr=(STRANGER, 0))
+    w.write(b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n")
+    assert b" 400 " in await asyncio.wait_for(r.read(), TIMEOUT)
+    w.close()
+    token = load_or_create(n.daemon.credentials_path()).api_token
+    url = f"http://{n.daemon.config.api.listen}/metrics"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        assert response.status == 200
+        lines = (await response.text()).splitlines()
+    for line in (
+        'commgraph_http_requests_total{service="rooms"} 4.0',
+        'commgraph_http_blocked_total{service="rooms"} 1.0',
+        'commgraph_http_bad_requests_total{service="rooms"} 1.0',
+        'commgraph_http_upstream_errors_total{service="rooms"} 0.0',
+        'commgraph_http_engine_errors_total{service="rooms"} 0.0',
+        'commgraph_http_connections_total{service="rooms"} 5.0',
+    ):
+        assert line in lines, (line, [x for x in lines if "http_" in x])
+    assert any(x.startswith('commgraph_http_connections_open{service="rooms"}') for x in lines)
 
 
 async def test_a_tls_client_certificate_names_the_caller(upstream: Upstream, pki: Path) -> None:
