@@ -424,6 +424,8 @@ class Daemon:
             self.hooks.add("sync", _SyncHook(self))
         if self.config.api.listen is not None:
             self.hooks.add("web", _WebHook(self))
+        if self.config.homeassistant.discovery:
+            self.hooks.add("homeassistant", self._homeassistant())
         self.hooks.add("notify", _NotifyHook(self))
         ticker: asyncio.Task[None] | None = None
         try:
@@ -450,6 +452,24 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _homeassistant(self) -> Any:
+        """The Home Assistant hook, on its broker (else the sync broker, else upstream)."""
+        from commgraph import __version__
+        from commgraph.homeassistant import HomeAssistant, view_of
+
+        settings = self.config.homeassistant
+        broker = settings.broker or self.config.sync_broker or self.config.mqtt.upstream
+        if broker is None:
+            raise CommgraphError("[homeassistant] discovery needs a broker (homeassistant.broker)")
+        return HomeAssistant(
+            broker,
+            self.name,
+            lambda: view_of(self.engine),
+            self.decide,
+            prefix=settings.prefix,
+            version=__version__,
+        )
 
     def link_base(self) -> str:
         """Where the owner's phone reaches this node's action links."""
