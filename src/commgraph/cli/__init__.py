@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "cli", "default_db", "main"]
 
-_COMMANDS = ("decisions", "evaluation", "export", "listings", "models", "run")
+_COMMANDS = ("check", "decisions", "evaluation", "export", "init", "listings", "models", "run")
 
 
 def _group() -> ModuleType:
