@@ -197,6 +197,16 @@ class Daemon:
             self.store.path,
             alert.id,
             alert.id,
+            extra={
+                "fields": {
+                    "event": "alert",
+                    "id": alert.id,
+                    "kind": alert.kind.value,
+                    "src": src,
+                    "dst": dst,
+                    "relation": relation,
+                }
+            },
         )
         notice = AlertNotice(
             id=alert.id,
@@ -339,6 +349,15 @@ class Daemon:
             decision.action.value,
             decision.by,
             f" on alert {decision.alert}" if decision.alert else f" on {decision.service}",
+            extra={
+                "fields": {
+                    "event": "decision",
+                    "action": decision.action.value,
+                    "by": decision.by,
+                    "alert": decision.alert,
+                    "service": decision.service,
+                }
+            },
         )
         self.hooks.call("on_decision", decision)
         return None
