@@ -36,6 +36,7 @@ __all__ = [
     "Config",
     "HTTPRoute",
     "HTTPSettings",
+    "HomeAssistantSettings",
     "MQTTSettings",
     "NotifySettings",
     "TLSSettings",
@@ -159,6 +160,16 @@ class NotifySettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HomeAssistantSettings:
+    """Home Assistant MQTT discovery: retained configs under ``prefix`` on ``broker``
+    (None: the sync broker, else the proxy's upstream)."""
+
+    discovery: bool = False
+    prefix: str = "homeassistant"
+    broker: Address | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole site configuration of one node."""
 
@@ -178,6 +189,7 @@ class Config:
     api: APISettings = field(default_factory=APISettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     sync_broker: Address | None = None
+    homeassistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
     private_key: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
 
@@ -652,6 +664,14 @@ def parse_config(
     link_valid_for = _duration(notify, "link_valid_for", told.link_valid_for)
     sync = top.sub("sync")
     sync_broker = _address(sync, "broker")
+    homeassistant = _homeassistant(top.sub("homeassistant"))
+    if homeassistant.discovery and not (
+        homeassistant.broker or sync_broker or mqtt_settings.upstream
+    ):
+        raise ConfigError(
+            f"{source}: homeassistant.broker: discovery needs a broker (set this, "
+            "sync.broker or mqtt.upstream)"
+        )
     keys = top.sub("keys")
     private = keys.get("private", str)
     trusted = keys.get("trusted", list, [])
@@ -696,9 +716,21 @@ def parse_config(
             link_valid_for=link_valid_for,
         ),
         sync_broker=sync_broker,
+        homeassistant=homeassistant,
         private_key=(base / private) if private else None,
         trusted_keys=tuple(base / t for t in trusted),
     )
+
+
+def _homeassistant(reader: _Reader) -> HomeAssistantSettings:
+    told = HomeAssistantSettings()
+    discovery = reader.get("discovery", bool, told.discovery)
+    prefix = reader.get("prefix", str, told.prefix).strip("/")
+    if not prefix or any(c in prefix for c in "+#\0"):
+        raise reader.error("prefix", f"{prefix!r} is not a topic prefix (no + or #, not empty)")
+    broker = _address(reader, "broker")
+    reader.finish()
+    return HomeAssistantSettings(discovery=discovery, prefix=prefix, broker=broker)
 
 
 def load_config(path: str | Path) -> Config:

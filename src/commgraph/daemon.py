@@ -207,6 +207,16 @@ class Daemon:
             self.store.path,
             alert.id,
             alert.id,
+            extra={
+                "fields": {
+                    "event": "alert",
+                    "id": alert.id,
+                    "kind": alert.kind.value,
+                    "src": src,
+                    "dst": dst,
+                    "relation": relation,
+                }
+            },
         )
         notice = AlertNotice(
             id=alert.id,
@@ -360,6 +370,15 @@ class Daemon:
             decision.action.value,
             decision.by,
             f" on alert {decision.alert}" if decision.alert else f" on {decision.service}",
+            extra={
+                "fields": {
+                    "event": "decision",
+                    "action": decision.action.value,
+                    "by": decision.by,
+                    "alert": decision.alert,
+                    "service": decision.service,
+                }
+            },
         )
         self.hooks.call("on_decision", decision)
         return None
@@ -404,6 +423,8 @@ class Daemon:
             self.hooks.add("sync", _SyncHook(self))
         if self.config.api.listen is not None:
             self.hooks.add("web", _WebHook(self))
+        if self.config.homeassistant.discovery:
+            self.hooks.add("homeassistant", self._homeassistant())
         self.hooks.add("notify", _NotifyHook(self))
         ticker: asyncio.Task[None] | None = None
         try:
@@ -430,6 +451,24 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _homeassistant(self) -> Any:
+        """The Home Assistant hook, on its broker (else the sync broker, else upstream)."""
+        from commgraph import __version__
+        from commgraph.homeassistant import HomeAssistant, view_of
+
+        settings = self.config.homeassistant
+        broker = settings.broker or self.config.sync_broker or self.config.mqtt.upstream
+        if broker is None:
+            raise CommgraphError("[homeassistant] discovery needs a broker (homeassistant.broker)")
+        return HomeAssistant(
+            broker,
+            self.name,
+            lambda: view_of(self.engine),
+            self.decide,
+            prefix=settings.prefix,
+            version=__version__,
+        )
 
     def link_base(self) -> str:
         """Where the owner's phone reaches this node's action links."""

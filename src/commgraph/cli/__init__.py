@@ -23,7 +23,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "cli", "default_db", "main"]
 
-_COMMANDS = ("decisions", "evaluation", "export", "identity", "listings", "models", "run")
+_COMMANDS = (
+    "check",
+    "decisions",
+    "evaluation",
+    "export",
+    "identity",
+    "init",
+    "listings",
+    "models",
+    "run",
+)
 
 
 def _group() -> ModuleType:

@@ -228,8 +228,15 @@ def replay(
     help="The site configuration (TOML).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision applied and more.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object a line (for Loki or Elastic).",
+)
 @click.pass_obj
-def run(ctx: Context, config_path: Path, verbose: bool) -> None:
+def run(ctx: Context, config_path: Path, verbose: bool, log_format: str) -> None:
     """Run this node: the MQTT proxy in front of the broker and/or a passive capture on an
     interface ([capture]), learning, alerting and (the proxy) enforcing.
 
@@ -247,11 +254,9 @@ def run(ctx: Context, config_path: Path, verbose: bool) -> None:
         )
     if config.db and ctx.db_path == default_db():
         ctx.db_path = config.db
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from commgraph.logs import configure
+
+    configure(log_format, logging.DEBUG if verbose else logging.INFO)
     try:
         run_daemon(config, ctx.db_path)
     except OSError as exc:  # e.g. the listen port is taken
