@@ -151,7 +151,7 @@ def zeek_logs_from_the_capture(directory: Path) -> tuple[Path, Path, int]:
 
 
 def test_a_dns_log_beside_the_conn_log_names_its_addresses(tmp_path: Path) -> None:
-    from commgraph.adapters.zeek import dns_answers
+    from commgraph.adapters.zeek_logs import dns_answers
 
     conn, dns, count = zeek_logs_from_the_capture(tmp_path / "zeek")
     with dns.open("rb") as lines:

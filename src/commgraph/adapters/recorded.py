@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import IO
 
 from commgraph.adapters.pcap import DNSAnswer, PacketDecoder, read_packets
-from commgraph.adapters.zeek import dns_answers, flow_fields, flows_in_time_order
+from commgraph.adapters.zeek import flow_fields, flows_in_time_order
+from commgraph.adapters.zeek_logs import dns_answers
 from commgraph.detectors.guardrails import SignalNote
 from commgraph.errors import CommgraphError
 from commgraph.events import Event, EventFields, Record, iter_event_lines

@@ -188,7 +188,8 @@ ZEEK_TSV = """#separator \\x09
 
 
 def test_zeek_http_log_gives_the_sidecar_events_tsv_and_json() -> None:
-    from commgraph.adapters.zeek import FlowDecodeError, read_http_log
+    from commgraph.adapters.zeek import FlowDecodeError
+    from commgraph.adapters.zeek_logs import read_http_log
 
     items = list(read_http_log(ZEEK_TSV.splitlines(), callees={80: "rooms"}, templates=TEMPLATES))
     events = [(f[1], f[2], f[3], f[4]) for _, f in items if not isinstance(f, FlowDecodeError)]
