@@ -10,7 +10,6 @@ from rich.markup import escape as esc
 from commgraph.cli.group import cli
 from commgraph.cli.output import out
 from commgraph.config import load_config
-from commgraph.notify import Message
 from commgraph.sitefile import check_site
 
 
@@ -30,7 +29,7 @@ def check(config_path: Path, notify: bool, timeout: float) -> None:
     config = load_config(config_path)  # a ConfigError is the one line, exit status 1
 
     async def send(url: str) -> None:
-        from commgraph.notify import send_message
+        from commgraph.notify import Message, send_message  # apprise only when asked
 
         await send_message(url, Message(title="commgraph", text=f"test from {config.node}"))
 
