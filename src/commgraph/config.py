@@ -204,14 +204,18 @@ class Config:
         identity rules, templates, detectors and guardrails, named after this node."""
         from commgraph.engine import Engine  # the engine is not needed to read a config
 
-        return Engine(
-            settings or self.learning,
-            Identity(self.identity_rules()),
-            node=node or self.node,
-            templates=Templates(self.templates, routes=self.route_templates),
-            detectors=self.detectors,
-            guardrails=self.guardrails,
-        )
+        return Engine(settings or self.learning, node=node or self.node, **self.engine_parts())
+
+    def engine_parts(self) -> dict[str, Any]:
+        """What an engine of this site is built with besides its learning settings and node
+        name: identity rules, templates, detectors and guardrails (for a new engine, or for
+        one the store resumes)."""
+        return {
+            "identity": Identity(self.identity_rules()),
+            "templates": Templates(self.templates, routes=self.route_templates),
+            "detectors": self.detectors,
+            "guardrails": self.guardrails,
+        }
 
 
 def _field_default(cls: type, name: str) -> Any:

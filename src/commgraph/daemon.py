@@ -25,7 +25,7 @@ from commgraph.detectors.guardrails import Signal, SignalNote
 from commgraph.engine import Engine, Verdict
 from commgraph.errors import CommgraphError
 from commgraph.hooks import Hooks
-from commgraph.identity import AddressKind, Identity
+from commgraph.identity import AddressKind
 from commgraph.notify import AlertNotice, ModeNotice, Notice, Notifier, Sender
 from commgraph.phases import COMMGRAPH, LearningSettings, Mode
 from commgraph.running import announce, record_applied, retire
@@ -33,7 +33,6 @@ from commgraph.signing import load_private, load_trusted
 from commgraph.site_models import SiteModels
 from commgraph.store import Store
 from commgraph.sync import ModelSync
-from commgraph.templates import Templates
 from commgraph.web.auth import announce_token, load_or_create
 
 __all__ = ["Daemon", "engine_for", "event_loop_runner", "run_daemon"]
@@ -721,16 +720,9 @@ def engine_for(
     detectors when there is one (as a running node of that config has them; without one, the
     default identity profile); ``settings`` instead of the config's learning settings when
     given."""
-    if config is None:
-        return store.load_engine(settings, Identity(Config().identity_rules()), node=node)
-    return store.load_engine(
-        settings or config.learning,
-        Identity(config.identity_rules()),
-        node=node,
-        templates=Templates(config.templates, routes=config.route_templates),
-        detectors=config.detectors,
-        guardrails=config.guardrails,
-    )
+    if config is None:  # the database's own settings, and the defaults of a site config
+        return store.load_engine(settings, node=node, **Config().engine_parts())
+    return store.load_engine(settings or config.learning, node=node, **config.engine_parts())
 
 
 def run_daemon(config: Config, db: Path) -> None:
